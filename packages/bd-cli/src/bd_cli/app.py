@@ -1,0 +1,180 @@
+"""`bd`: train attacked models, apply defenses, measure ACC/ASR/RA/ARR/RDR.
+
+Torch and the bd packages are imported inside commands so that `bd --help` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="bd",
+    help="Tell whether a backdoor defense actually repairs a compromised image classifier.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+out = Console()
+err = Console(stderr=True)
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+
+
+class Preset(str, Enum):
+    quick = "quick"
+    paper = "paper"
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        fail("--device cuda asked for but torch sees no GPU; use --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        fail(f"--device must be auto, cpu or cuda[:N], got {device!r}")
+    return device
+
+
+def default_store() -> Path:
+    from bd_core.paths import cache_root
+
+    return cache_root() / "results.sqlite"
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  bd run --defense ft --arch preact-resnet18 --dataset fashion-mnist --preset quick\n\n"
+    "  bd run --defense clp --arch vgg19 --attack badnets --poison-ratio 0.05 --spc 2 --partition 3\n\n"
+    "  bd run --defense ft --set epochs=20 --set lr=0.005 --format json",
+)
+def run(
+    defense: Annotated[str, typer.Option(help="defense to apply (see `bd list defenses`)")] = "ft",
+    dataset: Annotated[str, typer.Option(help="cifar10, gtsrb, tiny-imagenet, fashion-mnist or synthetic")] = "fashion-mnist",
+    arch: Annotated[str, typer.Option(help="preact-resnet18, vgg19-bn (vgg19), efficientnet-b3, mobilenetv3-large")] = "preact-resnet18",
+    attack: Annotated[str, typer.Option(help="attack that backdoors the model (see `bd list attacks`)")] = "badnets",
+    poison_ratio: Annotated[float, typer.Option(help="fraction of training images poisoned (survey: 0.01, 0.05, 0.1)")] = 0.1,
+    target: Annotated[int, typer.Option(help="attack target class (all-to-one)")] = 0,
+    spc: Annotated[int, typer.Option(help="clean mitigation images per class (survey: 2, 10, 100)")] = 10,
+    partition: Annotated[int, typer.Option(help="which random mitigation set (survey: 0-9)")] = 0,
+    seed: Annotated[int, typer.Option(help="seed of attack training and the defense")] = 0,
+    preset: Annotated[Preset, typer.Option(help="quick: CPU-sized training; paper: BackdoorBench's recipe (GPU)")] = Preset.quick,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="defense hyperparameter override key=value (repeatable)")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N]")] = "auto",
+    store: Annotated[Optional[Path], typer.Option(help="SQLite results file [default: ~/.cache/bd/results.sqlite]")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="dataset root (default: $BD_DATA, then Debian's /usr/share/datasets)")] = None,
+    download: Annotated[bool, typer.Option(help="download the dataset with torchvision if it is missing")] = False,
+    force: Annotated[bool, typer.Option(help="run again even if this experiment is already stored")] = False,
+    format: Annotated[Format, typer.Option(help="table for people, json for programs")] = Format.table,
+) -> None:
+    """Backdoor a model (or reuse the cached one), apply a defense, and report the survey's metrics."""
+    from bd_core.attacked import AttackSpec, load_data
+    from bd_core.config import parse_assignments
+    from bd_core.errors import BdError
+    from bd_core.paths import cache_root
+    from bd_core.store import ModelCache, ResultStore
+
+    from bd_cli.experiment import ExperimentSpec, run_experiment
+
+    try:
+        attack_spec = AttackSpec(dataset, arch, attack, poison_ratio, target, seed, preset.value)
+        spec = ExperimentSpec(attack_spec, defense, spc, partition, parse_assignments(set_))
+        dev = resolve_device(device)
+        data = load_data(attack_spec.dataset, data_dir, download)
+        with ResultStore(store or default_store()) as results:
+            record = run_experiment(spec, data, ModelCache(cache_root() / "models"), results, dev, force)
+            record["store"] = str(results.path)
+    except BdError as e:
+        fail(str(e))
+    if format is Format.json:
+        out.print_json(json.dumps(record, default=str))
+    else:
+        print_result(record)
+
+
+def print_result(r: dict) -> None:
+    title = f"{r['defense']} vs {r['attack']} ({r['poison_ratio']:.0%}) on {r['dataset']}/{r['arch']}, spc {r['spc']}, partition {r['partition']}"
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    table.add_column("before defense", justify="right")
+    table.add_column("after defense", justify="right")
+    for name, label in (("acc", "ACC (clean accuracy)"), ("asr", "ASR (attack success)"), ("ra", "RA (recovery accuracy)")):
+        table.add_row(label, f"{r[name + '_pre']:.2%}", f"{r[name + '_post']:.2%}")
+    out.print(table)
+    out.print(f"ARR (accuracy reduction ratio)  {r['arr']:.4f}   (lower is better)")
+    out.print(f"RDR (recovery difference ratio) {r['rdr']:.4f}   (lower is better)")
+    details = r.get("details") or {}
+    out.print(f"defense time {r['defense_seconds']:.1f} s; what it did: {json.dumps(details.get('defense', {}))}")
+    for note in details.get("approximations", []):
+        out.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
+    out.print(f"stored as {r['key']} in {r.get('store', '')}{' (already there; not rerun)' if r.get('skipped') else ''}", soft_wrap=True)
+
+
+class Listing(str, Enum):
+    attacks = "attacks"
+    defenses = "defenses"
+    models = "models"
+    datasets = "datasets"
+
+
+@app.command("list", epilog="Examples:\n\n  bd list defenses\n\n  bd list models --format json")
+def list_(
+    what: Annotated[Listing, typer.Argument(help="attacks, defenses, models or datasets")],
+    format: Annotated[Format, typer.Option(help="table or json")] = Format.table,
+) -> None:
+    """List what bd knows, with settings and defaults."""
+    rows = _listing(what)
+    if format is Format.json:
+        out.print_json(json.dumps(rows, default=str))
+        return
+    table = Table()
+    for col in rows[0]:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(json.dumps(v) if isinstance(v, (dict, list)) else str(v) for v in row.values()))
+    out.print(table)
+
+
+def _listing(what: Listing) -> list[dict]:
+    if what is Listing.defenses:
+        from bd_defenses import DEFENSES, describe
+
+        return [describe(name) for name in sorted(DEFENSES)]
+    if what is Listing.attacks:
+        from bd_core.attacks import ATTACKS
+
+        return [{"name": n, "clean_label": c.clean_label, "settings": c().settings()} for n, c in ATTACKS.items()]
+    if what is Listing.models:
+        from bd_core.models import MODELS
+
+        return [{"name": n, "class": c.__name__} for n, c in MODELS.items()]
+    from bd_core.data.datasets import SPECS
+
+    return [{"name": n, "layout": s.layout, "note": s.note} for n, s in SPECS.items()] + [
+        {"name": "synthetic", "layout": "generated", "note": "procedural test data"}
+    ]
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

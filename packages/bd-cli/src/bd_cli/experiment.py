@@ -1,0 +1,129 @@
+"""One experiment unit: attacked model (cached) -> defense on a mitigation set -> metrics -> store.
+
+The same function serves `bd run` and, later, every unit of a grid.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+import bd_core
+from bd_core.attacked import AttackSpec, DataBundle, obtain_attacked_model
+from bd_core.data import mitigation_set
+from bd_core.errors import BdError
+from bd_core.metrics import Metrics, arr, evaluate, rdr
+from bd_core.progress import log
+from bd_core.store import ModelCache, ResultStore, config_key
+from bd_defenses import Context, MitigationData, canonical_defense, create_defense
+
+RESULT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    attack: AttackSpec
+    defense: str
+    spc: int = 10
+    partition: int = 0
+    defense_settings: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "defense", canonical_defense(self.defense))
+        self.build_defense()  # validate overrides early, before any training
+
+    def build_defense(self):
+        return create_defense(self.defense, self.defense_settings)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "format": RESULT_FORMAT,
+            "attack": self.attack.config(),
+            "defense": self.defense,
+            "defense_settings": dataclasses.asdict(self.build_defense()),
+            "spc": self.spc,
+            "partition": self.partition,
+        }
+
+    @property
+    def key(self) -> str:
+        return config_key(self.config())
+
+    def columns(self) -> dict[str, Any]:
+        a = self.attack
+        return {
+            "key": self.key, "dataset": a.dataset, "arch": a.arch, "attack": a.attack,
+            "poison_ratio": a.poison_ratio, "defense": self.defense, "spc": self.spc,
+            "partition": self.partition, "seed": a.seed, "preset": a.preset,
+        }
+
+
+def approximations(spec: ExperimentSpec, data: DataBundle) -> list[str]:
+    """What makes this run differ from the survey's setting; shown with every result."""
+    notes = []
+    if data.train.info.note:
+        notes.append(f"dataset: {data.train.info.note}")
+    if spec.attack.preset != "paper":
+        r = spec.attack.recipe
+        notes.append(
+            f"preset {spec.attack.preset}: width x{r.width}, {r.train_limit or 'all'} training images, "
+            f"{r.epochs} epochs (paper: full width, all images, 100 epochs)"
+        )
+    return notes
+
+
+def run_experiment(
+    spec: ExperimentSpec,
+    data: DataBundle,
+    cache: ModelCache,
+    store: ResultStore,
+    device: str = "cpu",
+    force: bool = False,
+) -> dict[str, Any]:
+    """Run one unit and store it; a finished key is returned from the store unless `force`."""
+    key = spec.key
+    if store.has(key) and not force:
+        log(f"experiment {key} already in {store.path}; skipping (pass --force to run it again)")
+        return {**store.get(key), "skipped": True}
+    row: dict[str, Any] = {**spec.columns(), "config": spec.config(), "bd_version": bd_core.__version__}
+    try:
+        attacked, cache_hit = obtain_attacked_model(spec.attack, data, cache, device)
+        pre = Metrics(**attacked.meta["metrics"])
+        clean = mitigation_set(data.train, spec.spc, spec.partition)
+        defense = spec.build_defense()
+        ctx = Context(device=device, seed=spec.attack.seed + spec.partition)
+        model = copy.deepcopy(attacked.model).to(device)
+        torch.manual_seed(ctx.seed)
+        log(f"applying {defense.name} with {len(clean)} clean images (spc {spec.spc}, partition {spec.partition})")
+        started = time.perf_counter()
+        repaired = defense(model, MitigationData(clean), ctx)
+        seconds = time.perf_counter() - started
+        post = evaluate(repaired, data.test, attacked.trigger, spec.attack.target, device=device)
+    except Exception as e:
+        if isinstance(e, BdError):
+            raise
+        row.update(status="failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}")
+        store.put(row)
+        raise
+    row.update(
+        status="ok",
+        **pre.as_dict("_pre"),
+        **post.as_dict("_post"),
+        arr=arr(pre.acc, post.acc),
+        rdr=rdr(pre.acc, post.ra),
+        defense_seconds=round(seconds, 3),
+        details={
+            "defense": ctx.record,
+            "attacked_model": attacked.meta.get("cache_key"),
+            "attacked_model_cached": cache_hit,
+            "approximations": approximations(spec, data),
+        },
+    )
+    store.put(row)
+    return {**row, "skipped": False}

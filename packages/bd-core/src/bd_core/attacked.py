@@ -1,0 +1,159 @@
+"""Attacked models: train once, cache by the hash of the full configuration, reuse.
+
+`AttackSpec` names everything that determines an attacked model. `obtain_attacked_model`
+returns the cached one when it exists (and says so), otherwise trains it with the
+shared trainer, measures its clean/backdoor metrics, and caches model + trigger.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bd_core.attacks import canonical_attack, create_attack
+from bd_core.attacks.base import Attack, Trigger, check_ratio
+from bd_core.data import Augment, ImageSet, canonical_dataset, load_dataset
+from bd_core.data.mitigation import stratified_index
+from bd_core.metrics import evaluate
+from bd_core.models import canonical_model, create_model
+from bd_core.progress import log
+from bd_core.store.models import AttackedModel, ModelCache, config_key
+from bd_core.train import Recipe, fit, preset
+
+MODEL_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    dataset: str
+    arch: str
+    attack: str
+    poison_ratio: float = 0.1
+    target: int = 0
+    seed: int = 0
+    preset: str = "quick"
+    attack_settings: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dataset", canonical_dataset(self.dataset))
+        object.__setattr__(self, "arch", canonical_model(self.arch))
+        object.__setattr__(self, "attack", canonical_attack(self.attack))
+        check_ratio(self.poison_ratio)
+        preset(self.preset)
+
+    def build_attack(self) -> Attack:
+        return create_attack(self.attack, self.attack_settings)
+
+    @property
+    def recipe(self) -> Recipe:
+        return preset(self.preset)
+
+    def config(self) -> dict[str, Any]:
+        """Everything that determines the trained model (the cache key hashes this)."""
+        return {
+            "format": MODEL_FORMAT,
+            "dataset": self.dataset,
+            "arch": self.arch,
+            "attack": self.attack,
+            "attack_settings": self.build_attack().settings(),
+            "poison_ratio": self.poison_ratio,
+            "target": self.target,
+            "seed": self.seed,
+            "preset": self.preset,
+            "recipe": dataclasses.asdict(self.recipe),
+        }
+
+    @property
+    def key(self) -> str:
+        return config_key(self.config())
+
+
+@dataclass
+class DataBundle:
+    train: ImageSet  # the full training split (mitigation sets are drawn from it)
+    test: ImageSet
+
+
+def load_data(dataset: str, root: Path | None = None, download: bool = False) -> DataBundle:
+    return DataBundle(
+        load_dataset(dataset, "train", root=root, download=download),
+        load_dataset(dataset, "test", root=root, download=download),
+    )
+
+
+def training_subset(train: ImageSet, recipe: Recipe, seed: int) -> ImageSet:
+    if recipe.train_limit is None or recipe.train_limit >= len(train):
+        return train
+    g = torch.Generator().manual_seed(seed)
+    return train.subset(stratified_index(train.labels, train.num_classes, recipe.train_limit // train.num_classes, g))
+
+
+def train_attacked_model(spec: AttackSpec, data: DataBundle, device: str = "cpu") -> tuple[torch.nn.Module, Trigger, dict]:
+    recipe, attack = spec.recipe, spec.build_attack()
+    if not 0 <= spec.target < data.train.num_classes:
+        raise ValueError(f"target class {spec.target} outside 0..{data.train.num_classes - 1}")
+    train = training_subset(data.train, recipe, spec.seed)
+    g = torch.Generator().manual_seed(spec.seed)
+    trigger = attack.fit(train, spec.seed)
+    poisoned = attack.poison_index(train, spec.poison_ratio, spec.target, g)
+    labels = torch.where(poisoned, torch.full_like(train.labels, spec.target), train.labels)
+    augment = Augment.for_dataset(train.info)
+    mean, std = train.mean_std()
+    images = train.images.to(device)
+    poisoned_dev = poisoned.to(device)
+
+    def make_batch(idx: torch.Tensor, gen: torch.Generator):
+        offsets, flip = augment.draw(len(idx), gen)
+        dev_idx = idx.to(device)
+        x = trigger.apply(images[dev_idx], poisoned_dev[dev_idx], mean, std, offsets.to(device), augment.padding,
+                          None if flip is None else flip.to(device))
+        return x, labels[idx]
+
+    torch.manual_seed(spec.seed)
+    model = create_model(spec.arch, train.num_classes, train.channels, train.image_size, recipe.width)
+    started = time.perf_counter()
+    losses = fit(
+        model, make_batch, len(train), epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
+        momentum=recipe.momentum, weight_decay=recipe.weight_decay, seed=spec.seed, device=device,
+        description=f"training {spec.attack} {spec.arch} on {spec.dataset}",
+    )
+    report = {
+        "train_seconds": round(time.perf_counter() - started, 2),
+        "train_images": len(train),
+        "poisoned_images": int(poisoned.sum()),
+        "epoch_losses": [round(v, 4) for v in losses],
+    }
+    return model, trigger, report
+
+
+def obtain_attacked_model(
+    spec: AttackSpec, data: DataBundle, cache: ModelCache, device: str = "cpu"
+) -> tuple[AttackedModel, bool]:
+    """The attacked model for `spec` from the cache, or trained and cached; bool: cache hit."""
+    key = spec.key
+    hit = cache.get(key)
+    if hit is not None:
+        log(f"using cached attacked model {key} ({cache.path(key)})")
+        hit.model.to(device)
+        return hit, True
+    log(f"training attacked model {key}: {spec.attack} on {spec.dataset}/{spec.arch}, preset {spec.preset}")
+    model, trigger, report = train_attacked_model(spec, data, device)
+    pre = evaluate(model, data.test, trigger, spec.target, device=device)
+    meta = {
+        "arch": spec.arch,
+        "num_classes": data.train.num_classes,
+        "in_channels": data.train.channels,
+        "image_size": data.train.image_size,
+        "width": spec.recipe.width,
+        "attack": spec.config(),
+        "training": report,
+        "metrics": pre.as_dict(),
+    }
+    path = cache.put(key, model, meta, trigger)
+    log(f"cached attacked model at {path}")
+    return AttackedModel(model, trigger, {**meta, "cache_key": key}), False

@@ -1,0 +1,29 @@
+"""The survey's attacks, one module each, behind one registry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bd_core.attacks.badnets import BadNets
+from bd_core.attacks.base import Attack, Trigger
+from bd_core.config import build_dataclass
+from bd_core.errors import BdError
+
+ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (BadNets,)}
+ALIASES = {"badnet": "badnets"}
+
+
+def canonical_attack(name: str) -> str:
+    key = name.strip().lower().replace("_", "").replace("-", "")
+    key = ALIASES.get(key, key)
+    if key not in ATTACKS:
+        raise BdError(f"unknown attack {name!r}; valid: {', '.join(ATTACKS)}")
+    return key
+
+
+def create_attack(name: str, overrides: dict[str, Any] | None = None) -> Attack:
+    """The attack `name` with its paper defaults, optionally overridden (validated)."""
+    return build_dataclass(ATTACKS[canonical_attack(name)], overrides or {}, what=f"attack {name}")
+
+
+__all__ = ["ATTACKS", "Attack", "BadNets", "Trigger", "canonical_attack", "create_attack"]

@@ -1,0 +1,108 @@
+"""What every attack provides: trigger artifacts (`fit`), which training rows to
+poison (`poison_index`), and how a batch is poisoned (`Trigger.apply`).
+
+A `Trigger` holds tensors only, so it is saved next to the attacked model (as
+safetensors) and rebuilt in any later process: the poisoned test set is a pure
+function of (test set, trigger).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from bd_core.data.imageset import ImageSet
+from bd_core.errors import InvalidRequest
+from bd_kernels import apply_trigger
+
+
+@dataclass
+class Trigger:
+    """A pattern/mask trigger applied by the fused `apply_trigger` kernel."""
+
+    pattern: Tensor  # [C,H,W] float, 0..255 scale (signed residual for mode "add")
+    mask: Tensor  # [1|C,H,W] float in [0,1]
+    mode: str = "replace"
+    alpha: float = 1.0
+
+    def apply(
+        self,
+        images: Tensor,
+        poisoned: Tensor | None,
+        mean: Tensor,
+        std: Tensor,
+        crop_offsets: Tensor | None = None,
+        padding: int = 0,
+        flip: Tensor | None = None,
+    ) -> Tensor:
+        """Normalized float batch with the trigger on rows where `poisoned` is True."""
+        dev = images.device
+        return apply_trigger(
+            images,
+            poisoned,
+            self.pattern.to(dev),
+            self.mask.to(dev),
+            mode=self.mode,
+            alpha=self.alpha,
+            mean=mean.to(dev),
+            std=std.to(dev),
+            crop_offsets=crop_offsets,
+            padding=padding,
+            flip=flip,
+        )
+
+    def artifacts(self) -> dict[str, Tensor]:
+        return {"pattern": self.pattern.contiguous(), "mask": self.mask.contiguous()}
+
+    def settings(self) -> dict[str, Any]:
+        return {"kind": "pattern", "mode": self.mode, "alpha": self.alpha}
+
+    @staticmethod
+    def restore(artifacts: dict[str, Tensor], settings: dict[str, Any]) -> "Trigger":
+        kind = settings.get("kind")
+        if kind != "pattern":
+            raise InvalidRequest(f"unknown trigger kind {kind!r} in saved artifacts")
+        return Trigger(artifacts["pattern"], artifacts["mask"], settings["mode"], float(settings["alpha"]))
+
+
+@dataclass(frozen=True)
+class Attack:
+    """Base of the attack dataclasses; fields of subclasses are the attack's settings."""
+
+    name: ClassVar[str]
+    clean_label: ClassVar[bool] = False  # poison only target-class samples, keep their labels
+
+    def fit(self, train: ImageSet, seed: int) -> Trigger:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def settings(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def poison_index(self, train: ImageSet, ratio: float, target: int, generator: torch.Generator) -> Tensor:
+        """Bool [N]: the training rows that carry the trigger.
+
+        `ratio` is a fraction of the whole training set (BackdoorBench's pratio);
+        dirty-label attacks draw from non-target samples, clean-label ones from the target class.
+        """
+        check_ratio(ratio)
+        pool = (train.labels == target) if self.clean_label else (train.labels != target)
+        candidates = pool.nonzero().squeeze(1)
+        count = round(ratio * len(train))
+        if count > len(candidates):
+            raise InvalidRequest(
+                f"poison ratio {ratio} needs {count} {'target-class' if self.clean_label else 'non-target'} "
+                f"samples but the training set has {len(candidates)}"
+            )
+        chosen = candidates[torch.randperm(len(candidates), generator=generator)[:count]]
+        flags = torch.zeros(len(train), dtype=torch.bool)
+        flags[chosen] = True
+        return flags
+
+
+def check_ratio(ratio: float) -> None:
+    if not 0.0 < ratio < 1.0:
+        raise InvalidRequest(f"poison ratio must be in (0, 1), e.g. 0.1 for 10 %, got {ratio}")

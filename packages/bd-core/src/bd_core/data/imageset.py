@@ -1,0 +1,85 @@
+"""ImageSet: a whole split resident in memory as one uint8 tensor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model and an attack need to know about a dataset."""
+
+    name: str
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    hflip: bool  # horizontal flip is a label-preserving augmentation for this data
+    note: str = ""  # anything a reader of the results must know (approximations, sources)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@dataclass
+class ImageSet:
+    """uint8 images [N,C,H,W], int64 labels [N], the dataset's info and the split name.
+
+    `source_index` maps each row to its row in the split it was drawn from (a
+    subset keeps the link back, e.g. a mitigation set to the training split).
+    """
+
+    images: Tensor
+    labels: Tensor
+    info: DatasetInfo
+    split: str
+    source_index: Tensor | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(f"images must be uint8 [N,C,H,W], got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(f"labels must be [N] with N={self.images.shape[0]}, got {tuple(self.labels.shape)}")
+        self.labels = self.labels.to(torch.int64)
+        if len(self.labels) and (int(self.labels.min()) < 0 or int(self.labels.max()) >= self.info.num_classes):
+            raise ValueError(f"labels outside 0..{self.info.num_classes - 1} in {self.info.name}/{self.split}")
+        if self.images.shape[1] != len(self.info.mean):
+            raise ValueError(f"{self.info.name}: {self.images.shape[1]} channels but {len(self.info.mean)} mean values")
+        if self.source_index is None:
+            self.source_index = torch.arange(len(self.labels))
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[2])
+
+    @property
+    def num_classes(self) -> int:
+        return self.info.num_classes
+
+    def subset(self, index: Tensor, split: str | None = None) -> "ImageSet":
+        """Rows `index` of this set, remembering where they came from."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        return ImageSet(
+            self.images[index],
+            self.labels[index],
+            self.info,
+            split or self.split,
+            self.source_index[index],
+        )
+
+    def class_counts(self) -> Tensor:
+        return torch.bincount(self.labels, minlength=self.num_classes)
+
+    def mean_std(self) -> tuple[Tensor, Tensor]:
+        """Normalization constants as float32 tensors [C]."""
+        return torch.tensor(self.info.mean, dtype=torch.float32), torch.tensor(self.info.std, dtype=torch.float32)

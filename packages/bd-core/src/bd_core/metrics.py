@@ -1,0 +1,79 @@
+"""The survey's measures (Section 5.4).
+
+ACC: accuracy on the clean test set.
+ASR: accuracy on triggered test samples against the target label, over samples
+     whose true label is not the target (those are omitted).
+RA:  accuracy on the same triggered samples against their original labels.
+ARR = (ACC_pre - ACC_post) / ACC_pre          (Eq. 41)
+RDR = (ACC_pre - RA_post) / ACC_pre           (Eq. 42)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from bd_core.attacks.base import Trigger
+from bd_core.data.imageset import ImageSet
+
+
+@dataclass(frozen=True)
+class Metrics:
+    acc: float
+    asr: float
+    ra: float
+
+    def as_dict(self, suffix: str = "") -> dict[str, float]:
+        return {f"{k}{suffix}": v for k, v in asdict(self).items()}
+
+
+def arr(acc_pre: float, acc_post: float) -> float:
+    """Accuracy reduction ratio; lower is better, 0 means no clean accuracy lost."""
+    return (acc_pre - acc_post) / acc_pre
+
+
+def rdr(acc_pre: float, ra_post: float) -> float:
+    """Recovery difference ratio; 0 means triggered inputs are classified as well as clean ones were."""
+    return (acc_pre - ra_post) / acc_pre
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches, device: torch.device | str) -> Tensor:
+    model.eval()
+    return torch.cat([model(x.to(device)).argmax(1).cpu() for x in batches])
+
+
+def _chunks(images: Tensor, batch_size: int):
+    return images.split(batch_size)
+
+
+def evaluate(
+    model: nn.Module,
+    test: ImageSet,
+    trigger: Trigger,
+    target: int,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 512,
+) -> Metrics:
+    """ACC on the clean test set; ASR and RA on its triggered non-target samples."""
+    mean, std = test.mean_std()
+    images = test.images.to(device)
+    clean = predict(model, (trigger.apply(b, None, mean, std) for b in _chunks(images, batch_size)), device)
+    acc = (clean == test.labels).float().mean().item()
+    keep = test.labels != target
+    victims, truth = images[keep.to(device)], test.labels[keep]
+    poisoned = predict(
+        model,
+        (
+            trigger.apply(b, torch.ones(len(b), dtype=torch.bool, device=b.device), mean, std)
+            for b in _chunks(victims, batch_size)
+        ),
+        device,
+    )
+    asr = (poisoned == target).float().mean().item()
+    ra = (poisoned == truth).float().mean().item()
+    return Metrics(acc=acc, asr=asr, ra=ra)

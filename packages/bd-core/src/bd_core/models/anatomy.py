@@ -1,0 +1,82 @@
+"""What defenses need to know about a model, found once: conv/BN pairs in forward
+order, the last conv layer, the penultimate feature module, the classifier and the
+stage outputs NAD distils attention from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class Anatomy:
+    convs: list[tuple[str, nn.Conv2d]]  # every conv, in the order the forward pass runs them
+    conv_bn: list[tuple[str, nn.Conv2d, str, nn.BatchNorm2d]]  # BN that directly normalizes the conv's output
+    last_conv: tuple[str, nn.Conv2d]  # the conv whose channels feed global pooling (FP prunes here)
+    features: tuple[str, nn.Module]  # its output, flattened, is the penultimate feature vector
+    classifier: tuple[str, nn.Module]  # maps features to logits
+    stages: list[tuple[str, nn.Module]]  # attention stages (NAD), shallow to deep
+
+
+def anatomy(model: nn.Module, in_channels: int | None = None, image_size: int = 32) -> Anatomy:
+    """Resolve the model's anatomy; conv->BN pairs are found by tracing one forward pass."""
+    spec = getattr(model, "anatomy_spec", None)
+    if spec is None:
+        raise TypeError(f"{type(model).__name__} has no anatomy_spec; models must come from bd_core.models")
+    modules = dict(model.named_modules())
+    if in_channels is None:
+        in_channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
+    convs, conv_bn = _trace(model, in_channels, image_size)
+    last = spec["last_conv"]
+    return Anatomy(
+        convs=convs,
+        conv_bn=conv_bn,
+        last_conv=(last, modules[last]),
+        features=(spec["features"], modules[spec["features"]]),
+        classifier=(spec["classifier"], modules[spec["classifier"]]),
+        stages=[(s, modules[s]) for s in spec["stages"]],
+    )
+
+
+def _trace(model: nn.Module, in_channels: int, image_size: int):
+    """Run one eval-mode forward; a BN pairs with a conv when its input *is* the conv's
+    output, unmodified (same tensor object, same version counter)."""
+    order: list[tuple[str, nn.Conv2d]] = []
+    produced: dict[int, tuple[str, nn.Conv2d, int, torch.Tensor]] = {}
+    pairs: list[tuple[str, nn.Conv2d, str, nn.BatchNorm2d]] = []
+    hooks = []
+
+    def on_conv(name):
+        def hook(mod, inputs, output):
+            order.append((name, mod))
+            produced[id(output)] = (name, mod, output._version, output)
+
+        return hook
+
+    def on_bn(name):
+        def hook(mod, inputs):
+            x = inputs[0]
+            hit = produced.get(id(x))
+            if hit is not None and hit[3] is x and hit[2] == x._version:
+                pairs.append((hit[0], hit[1], name, mod))
+
+        return hook
+
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Conv2d):
+            hooks.append(mod.register_forward_hook(on_conv(name)))
+        elif isinstance(mod, nn.BatchNorm2d):
+            hooks.append(mod.register_forward_pre_hook(on_bn(name)))
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            model(torch.zeros(1, in_channels, image_size, image_size, device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return order, pairs

@@ -1,0 +1,57 @@
+"""Model registry and the one entry point `create_model` (timm style)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch.nn as nn
+
+from bd_core.errors import BdError
+from bd_core.models.preact_resnet import PreActResNet18
+from bd_core.models.torchvision_nets import EfficientNetB3, MobileNetV3Large
+from bd_core.models.vgg import VGG19BN
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "preact-resnet18": PreActResNet18,
+    "vgg19-bn": VGG19BN,
+    "efficientnet-b3": EfficientNetB3,
+    "mobilenetv3-large": MobileNetV3Large,
+}
+ALIASES = {
+    "preactresnet18": "preact-resnet18",
+    "resnet": "preact-resnet18",
+    "resnet18": "preact-resnet18",
+    "vgg19": "vgg19-bn",
+    "vgg19bn": "vgg19-bn",
+    "vgg": "vgg19-bn",
+    "efficientnetb3": "efficientnet-b3",
+    "efficientnet": "efficientnet-b3",
+    "mobilenetv3large": "mobilenetv3-large",
+    "mobilenetv3": "mobilenetv3-large",
+    "mobilenet": "mobilenetv3-large",
+}
+MIN_SIZE, MAX_SIZE = 28, 64
+
+
+def canonical_model(name: str) -> str:
+    key = name.strip().lower().replace("_", "-")
+    if key in MODELS:
+        return key
+    squashed = key.replace("-", "")
+    if squashed in ALIASES:
+        return ALIASES[squashed]
+    raise BdError(f"unknown architecture {name!r}; valid: {', '.join(MODELS)} (aliases: vgg19, resnet18, mobilenet)")
+
+
+def create_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32, width: float = 1.0) -> nn.Module:
+    """Build an untrained classifier for `in_channels` x `image_size`^2 inputs."""
+    arch = canonical_model(name)
+    if in_channels not in (1, 3):
+        raise BdError(f"in_channels must be 1 or 3, got {in_channels}")
+    if not MIN_SIZE <= image_size <= MAX_SIZE:
+        raise BdError(f"image_size must be within {MIN_SIZE}..{MAX_SIZE} px, got {image_size}")
+    if not 0 < width <= 4:
+        raise BdError(f"width must be in (0, 4], got {width}")
+    if num_classes < 2:
+        raise BdError(f"num_classes must be >= 2, got {num_classes}")
+    return MODELS[arch](num_classes=num_classes, in_channels=in_channels, width=width)

@@ -1,0 +1,64 @@
+"""Safetensors in and out, with a check before anything is parsed.
+
+bd never unpickles a model file: a pickle or `torch.save` archive is refused with
+a message that says how to convert it.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from bd_core.errors import UnsafeModelFile
+
+MAX_HEADER = 100 * 1024 * 1024
+_CONVERT = "convert it with safetensors.torch.save_file(model.state_dict(), 'model.safetensors')"
+
+
+def check_safetensors(path: Path) -> None:
+    """Raise UnsafeModelFile unless `path` is structurally a safetensors file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UnsafeModelFile(f"model file {path} does not exist")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
+        raise UnsafeModelFile(f"{path} is a pickle / torch.save file; bd loads only safetensors: {_CONVERT}")
+    if len(head) < 9:
+        raise UnsafeModelFile(f"{path} is too short to be a safetensors file")
+    (header_len,) = struct.unpack("<Q", head[:8])
+    if header_len > min(size - 8, MAX_HEADER) or head[8:9] != b"{":
+        raise UnsafeModelFile(f"{path} is not a safetensors file: {_CONVERT}")
+
+
+def load_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors and string metadata of a checked safetensors file."""
+    check_safetensors(path)
+    try:
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+        return load_file(str(path)), metadata
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise UnsafeModelFile(f"{path} is a damaged safetensors file: {e}") from None
+
+
+def save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write atomically (temp file then rename) so a killed writer never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    tmp.replace(path)
+
+
+def metadata_json(metadata: dict[str, str], key: str, path: Path) -> dict:
+    try:
+        return json.loads(metadata[key])
+    except (KeyError, json.JSONDecodeError):
+        raise UnsafeModelFile(f"{path} lacks valid '{key}' metadata; was it written by bd?") from None

@@ -1,0 +1,78 @@
+"""What a defense receives: the model, the defender's clean data and a context.
+
+By construction a defense cannot see test data or the trigger: `MitigationData`
+holds only the clean mitigation set, and `Context` only run settings.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+
+from bd_core.data import Augment, ImageSet
+
+
+@dataclass(frozen=True)
+class MitigationData:
+    """The defender's clean images (SPC per class) — nothing else."""
+
+    clean: ImageSet
+
+    @property
+    def num_classes(self) -> int:
+        return self.clean.num_classes
+
+    def split(self, held_out_fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
+        """Stratified (fit, held-out) split, for choosing thresholds on the defender's own data."""
+        g = torch.Generator().manual_seed(seed)
+        fit_rows, held_rows = [], []
+        for c in range(self.num_classes):
+            members = (self.clean.labels == c).nonzero().squeeze(1)
+            members = members[torch.randperm(len(members), generator=g)]
+            n_held = max(1, round(held_out_fraction * len(members))) if len(members) > 1 else 0
+            held_rows.append(members[:n_held])
+            fit_rows.append(members[n_held:])
+        return self.clean.subset(torch.cat(fit_rows)), self.clean.subset(torch.cat(held_rows))
+
+    def augment(self) -> Augment:
+        return Augment.for_dataset(self.clean.info)
+
+
+@dataclass
+class Context:
+    """Run settings handed to a defense, and the record it fills in."""
+
+    device: str = "cpu"
+    seed: int = 0
+    record: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    def report(self, **values: Any) -> None:
+        """Note what the defense did (channels pruned, mask sparsity, ...) in the result record."""
+        self.record.update(values)
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed + offset)
+
+
+@dataclass(frozen=True)
+class Defense:
+    """Base of defense dataclasses: fields are hyperparameters with the paper's defaults."""
+
+    name: ClassVar[str]
+    family: ClassVar[str]
+    paper: ClassVar[str]
+    needs: ClassVar[str] = ""  # anything beyond the survey's defender (e.g. BCU's OOD data)
+
+    def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:  # pragma: no cover
+        raise NotImplementedError
+
+
+def check_positive(**values: float) -> None:
+    for name, value in values.items():
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value}")

@@ -1,0 +1,55 @@
+"""The fine-tuning loop shared by every defense that trains on the mitigation set."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from bd_core.data import Augment, ImageSet
+from bd_core.train import StepFn, cross_entropy_step, fit
+from bd_defenses.base import Context
+from bd_kernels import apply_trigger
+
+
+def clean_batches(data: ImageSet, augment: Augment | None, device: str):
+    """make_batch for `fit`: augmented, normalized clean images of `data`."""
+    mean, std = (t.to(device) for t in data.mean_std())
+    images = data.images.to(device)
+
+    def make_batch(idx: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        dev_idx = idx.to(device)
+        if augment is None:
+            return apply_trigger(images[dev_idx], mean=mean, std=std), data.labels[idx]
+        offsets, flip = augment.draw(len(idx), g)
+        x = apply_trigger(
+            images[dev_idx], mean=mean, std=std, crop_offsets=offsets.to(device), padding=augment.padding,
+            flip=None if flip is None else flip.to(device),
+        )
+        return x, data.labels[idx]
+
+    return make_batch
+
+
+def finetune(
+    model: nn.Module,
+    data: ImageSet,
+    ctx: Context,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    augment: Augment | None = None,
+    step: StepFn = cross_entropy_step,
+    params: list[nn.Parameter] | None = None,
+    description: str = "fine-tuning",
+) -> list[float]:
+    """SGD + cosine over the mitigation set (augmented like the attack's training data)."""
+    augment = augment if augment is not None else Augment.for_dataset(data.info)
+    return fit(
+        model, clean_batches(data, augment, ctx.device), len(data), epochs=epochs, batch_size=batch_size, lr=lr,
+        momentum=momentum, weight_decay=weight_decay, seed=ctx.seed, device=ctx.device, step=step, params=params,
+        description=description,
+    )

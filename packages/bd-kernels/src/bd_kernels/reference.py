@@ -1,0 +1,119 @@
+"""Pure-torch reference implementations of bd's fused ops.
+
+These define the semantics: the compiled kernels must match them (tests use them
+as the oracle) and they are the fallback when the extension is not built.
+
+Pixel conventions: `images` are uint8 [N,C,H,W] in 0..255; `pattern` is float in
+the same 0..255 scale (for mode "add" it is a signed residual); `mask` is float in
+[0,1]; `mean`/`std` are per-channel in the 0..1 scale, as torchvision's Normalize.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+TRIGGER_MODES = ("replace", "blend", "add")
+
+
+def _rows(t: Tensor, rows: Tensor) -> Tensor:
+    """Per-sample tensors ([N,...]) are indexed by the poisoned rows; shared ones broadcast."""
+    return t[rows] if t.dim() == 4 else t.unsqueeze(0)
+
+
+def apply_trigger(
+    images: Tensor,
+    poisoned: Tensor | None,
+    pattern: Tensor | None,
+    mask: Tensor | None,
+    mode: str,
+    alpha: float,
+    mean: Tensor,
+    std: Tensor,
+    crop_offsets: Tensor | None = None,
+    padding: int = 0,
+    flip: Tensor | None = None,
+    out_dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Poison the selected rows, then crop/flip and normalize, returning float images.
+
+    poisoned: bool [N]; pattern: [C,H,W] or [N,C,H,W]; mask: [1|C,H,W] or [N,1|C,H,W].
+    replace: x + m (p - x); blend: x + alpha m (p - x); add: clamp(x + m p, 0, 255).
+    crop_offsets: int [N,2] (dy, dx) in [0, 2*padding] into the zero (black) padded image.
+    flip: bool [N], horizontal flip applied after the crop.
+    """
+    if mode not in TRIGGER_MODES:
+        raise ValueError(f"mode must be one of {TRIGGER_MODES}, got {mode!r}")
+    n, c, h, w = images.shape
+    x = images.to(torch.float32)
+    if poisoned is not None and pattern is not None and bool(poisoned.any()):
+        rows = poisoned.nonzero().squeeze(1)
+        xp = x[rows]
+        p = _rows(pattern.to(torch.float32), rows)
+        m = _rows(mask.to(torch.float32), rows) if mask is not None else torch.ones(1, device=x.device)
+        if mode == "replace":
+            xp = xp + m * (p - xp)
+        elif mode == "blend":
+            xp = xp + alpha * m * (p - xp)
+        else:
+            xp = (xp + m * p).clamp_(0.0, 255.0)
+        x[rows] = xp
+    if crop_offsets is not None or flip is not None:
+        x = _crop_flip(x, crop_offsets, padding, flip)
+    scale = (1.0 / (255.0 * std.to(x))).view(1, c, 1, 1)
+    shift = (-mean.to(x) / std.to(x)).view(1, c, 1, 1)
+    return (x * scale + shift).to(out_dtype)
+
+
+def _crop_flip(x: Tensor, offsets: Tensor | None, padding: int, flip: Tensor | None) -> Tensor:
+    n, c, h, w = x.shape
+    dev = x.device
+    if offsets is None:
+        offsets = torch.full((n, 2), padding, dtype=torch.long, device=dev)
+    if padding > 0:
+        x = F.pad(x, (padding, padding, padding, padding), value=0.0)
+    rows = offsets[:, 0:1].to(dev) + torch.arange(h, device=dev)  # [N,H]
+    cols = torch.arange(w, device=dev).expand(n, w)
+    if flip is not None:
+        cols = torch.where(flip.to(dev).view(n, 1), cols.flip(1), cols)
+    cols = cols + offsets[:, 1:2].to(dev)  # [N,W]
+    batch = torch.arange(n, device=dev).view(n, 1, 1, 1)
+    chan = torch.arange(c, device=dev).view(1, c, 1, 1)
+    return x[batch, chan, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+
+
+def channel_stats(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Per-channel (count, mean, M2, min, max) of x [N,C,H,W] or [N,C], accumulated in float64.
+
+    M2 is the sum of squared deviations from the mean (variance = M2 / count).
+    """
+    if x.dim() not in (2, 4):
+        raise ValueError(f"channel_stats expects [N,C] or [N,C,H,W], got shape {tuple(x.shape)}")
+    c = x.shape[1]
+    flat = x.transpose(0, 1).reshape(c, -1).to(torch.float64)
+    count = torch.full((c,), flat.shape[1], dtype=torch.int64, device=x.device)
+    mean = flat.mean(dim=1)
+    m2 = ((flat - mean[:, None]) ** 2).sum(dim=1)
+    return count, mean, m2, flat.amin(dim=1), flat.amax(dim=1)
+
+
+def masked_conv2d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    mask: Tensor,
+    perturb: Tensor,
+    bias_mask: Tensor,
+    bias_perturb: Tensor,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+) -> Tensor:
+    """y = conv(x, W) * (m + d) + b * (mb + db), per output channel."""
+    y = F.conv2d(x, weight, None, stride, padding, dilation, groups)
+    y = y * (mask + perturb).view(1, -1, 1, 1)
+    if bias is not None:
+        y = y + (bias * (bias_mask + bias_perturb)).view(1, -1, 1, 1)
+    return y
