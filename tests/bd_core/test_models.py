@@ -1,0 +1,53 @@
+"""Every architecture on 1- and 3-channel inputs from 28 to 64 px, and its anatomy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+
+from bd_core.errors import BdError
+from bd_core.models import MODELS, anatomy, canonical_model, create_model
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("channels, size", [(1, 28), (3, 32), (3, 64)])
+def test_forward_and_anatomy(name, channels, size):
+    model = create_model(name, num_classes=7, in_channels=channels, image_size=size, width=0.125).eval()
+    x = torch.randn(2, channels, size, size)
+    assert model(x).shape == (2, 7)
+    a = anatomy(model, channels, size)
+    assert a.convs[0][1].in_channels == channels
+    assert a.last_conv[1] is a.convs[-1][1] or isinstance(a.last_conv[1], nn.Conv2d)
+    # the features module's output, flattened, is what the classifier consumes
+    seen = {}
+    hook = a.features[1].register_forward_hook(lambda m, i, o: seen.setdefault("f", o.flatten(1)))
+    logits = model(x)
+    hook.remove()
+    head = a.classifier[1]
+    torch.testing.assert_close(head(seen["f"]), logits)
+    for conv_name, conv, bn_name, bn in a.conv_bn:
+        assert conv.out_channels == bn.num_features
+    assert len(a.conv_bn) >= 5 and len(a.stages) >= 3
+
+
+def test_preact_conv_bn_pairs_are_direct_only():
+    a = anatomy(create_model("preact-resnet18", 10, 3, 32, width=0.125))
+    pairs = {(c, b) for c, _, b, _ in a.conv_bn}
+    assert ("layer1.0.conv1", "layer1.0.bn2") in pairs
+    # conv2's output is summed with the shortcut before the next BN: not a direct pair
+    assert not any(c.endswith("conv2") for c, _ in pairs)
+
+
+@pytest.mark.parametrize("typed, canonical", [("vgg19", "vgg19-bn"), ("VGG19-BN", "vgg19-bn"), ("preact_resnet18", "preact-resnet18"), ("MobileNetV3-Large", "mobilenetv3-large")])
+def test_names_users_type(typed, canonical):
+    assert canonical_model(typed) == canonical
+
+
+def test_bad_requests():
+    with pytest.raises(BdError, match="valid: preact-resnet18"):
+        create_model("resnet50", 10)
+    with pytest.raises(BdError, match="28..64"):
+        create_model("vgg19", 10, 3, 96)
+    with pytest.raises(BdError, match="1 or 3"):
+        create_model("vgg19", 10, 4, 32)
