@@ -26,3 +26,39 @@ def _isolated_cache(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+TINY_PRESET = "tiny-test"
+
+
+@pytest.fixture(scope="session")
+def tiny_preset():
+    """A recipe small enough for tests that still plants a reliable backdoor on synthetic data."""
+    from bd_core.train import PRESETS, Recipe
+
+    PRESETS[TINY_PRESET] = Recipe(epochs=12, batch_size=64, lr=0.05, width=0.125)
+    yield TINY_PRESET
+    PRESETS.pop(TINY_PRESET, None)
+
+
+@pytest.fixture(scope="session")
+def synthetic_data():
+    from bd_core.attacked import DataBundle
+    from bd_core.data import make_synthetic
+
+    return DataBundle(
+        make_synthetic("train", n_train=2000, size=28, channels=1),
+        make_synthetic("test", n_test=300, size=28, channels=1),
+    )
+
+
+@pytest.fixture(scope="session")
+def backdoored(synthetic_data, tiny_preset, tmp_path_factory):
+    """(spec, attacked model, cache hit) of BadNets on synthetic data, trained once per session."""
+    from bd_core.attacked import AttackSpec, obtain_attacked_model
+    from bd_core.store import ModelCache
+
+    spec = AttackSpec("synthetic", "preact-resnet18", "badnets", 0.1, preset=tiny_preset)
+    cache = ModelCache(tmp_path_factory.mktemp("models"))
+    attacked, hit = obtain_attacked_model(spec, synthetic_data, cache)
+    return spec, attacked, hit, cache

@@ -17,6 +17,7 @@ import torch
 import bd_core
 from bd_core.attacked import AttackSpec, DataBundle, obtain_attacked_model
 from bd_core.data import mitigation_set
+from bd_core.data.mitigation import check_mitigation_request
 from bd_core.errors import BdError
 from bd_core.metrics import Metrics, arr, evaluate, rdr
 from bd_core.progress import log
@@ -36,6 +37,7 @@ class ExperimentSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "defense", canonical_defense(self.defense))
+        check_mitigation_request(self.spc, self.partition)
         self.build_defense()  # validate overrides early, before any training
 
     def build_defense(self):
@@ -93,9 +95,9 @@ def run_experiment(
         return {**store.get(key), "skipped": True}
     row: dict[str, Any] = {**spec.columns(), "config": spec.config(), "bd_version": bd_core.__version__}
     try:
+        clean = mitigation_set(data.train, spec.spc, spec.partition)  # refuse impossible sets before training
         attacked, cache_hit = obtain_attacked_model(spec.attack, data, cache, device)
         pre = Metrics(**attacked.meta["metrics"])
-        clean = mitigation_set(data.train, spec.spc, spec.partition)
         defense = spec.build_defense()
         ctx = Context(device=device, seed=spec.attack.seed + spec.partition)
         model = copy.deepcopy(attacked.model).to(device)

@@ -15,6 +15,13 @@ def _partition_seed(dataset: str, partition: int) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+def check_mitigation_request(spc: int, partition: int) -> None:
+    if isinstance(spc, bool) or not isinstance(spc, int) or spc < 1:
+        raise InvalidRequest(f"spc (samples per class) must be an integer >= 1, got {spc!r}")
+    if isinstance(partition, bool) or not isinstance(partition, int) or partition < 0:
+        raise InvalidRequest(f"partition must be an integer >= 0, got {partition!r}")
+
+
 def mitigation_set(train: ImageSet, spc: int, partition: int) -> ImageSet:
     """A stratified clean subset with `spc` samples per class, reproducible per partition.
 
@@ -25,10 +32,7 @@ def mitigation_set(train: ImageSet, spc: int, partition: int) -> ImageSet:
     """
     if train.split != "train":
         raise InvalidRequest(f"a mitigation set is drawn from the training split, not {train.split!r}")
-    if isinstance(spc, bool) or not isinstance(spc, int) or spc < 1:
-        raise InvalidRequest(f"spc (samples per class) must be an integer >= 1, got {spc!r}")
-    if isinstance(partition, bool) or not isinstance(partition, int) or partition < 0:
-        raise InvalidRequest(f"partition must be an integer >= 0, got {partition!r}")
+    check_mitigation_request(spc, partition)
     counts = train.class_counts()
     smallest = int(counts.min())
     if spc > smallest:

@@ -22,7 +22,7 @@ def make_synthetic(
     """Deterministic class-template images; train and test draw different samples."""
     g = torch.Generator().manual_seed(seed)
     coarse = torch.rand(num_classes, channels, 4, 4, generator=g)
-    templates = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False) * 175 + 40
+    templates = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False) * 140 + 30
     n = n_train if split == "train" else n_test
     g = torch.Generator().manual_seed(seed + (1 if split == "train" else 2))
     labels = torch.arange(n) % num_classes
@@ -34,7 +34,7 @@ def make_synthetic(
             sel = (shifts[:, 0] == dy) & (shifts[:, 1] == dx)
             if sel.any():
                 images[sel] = images[sel].roll((dy, dx), dims=(2, 3))
-    images = images + torch.randn(images.shape, generator=g) * 20
+    images = images + torch.randn(images.shape, generator=g) * 12
     images = images.round().clamp(0, 255).to(torch.uint8)
     info = DatasetInfo(
         name="synthetic",

@@ -1,0 +1,57 @@
+"""The shared trainer and attack training: determinism, poisoning rules, a backdoor that works."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bd_core.attacked import AttackSpec, obtain_attacked_model, train_attacked_model
+from bd_core.attacks import BadNets, create_attack
+from bd_core.data import make_synthetic
+from bd_core.errors import BdError, InvalidRequest
+from bd_core.train import PRESETS, Recipe
+
+def test_badnets_sets_exactly_the_patch_pixels():
+    train = make_synthetic("train", n_train=20, size=32)
+    trig = BadNets().fit(train, seed=0)
+    mean, std = torch.zeros(3), torch.ones(3)
+    x = trig.apply(train.images, torch.ones(20, dtype=torch.bool), mean, std) * 255
+    assert torch.allclose(x[:, :, -3:, -3:], torch.full((20, 3, 3, 3), 255.0))
+    torch.testing.assert_close(x[:, :, :29, :], train.images[:, :, :29, :].float(), atol=1e-3, rtol=0)
+    assert BadNets().patch_side(64) == 6 and BadNets().patch_side(28) == 3
+
+
+def test_poison_index_draws_the_ratio_from_non_target_rows(synthetic_data):
+    flags = BadNets().poison_index(synthetic_data.train, 0.1, target=0, generator=torch.Generator().manual_seed(0))
+    assert int(flags.sum()) == 200 and not (synthetic_data.train.labels[flags] == 0).any()
+    with pytest.raises(InvalidRequest, match="poison ratio"):
+        BadNets().poison_index(synthetic_data.train, 1.5, 0, torch.Generator())
+
+
+def test_unknown_attack_setting_lists_valid_ones():
+    with pytest.raises(BdError, match="valid: patch=3, value=255"):
+        create_attack("badnets", {"size": "4"})
+
+
+def test_same_seed_same_model(synthetic_data, monkeypatch):
+    monkeypatch.setitem(PRESETS, "one-epoch", Recipe(epochs=1, batch_size=64, lr=0.05, width=0.125, train_limit=500))
+    spec = AttackSpec("synthetic", "preact-resnet18", "badnets", 0.1, preset="one-epoch")
+    a, _, ra = train_attacked_model(spec, synthetic_data)
+    b, _, rb = train_attacked_model(spec, synthetic_data)
+    assert ra["train_images"] == 500
+    assert ra["epoch_losses"] == rb["epoch_losses"]
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+
+
+def test_backdoor_is_learned_and_cached(backdoored, synthetic_data, tiny_preset):
+    spec, first, hit, cache = backdoored
+    assert not hit
+    m = first.meta["metrics"]
+    assert m["acc"] > 0.9 and m["asr"] > 0.9 and m["ra"] < 0.2
+    again, hit = obtain_attacked_model(spec, synthetic_data, cache)
+    assert hit and again.meta["metrics"] == m
+    x = torch.randn(3, 1, 28, 28)
+    torch.testing.assert_close(again.model(x), first.model.eval()(x))
+    other = AttackSpec("synthetic", "preact-resnet18", "badnets", 0.05, preset=tiny_preset)
+    assert other.key != spec.key

@@ -1,0 +1,85 @@
+"""The `bd` command as a user runs it (Typer's runner, real store, real cache, real training)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bd_cli.app import app
+
+runner = CliRunner()
+FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+def bd(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def test_help_is_instant_and_has_examples():
+    result = bd("run", "--help")
+    assert result.exit_code == 0 and "Examples" in result.output and "--poison-ratio" in result.output
+
+
+def test_run_twice_reuses_cached_model_and_stored_result(tmp_path):
+    store = tmp_path / "results.sqlite"
+    args = ["run", "--dataset", "synthetic", "--arch", "preact-resnet18", "--defense", "ft", "--set", "epochs=2",
+            "--spc", "5", "--device", "cpu", "--store", str(store), "--format", "json"]
+    first = bd(*args)
+    assert first.exit_code == 0, first.output
+    record = json.loads(first.stdout[first.stdout.index("{"):])
+    assert record["status"] == "ok" and record["skipped"] is False
+    for metric in ("acc_pre", "asr_pre", "ra_pre", "acc_post", "asr_post", "ra_post"):
+        assert 0.0 <= record[metric] <= 1.0
+    assert record["arr"] == pytest.approx((record["acc_pre"] - record["acc_post"]) / record["acc_pre"])
+    assert record["rdr"] == pytest.approx((record["acc_pre"] - record["ra_post"]) / record["acc_pre"])
+    assert "training attacked model" in first.stderr
+
+    # another defense setting on the same attacked model: cached model, new result
+    second = bd(*args[:-2], "--partition", "1")
+    assert second.exit_code == 0, second.output
+    assert "using cached attacked model" in second.stderr and "ARR" in second.stdout and "RDR" in second.stdout
+
+    # the very same experiment: answered from the store
+    third = bd(*args)
+    assert third.exit_code == 0 and "already in" in third.stderr
+    assert json.loads(third.stdout[third.stdout.index("{"):])["skipped"] is True
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset", "cifar10"], "cifar10 not found: put cifar-10-batches-py/"),
+        (["--defense", "nope"], "unknown defense 'nope'; valid:"),
+        (["--arch", "resnet50"], "unknown architecture 'resnet50'; valid:"),
+        (["--set", "bogus=1"], "defense ft has no setting bogus; valid: epochs=100"),
+        (["--spc", "0"], "spc (samples per class) must be an integer >= 1"),
+        (["--poison-ratio", "1.5"], "poison ratio must be in (0, 1)"),
+    ],
+)
+def test_user_errors_are_one_line_without_traceback(tmp_path, monkeypatch, args, message):
+    monkeypatch.setenv("BD_DATA", str(tmp_path))
+    result = bd("run", "--dataset", "synthetic", "--device", "cpu", "--store", str(tmp_path / "r.sqlite"), *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_list_defenses_shows_family_paper_and_defaults():
+    result = bd("list", "defenses", "--format", "json")
+    assert result.exit_code == 0
+    ft = next(d for d in json.loads(result.stdout) if d["name"] == "ft")
+    assert ft["family"] == "fine-tuning" and "Liu" in ft["paper"] and ft["hyperparameters"]["epochs"] == 100
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not FMNIST.exists(), reason="needs Debian's dataset-fashion-mnist (make data)")
+def test_ft_on_vgg19_fashion_mnist_quick(tmp_path):
+    result = bd("run", "--defense", "ft", "--arch", "vgg19", "--dataset", "fashion-mnist", "--preset", "quick",
+                "--device", "cpu", "--store", str(tmp_path / "r.sqlite"), "--format", "json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout[result.stdout.index("{"):])
+    assert record["arch"] == "vgg19-bn" and record["acc_pre"] > 0.7 and record["asr_pre"] > 0.9
+    assert any("Fashion-MNIST is the offline stand-in" in n for n in record["details"]["approximations"])
