@@ -36,7 +36,8 @@ test: setup data
 	$(BIN)/python -m pytest -q tests
 
 bench: setup data
-	$(BIN)/python -m pytest -q bench --benchmark-only --benchmark-columns=min,median,mean,ops
+	$(BIN)/python -m pytest -q bench -p no:cacheprovider --benchmark-only --benchmark-json=bench/last.json
+	$(BIN)/python bench/report.py bench/last.json
 
 clean:
 	rm -rf $(VENV) build packages/*/build packages/*/src/*.egg-info

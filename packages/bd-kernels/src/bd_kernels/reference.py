@@ -63,24 +63,25 @@ def apply_trigger(
         x = _crop_flip(x, crop_offsets, padding, flip)
     scale = (1.0 / (255.0 * std.to(x))).view(1, c, 1, 1)
     shift = (-mean.to(x) / std.to(x)).view(1, c, 1, 1)
-    return (x * scale + shift).to(out_dtype)
+    return x.mul_(scale).add_(shift).to(out_dtype)
 
 
 def _crop_flip(x: Tensor, offsets: Tensor | None, padding: int, flip: Tensor | None) -> Tensor:
+    """out[n,c,i,j] = padded[n,c,dy+i,dx+j'] with j' = W-1-j for flipped rows: one gather."""
     n, c, h, w = x.shape
     dev = x.device
     if offsets is None:
         offsets = torch.full((n, 2), padding, dtype=torch.long, device=dev)
+    offsets = offsets.to(dev, torch.long)
     if padding > 0:
         x = F.pad(x, (padding, padding, padding, padding), value=0.0)
-    rows = offsets[:, 0:1].to(dev) + torch.arange(h, device=dev)  # [N,H]
+    rows = offsets[:, 0:1] + torch.arange(h, device=dev)  # [N,H]
     cols = torch.arange(w, device=dev).expand(n, w)
     if flip is not None:
         cols = torch.where(flip.to(dev).view(n, 1), cols.flip(1), cols)
-    cols = cols + offsets[:, 1:2].to(dev)  # [N,W]
-    batch = torch.arange(n, device=dev).view(n, 1, 1, 1)
-    chan = torch.arange(c, device=dev).view(1, c, 1, 1)
-    return x[batch, chan, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+    cols = cols + offsets[:, 1:2]  # [N,W]
+    flat = (rows[:, :, None] * (w + 2 * padding) + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
+    return x.reshape(n, c, -1).gather(2, flat).view(n, c, h, w)
 
 
 def channel_stats(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:

@@ -1,0 +1,32 @@
+"""Each sub-package builds on its own into a wheel that carries its modules."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    "package, module",
+    [("bd-kernels", "bd_kernels/reference.py"), ("bd-core", "bd_core/data/formats.py"),
+     ("bd-defenses", "bd_defenses/ft.py"), ("bd-cli", "bd_cli/app.py")],
+)
+def test_package_builds_alone(tmp_path, package, module):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path),
+         str(ROOT / "packages" / package)],
+        check=True, capture_output=True,
+    )
+    wheels = list(tmp_path.glob("*.whl"))
+    assert len(wheels) == 1
+    names = zipfile.ZipFile(wheels[0]).namelist()
+    assert module in names
+    # dependencies point one way: a package never ships another package's modules
+    others = {"bd_kernels", "bd_core", "bd_defenses", "bd_cli"} - {package.replace("-", "_")}
+    assert not any(n.split("/")[0] in others for n in names)
