@@ -1,6 +1,68 @@
-"""Build of bd_kernels. Until the compiled ops land the package is pure Python:
-every op runs its reference implementation (bd_kernels/reference.py)."""
+"""Build of bd_kernels: the `bd_kernels._C` torch extension (C++ always, CUDA when a
+toolkit is found or FORCE_CUDA=1) plus the pure-Python package.
+
+Install with `pip install --no-build-isolation packages/bd-kernels` so the extension
+is compiled against the torch already installed. BD_KERNELS_NO_EXT=1 skips the
+extension (every op then runs its reference implementation).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+from pathlib import Path
 
 from setuptools import setup
 
-setup()
+HERE = Path(__file__).resolve().parent
+CSRC = HERE / "csrc"  # a link to the repository's csrc/ (copied as files into the sdist)
+
+
+def cuda_home() -> str | None:
+    from torch.utils import cpp_extension
+
+    return cpp_extension.CUDA_HOME
+
+
+def extension_modules():
+    if os.environ.get("BD_KERNELS_NO_EXT") == "1":
+        return [], {}
+    import torch
+    from torch.utils import cpp_extension
+
+    sources = sorted(glob.glob(str(CSRC / "module.cpp")) + glob.glob(str(CSRC / "ops" / "*.cpp"))
+                     + glob.glob(str(CSRC / "ops" / "cpu" / "*.cpp")))
+    sources = [os.path.relpath(s, HERE) for s in sources]
+    version = torch.__version__.split("+")[0]
+    cxx = ["-O3", "-fopenmp-simd", f'-DBD_TORCH_VERSION="{version}"']
+    with_cuda = os.environ.get("FORCE_CUDA") == "1" or (cuda_home() is not None and os.environ.get("BD_KERNELS_CPU_ONLY") != "1")
+    if not with_cuda:
+        ext = cpp_extension.CppExtension("bd_kernels._C", sources, extra_compile_args={"cxx": cxx})
+        return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+
+    archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    sources += [os.path.relpath(s, HERE) for s in sorted(glob.glob(str(CSRC / "ops" / "cuda" / "*.cu")))]
+    include_dirs, library_dirs = [], []
+    home = Path(cuda_home() or os.environ.get("CUDA_HOME", "/usr/local/cuda"))
+    # some CUDA 13 installs keep libcudart in lib/, not lib64/
+    library_dirs += [str(p) for p in (home / "lib64", home / "lib") if p.is_dir()]
+    # pip-installed CUDA headers (cuBLAS, cuSPARSE, ...) that ATen's CUDA headers include
+    for site in sys.path:
+        for sub in ("nvidia/cu13/include", "nvidia/cuda_runtime/include", "nvidia/cublas/include", "nvidia/cusparse/include"):
+            cand = Path(site) / sub
+            if cand.is_dir():
+                include_dirs.append(str(cand))
+    flags = [f'-DBD_CUDA_ARCHS="{archs}"', "-DBD_WITH_CUDA"]
+    ext = cpp_extension.CUDAExtension(
+        "bd_kernels._C",
+        sources,
+        include_dirs=include_dirs,
+        library_dirs=library_dirs,
+        extra_compile_args={"cxx": cxx + flags, "nvcc": ["-O3", "--use_fast_math"] + flags},
+    )
+    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+
+
+ext_modules, cmdclass = extension_modules()
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -7,6 +7,7 @@ op runs its reference implementation from `bd_kernels.reference` (and warns once
 from bd_kernels.ops import (
     ChannelStats,
     apply_trigger,
+    build_info,
     channel_stats,
     has_extension,
     masked_conv2d,
@@ -15,6 +16,7 @@ from bd_kernels.ops import (
 __all__ = [
     "ChannelStats",
     "apply_trigger",
+    "build_info",
     "channel_stats",
     "has_extension",
     "masked_conv2d",

@@ -1,5 +1,8 @@
-"""Public API of bd_kernels: typed wrappers that run the compiled op when it is
-built and otherwise fall back to `bd_kernels.reference` (with a one-time warning)."""
+"""Public API of bd_kernels: typed wrappers over the compiled ops in `torch.ops.bd_kernels`,
+with fake (meta) implementations and autograd registered so that they work under
+`torch.compile`. When the extension is not built, or not built for the tensor's
+device, every op runs its twin in `bd_kernels.reference` (with a one-time warning).
+"""
 
 from __future__ import annotations
 
@@ -8,31 +11,51 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+from torch.nn.modules.utils import _pair
 
 from bd_kernels import reference
+
+MODES = {name: i for i, name in enumerate(reference.TRIGGER_MODES)}
+
+try:
+    from bd_kernels import _C  # noqa: F401  (registers torch.ops.bd_kernels.*)
+
+    _BUILD: dict = dict(_C.build_info())
+except ImportError as _e:  # not built: the reference path serves every op
+    _BUILD = {}
+    _IMPORT_ERROR = str(_e)
 
 _warned = False
 
 
 def has_extension() -> bool:
-    """True when the compiled `bd_kernels._C` extension is importable."""
-    try:
-        from bd_kernels import _C  # noqa: F401
-    except ImportError:
+    """True when the compiled `bd_kernels._C` extension is loaded."""
+    return bool(_BUILD)
+
+
+def build_info() -> dict:
+    """What the compiled extension contains: {'cuda': bool, 'cuda_archs': str, 'built_with_torch': str}."""
+    return dict(_BUILD)
+
+
+def _compiled_for(t: Tensor) -> bool:
+    if not _BUILD:
+        _fallback("the extension is not built (pip install --no-build-isolation packages/bd-kernels)")
         return False
-    return True
+    if t.device.type == "cpu" or (t.device.type == "cuda" and _BUILD.get("cuda")):
+        return True
+    _fallback(f"the extension has no {t.device.type} kernels")
+    return False
 
 
-def _fallback(op: str) -> None:
+def _fallback(why: str) -> None:
     global _warned
     if not _warned:
         _warned = True
-        warnings.warn(
-            f"bd_kernels: compiled extension not built; {op} and the other ops run their "
-            "pure-torch reference (reinstall with `pip install --no-build-isolation packages/bd-kernels`)",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+        warnings.warn(f"bd_kernels: {why}; ops run their pure-torch reference", RuntimeWarning, stacklevel=4)
+
+
+# ------------------------------------------------------------------ apply_trigger
 
 
 def apply_trigger(
@@ -49,23 +72,41 @@ def apply_trigger(
     padding: int = 0,
     flip: Tensor | None = None,
     out_dtype: torch.dtype = torch.float32,
+    channels_last: bool = False,
 ) -> Tensor:
-    """Fused poison -> crop/flip -> uint8-to-float -> normalize over a batch (see reference)."""
+    """Fused poison -> crop/flip -> uint8-to-float -> normalize over a uint8 batch [N,C,H,W].
+
+    poisoned: bool [N] flags or an index tensor of poisoned rows; pattern [C,H,W] or
+    [N,C,H,W] in 0..255; mask [1|C,H,W] or [N,1|C,H,W] in [0,1]; mode replace, blend
+    (with alpha) or add (clamped); crop_offsets int [N,2] into the zero-padded image;
+    flip bool [N]. Returns out_dtype, contiguous or channels_last.
+    """
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise ValueError(f"images must be uint8 [N,C,H,W], got {images.dtype} {tuple(images.shape)}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {tuple(MODES)}, got {mode!r}")
     if poisoned is not None and poisoned.dtype != torch.bool:
-        index = poisoned
-        poisoned = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
-        poisoned[index.long()] = True
-    _fallback("apply_trigger")
-    return reference.apply_trigger(
+        flags = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
+        flags[poisoned.long()] = True
+        poisoned = flags
+    if _compiled_for(images):
+        return torch.ops.bd_kernels.apply_trigger(
+            images, poisoned, pattern, mask, MODES[mode], float(alpha), mean, std, crop_offsets, int(padding), flip,
+            out_dtype, channels_last,
+        )
+    out = reference.apply_trigger(
         images, poisoned, pattern, mask, mode, alpha, mean, std, crop_offsets, padding, flip, out_dtype
     )
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+
+# ------------------------------------------------------------------ channel_stats
 
 
 def channel_stats(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Per-channel (count, mean, M2, min, max) in one pass over [N,C,H,W] or [N,C]."""
-    _fallback("channel_stats")
+    """Per-channel (count int64, mean, M2, min, max float64) in one pass over [N,C,H,W] or [N,C]."""
+    if _compiled_for(x):
+        return tuple(torch.ops.bd_kernels.channel_stats(x))
     return reference.channel_stats(x)
 
 
@@ -78,15 +119,14 @@ class ChannelStats:
     m2: Tensor | None = None
     min: Tensor | None = None
     max: Tensor | None = None
-    _batches: int = field(default=0, repr=False)
+    batches: int = field(default=0)
 
     def update(self, x: Tensor) -> "ChannelStats":
         n_b, mean_b, m2_b, min_b, max_b = channel_stats(x.detach())
         if self.count is None:
             self.count, self.mean, self.m2, self.min, self.max = n_b, mean_b, m2_b, min_b, max_b
         else:
-            n_a = self.count.to(torch.float64)
-            n_bf = n_b.to(torch.float64)
+            n_a, n_bf = self.count.to(torch.float64), n_b.to(torch.float64)
             total = n_a + n_bf
             delta = mean_b - self.mean
             self.mean = self.mean + delta * (n_bf / total)
@@ -94,7 +134,7 @@ class ChannelStats:
             self.count = self.count + n_b
             self.min = torch.minimum(self.min, min_b)
             self.max = torch.maximum(self.max, max_b)
-        self._batches += 1
+        self.batches += 1
         return self
 
     @property
@@ -107,6 +147,9 @@ class ChannelStats:
     @property
     def std(self) -> Tensor:
         return self.var.sqrt()
+
+
+# ------------------------------------------------------------------ masked_conv2d
 
 
 def masked_conv2d(
@@ -122,8 +165,60 @@ def masked_conv2d(
     dilation: int | tuple[int, int] = 1,
     groups: int = 1,
 ) -> Tensor:
-    """Convolution with a per-output-channel mask/perturbation epilogue (see reference)."""
-    _fallback("masked_conv2d")
-    return reference.masked_conv2d(
-        x, weight, bias, mask, perturb, bias_mask, bias_perturb, stride, padding, dilation, groups
+    """y = conv(x, W) * (m + d) + b * (mb + db) per output channel, differentiable in all of them.
+
+    The convolution is ATen's; the scaling is a fused epilogue, and the backward pass
+    computes the per-channel gradients of the masks in one pass, never forming W * m.
+    """
+    if not _compiled_for(x):
+        return reference.masked_conv2d(
+            x, weight, bias, mask, perturb, bias_mask, bias_perturb, stride, padding, dilation, groups
+        )
+    scale = mask + perturb
+    shift = bias * (bias_mask + bias_perturb) if bias is not None else torch.zeros_like(scale)
+    y, _ = torch.ops.bd_kernels.masked_conv2d(
+        x, weight, scale, shift, list(_pair(stride)), list(_pair(padding)), list(_pair(dilation)), groups
+    )
+    return y
+
+
+if _BUILD:
+
+    @torch.library.register_fake("bd_kernels::apply_trigger")
+    def _apply_trigger_fake(images, poisoned, pattern, mask, mode, alpha, mean, std, crop_offsets, padding, flip,
+                            out_dtype, channels_last):
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        return torch.empty(images.shape, dtype=out_dtype, device=images.device, memory_format=fmt)
+
+    @torch.library.register_fake("bd_kernels::channel_stats")
+    def _channel_stats_fake(x):
+        c = x.shape[1]
+        f64 = dict(dtype=torch.float64, device=x.device)
+        return (x.new_empty(c, dtype=torch.int64), x.new_empty(c, **f64), x.new_empty(c, **f64),
+                x.new_empty(c, **f64), x.new_empty(c, **f64))
+
+    @torch.library.register_fake("bd_kernels::masked_conv2d")
+    def _masked_conv2d_fake(x, weight, scale, shift, stride, padding, dilation, groups):
+        z = torch.ops.aten.convolution(x, weight, None, stride, padding, dilation, False, [0, 0], groups)
+        return torch.empty_like(z), torch.empty_like(z)
+
+    @torch.library.register_fake("bd_kernels::masked_conv2d_backward")
+    def _masked_conv2d_backward_fake(grad_y, x, weight, z, scale, stride, padding, dilation, groups, need):
+        gx = torch.empty_like(x) if need[0] else x.new_empty(0)
+        gw = torch.empty_like(weight) if need[1] else weight.new_empty(0)
+        return gx, gw, scale.new_empty(scale.shape), scale.new_empty(scale.shape)
+
+    def _masked_conv2d_setup(ctx, inputs, output):
+        x, weight, scale, shift, stride, padding, dilation, groups = inputs
+        ctx.save_for_backward(x, weight, output[1], scale)
+        ctx.conv = (stride, padding, dilation, groups)
+
+    def _masked_conv2d_backward(ctx, grad_y, _grad_z):
+        x, weight, z, scale = ctx.saved_tensors
+        need = [ctx.needs_input_grad[0], ctx.needs_input_grad[1]]
+        gx, gw, gs, gt = torch.ops.bd_kernels.masked_conv2d_backward(grad_y, x, weight, z, scale, *ctx.conv, need)
+        return (gx if need[0] else None, gw if need[1] else None, gs, gt, None, None, None, None)
+
+    torch.library.register_autograd(
+        "bd_kernels::masked_conv2d", _masked_conv2d_backward, setup_context=_masked_conv2d_setup
     )
