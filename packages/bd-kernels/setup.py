@@ -19,6 +19,20 @@ HERE = Path(__file__).resolve().parent
 CSRC = HERE / "csrc"  # a link to the repository's csrc/ (copied as files into the sdist)
 
 
+def find_cuda_home() -> None:
+    """Point CUDA_HOME at a real toolkit before torch looks for one.
+
+    torch derives CUDA_HOME from `which nvcc`; where nvcc is a wrapper script in
+    /usr/local/bin that gives /usr/local, which holds no libcudart.
+    """
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    for cand in [Path("/usr/local/cuda"), *sorted(Path("/usr/local").glob("cuda-*"), reverse=True)]:
+        if (cand / "bin" / "nvcc").exists():
+            os.environ["CUDA_HOME"] = str(cand)
+            return
+
+
 def cuda_home() -> str | None:
     from torch.utils import cpp_extension
 
@@ -28,6 +42,7 @@ def cuda_home() -> str | None:
 def extension_modules():
     if os.environ.get("BD_KERNELS_NO_EXT") == "1":
         return [], {}
+    find_cuda_home()
     import torch
     from torch.utils import cpp_extension
 
