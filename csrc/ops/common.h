@@ -23,3 +23,8 @@ inline bool is_channels_last_only(const at::Tensor& t) {
 }
 
 }  // namespace bd_kernels
+
+namespace bd_kernels {
+void check_epilogue(const at::Tensor& z, const at::Tensor& scale, const at::Tensor& shift);
+at::Tensor activations_layout(const at::Tensor& z);
+}  // namespace bd_kernels

@@ -169,12 +169,13 @@ def test_opcheck_every_op():
     torch.library.opcheck(torch.ops.bd_kernels.apply_trigger.default,
                           (images, poisoned, pattern, mask, 1, 0.2, mean, std, offsets, 4, flip, torch.float32, False))
     torch.library.opcheck(torch.ops.bd_kernels.channel_stats.default, (torch.randn(4, 3, 5, 5),))
-    x, w, b, m, d, mb, db = conv_case("cpu", torch.float32)
-    scale, shift = (m + d).detach().requires_grad_(), (b * (mb + db)).detach().requires_grad_()
-    torch.library.opcheck(torch.ops.bd_kernels.masked_conv2d.default, (x, w, scale, shift, [1, 1], [1, 1], [1, 1], 1))
-    torch.library.opcheck(torch.ops.bd_kernels.masked_conv2d_backward.default,
-                          (torch.randn(2, 6, 9, 9), x.detach(), w.detach(), torch.randn(2, 6, 9, 9), scale.detach(),
-                           [1, 1], [1, 1], [1, 1], 1, [True, True]))
+    z = torch.randn(2, 6, 9, 9, requires_grad=True)
+    scale, shift = torch.rand(6, requires_grad=True), torch.randn(6, requires_grad=True)
+    torch.library.opcheck(torch.ops.bd_kernels.masked_conv2d_epilogue.default, (z, scale, shift))
+    torch.library.opcheck(torch.ops.bd_kernels.masked_conv2d_epilogue.default,
+                          (z.detach().contiguous(memory_format=torch.channels_last).requires_grad_(), scale, shift))
+    torch.library.opcheck(torch.ops.bd_kernels.masked_conv2d_epilogue_backward.default,
+                          (torch.randn(2, 6, 9, 9), z.detach(), scale.detach()))
 
 
 def test_ops_work_under_torch_compile():

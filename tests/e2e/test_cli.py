@@ -83,3 +83,13 @@ def test_ft_on_vgg19_fashion_mnist_quick(tmp_path):
     record = json.loads(result.stdout[result.stdout.index("{"):])
     assert record["arch"] == "vgg19-bn" and record["acc_pre"] > 0.7 and record["asr_pre"] > 0.9
     assert any("Fashion-MNIST is the offline stand-in" in n for n in record["details"]["approximations"])
+
+
+def test_kernels_info_reports_the_build():
+    import bd_kernels
+
+    result = bd("kernels", "info", "--format", "json")
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.stdout)
+    assert info["extension_loaded"] == bd_kernels.has_extension()
+    assert info["ops"] == ["apply_trigger", "channel_stats", "masked_conv2d"] and "torch" in info

@@ -16,8 +16,10 @@ template <typename out_t>
 void run(const TriggerArgs& a, out_t* out, int64_t sN, int64_t sC, int64_t sH, int64_t sW) {
   const int64_t rows = a.N * a.C * a.H;
   at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / std::max<int64_t>(a.W, 1)), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t n = r / (a.C * a.H), c = (r / a.H) % a.C, i = r % a.H;
+    // (n, c, i) of the first row, then stepped without divisions (int64 division per
+    // 32-pixel row would cost more than the pixels themselves)
+    int64_t n = begin / (a.C * a.H), c = (begin / a.H) % a.C, i = begin % a.H;
+    for (int64_t r = begin; r < end; ++r, (++i == a.H ? (i = 0, (++c == a.C ? (c = 0, ++n) : 0)) : 0)) {
       const int64_t dy = a.offsets ? a.offsets[2 * n] : a.padding;
       const int64_t dx = a.offsets ? a.offsets[2 * n + 1] : a.padding;
       const bool flipped = a.flip && a.flip[n];
@@ -41,6 +43,12 @@ void run(const TriggerArgs& a, out_t* out, int64_t sN, int64_t sC, int64_t sH, i
         if (!flipped && sW == 1) {
           const uint8_t* s = src + shift_cols;
           for (int64_t j = j_lo; j < j_hi; ++j) dst[j] = static_cast<out_t>(static_cast<float>(s[j]) * scale + shift);
+        } else if (flipped && sW == 1) {
+          // read forwards (vectorizable), write backwards: dst[j_hi-1-k] = f(src[sc_lo+k])
+          const uint8_t* s = src + (a.W - j_hi + shift_cols);
+          out_t* d = dst + j_hi - 1;
+          const int64_t len = j_hi - j_lo;
+          for (int64_t k = 0; k < len; ++k) d[-k] = static_cast<out_t>(static_cast<float>(s[k]) * scale + shift);
         } else {
           for (int64_t j = j_lo; j < j_hi; ++j) {
             const int64_t sc = (flipped ? a.W - 1 - j : j) + shift_cols;

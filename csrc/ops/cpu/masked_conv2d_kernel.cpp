@@ -1,4 +1,4 @@
-// CPU epilogues of masked_conv2d: y = z * scale[c] + shift[c] forward; one fused pass backward
+// CPU epilogue of masked_conv2d: y = z * scale[c] + shift[c] forward; one fused pass backward
 // giving grad_z = gy * scale[c] and the per-channel sums of gy * z and gy.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -6,7 +6,7 @@
 
 #include <vector>
 
-#include "../masked_conv2d.h"
+#include "../common.h"
 
 namespace bd_kernels {
 namespace {
@@ -33,8 +33,9 @@ void forward_kernel(const at::Tensor& z, const at::Tensor& scale, const at::Tens
   at::parallel_for(0, planes, std::max<int64_t>(1, 32768 / std::max<int64_t>(L, 1)), [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const opmath_t s = sp[p % C], t = tp[p % C];
-      const scalar_t* zr = zp + p * L;
-      scalar_t* yr = yp + p * L;
+      const scalar_t* __restrict__ zr = zp + p * L;
+      scalar_t* __restrict__ yr = yp + p * L;
+#pragma omp simd
       for (int64_t i = 0; i < L; ++i) yr[i] = static_cast<opmath_t>(zr[i]) * s + t;
     }
   });
@@ -75,27 +76,31 @@ void backward_kernel(const at::Tensor& gy, const at::Tensor& z, const at::Tensor
         sum_g[c] += part_g[b * C + c];
       }
   } else {
-    at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) {
-        const opmath_t s = sp[c];
-        double a_gz = 0, a_g = 0;
-        for (int64_t n = 0; n < N; ++n) {
-          const int64_t base = (n * C + c) * L;
-          opmath_t b_gz = 0, b_g = 0;
+    // one pass over contiguous (n, c) planes, in parallel; per-plane sums, then per channel
+    std::vector<double> plane_gz(N * C), plane_g(N * C);
+    at::parallel_for(0, N * C, std::max<int64_t>(1, 16384 / std::max<int64_t>(L, 1)), [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const opmath_t s = sp[p % C];
+        const scalar_t* __restrict__ g = gp + p * L;
+        const scalar_t* __restrict__ zz = zp + p * L;
+        scalar_t* __restrict__ out = gzp + p * L;
+        opmath_t b_gz = 0, b_g = 0;
 #pragma omp simd reduction(+ : b_gz, b_g)
-          for (int64_t i = 0; i < L; ++i) {
-            const opmath_t g = gp[base + i];
-            gzp[base + i] = g * s;
-            b_gz += g * static_cast<opmath_t>(zp[base + i]);
-            b_g += g;
-          }
-          a_gz += b_gz;
-          a_g += b_g;
+        for (int64_t i = 0; i < L; ++i) {
+          const opmath_t gi = g[i];
+          out[i] = gi * s;
+          b_gz += gi * static_cast<opmath_t>(zz[i]);
+          b_g += gi;
         }
-        sum_gz[c] = a_gz;
-        sum_g[c] = a_g;
+        plane_gz[p] = b_gz;
+        plane_g[p] = b_g;
       }
     });
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < C; ++c) {
+        sum_gz[c] += plane_gz[n * C + c];
+        sum_g[c] += plane_g[n * C + c];
+      }
   }
   auto gs = grad_scale.data_ptr<scalar_t>();
   auto gt = grad_shift.data_ptr<scalar_t>();
@@ -105,37 +110,34 @@ void backward_kernel(const at::Tensor& gy, const at::Tensor& z, const at::Tensor
   }
 }
 
-void epilogue_forward_cpu(const at::Tensor& z, const at::Tensor& scale, const at::Tensor& shift, at::Tensor& y) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "masked_conv2d_forward_cpu",
-                                  [&] { forward_kernel<scalar_t>(z, scale, shift, y); });
+at::Tensor epilogue_cpu(const at::Tensor& z_in, const at::Tensor& scale, const at::Tensor& shift) {
+  check_epilogue(z_in, scale, shift);
+  const auto z = activations_layout(z_in);
+  auto y = at::empty_like(z);
+  const auto s = scale.to(z.scalar_type()).contiguous(), t = shift.to(z.scalar_type()).contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "masked_conv2d_epilogue_cpu",
+                                  [&] { forward_kernel<scalar_t>(z, s, t, y); });
+  return y;
 }
 
-void epilogue_backward_cpu(const at::Tensor& gy, const at::Tensor& z, const at::Tensor& scale, at::Tensor& gz,
-                           at::Tensor& grad_scale, at::Tensor& grad_shift) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "masked_conv2d_backward_cpu",
-                                  [&] { backward_kernel<scalar_t>(gy, z, scale, gz, grad_scale, grad_shift); });
-}
-
-std::tuple<at::Tensor, at::Tensor> masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight,
-                                                     const at::Tensor& scale, const at::Tensor& shift,
-                                                     at::IntArrayRef stride, at::IntArrayRef padding,
-                                                     at::IntArrayRef dilation, int64_t groups) {
-  return masked_conv2d_forward(x, weight, scale, shift, stride, padding, dilation, groups, &epilogue_forward_cpu);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cpu(
-    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& z,
-    const at::Tensor& scale, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-    int64_t groups, std::array<bool, 2> need) {
-  return masked_conv2d_backward(grad_y, x, weight, z, scale, stride, padding, dilation, groups, need,
-                                &epilogue_backward_cpu);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> epilogue_backward_cpu(const at::Tensor& grad_y, const at::Tensor& z_in,
+                                                                     const at::Tensor& scale) {
+  check_epilogue(z_in, scale, scale);
+  const auto z = activations_layout(z_in);
+  const auto gy = grad_y.contiguous(z.suggest_memory_format());
+  auto gz = at::empty_like(z);
+  auto grad_scale = at::empty({z.size(1)}, z.options()), grad_shift = at::empty({z.size(1)}, z.options());
+  const auto s = scale.to(z.scalar_type()).contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "masked_conv2d_epilogue_backward_cpu",
+                                  [&] { backward_kernel<scalar_t>(gy, z, s, gz, grad_scale, grad_shift); });
+  return {gz, grad_scale, grad_shift};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(bd_kernels, CPU, m) {
-  m.impl("masked_conv2d", &masked_conv2d_cpu);
-  m.impl("masked_conv2d_backward", &masked_conv2d_backward_cpu);
+  m.impl("masked_conv2d_epilogue", &epilogue_cpu);
+  m.impl("masked_conv2d_epilogue_backward", &epilogue_backward_cpu);
 }
 
 }  // namespace bd_kernels

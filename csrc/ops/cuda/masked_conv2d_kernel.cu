@@ -1,10 +1,10 @@
-// CUDA epilogues of masked_conv2d (the convolution itself is cuDNN through ATen).
+// CUDA epilogue of masked_conv2d (the convolution itself is cuDNN through ATen and autograd).
 // forward : y = z * scale[c] + shift[c]                               (elementwise)
 // backward: grad_z = gy * scale[c], partial sums of gy * z and gy per (channel, slice), merged per channel.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 
-#include "../masked_conv2d.h"
+#include "../common.h"
 #include "cuda_utils.cuh"
 
 namespace bd_kernels {
@@ -63,9 +63,14 @@ __global__ void merge_kernel(const double* partial, int64_t slices, scalar_t* gr
 
 int64_t inner_of(const at::Tensor& z) { return is_channels_last_only(z) ? 1 : z.size(2) * z.size(3); }
 
-void epilogue_forward_cuda(const at::Tensor& z, const at::Tensor& scale, const at::Tensor& shift, at::Tensor& y) {
+at::Tensor epilogue_cuda(const at::Tensor& z_in, const at::Tensor& scale_in, const at::Tensor& shift_in) {
+  check_epilogue(z_in, scale_in, shift_in);
+  const c10::cuda::CUDAGuard guard(z_in.device());
+  const auto z = activations_layout(z_in);
+  const auto scale = scale_in.to(z.scalar_type()).contiguous(), shift = shift_in.to(z.scalar_type()).contiguous();
+  auto y = at::empty_like(z);
   const int64_t total = z.numel();
-  if (total == 0) return;
+  if (total == 0) return y;
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "masked_conv2d_forward_cuda", [&] {
     forward_kernel<scalar_t><<<blocks_for(total), kThreads, 0, stream>>>(
@@ -73,16 +78,20 @@ void epilogue_forward_cuda(const at::Tensor& z, const at::Tensor& scale, const a
         z.size(1), inner_of(z));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
+  return y;
 }
 
-void epilogue_backward_cuda(const at::Tensor& gy, const at::Tensor& z, const at::Tensor& scale, at::Tensor& gz,
-                            at::Tensor& grad_scale, at::Tensor& grad_shift) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> epilogue_backward_cuda(const at::Tensor& grad_y, const at::Tensor& z_in,
+                                                                      const at::Tensor& scale_in) {
+  check_epilogue(z_in, scale_in, scale_in);
+  const c10::cuda::CUDAGuard guard(z_in.device());
+  const auto z = activations_layout(z_in);
+  const auto gy = grad_y.contiguous(z.suggest_memory_format());
+  const auto scale = scale_in.to(z.scalar_type()).contiguous();
+  auto gz = at::empty_like(z);
+  auto grad_scale = at::zeros({z.size(1)}, z.options()), grad_shift = at::zeros({z.size(1)}, z.options());
   const int64_t C = z.size(1), per_channel = C ? z.numel() / C : 0;
-  if (per_channel == 0) {
-    grad_scale.zero_();
-    grad_shift.zero_();
-    return;
-  }
+  if (per_channel == 0) return {gz, grad_scale, grad_shift};
   const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(512, (per_channel + kThreads * 8 - 1) / (kThreads * 8)));
   auto partial = at::empty({C, slices, 2}, z.options().dtype(at::kDouble));
   auto stream = at::cuda::getCurrentCUDAStream();
@@ -95,30 +104,14 @@ void epilogue_backward_cuda(const at::Tensor& gy, const at::Tensor& z, const at:
                                                         grad_scale.data_ptr<scalar_t>(), grad_shift.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-}
-
-std::tuple<at::Tensor, at::Tensor> masked_conv2d_cuda(const at::Tensor& x, const at::Tensor& weight,
-                                                      const at::Tensor& scale, const at::Tensor& shift,
-                                                      at::IntArrayRef stride, at::IntArrayRef padding,
-                                                      at::IntArrayRef dilation, int64_t groups) {
-  const c10::cuda::CUDAGuard guard(x.device());
-  return masked_conv2d_forward(x, weight, scale, shift, stride, padding, dilation, groups, &epilogue_forward_cuda);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cuda(
-    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& z,
-    const at::Tensor& scale, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-    int64_t groups, std::array<bool, 2> need) {
-  const c10::cuda::CUDAGuard guard(x.device());
-  return masked_conv2d_backward(grad_y, x, weight, z, scale, stride, padding, dilation, groups, need,
-                                &epilogue_backward_cuda);
+  return {gz, grad_scale, grad_shift};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(bd_kernels, CUDA, m) {
-  m.impl("masked_conv2d", &masked_conv2d_cuda);
-  m.impl("masked_conv2d_backward", &masked_conv2d_backward_cuda);
+  m.impl("masked_conv2d_epilogue", &epilogue_cuda);
+  m.impl("masked_conv2d_epilogue_backward", &epilogue_backward_cuda);
 }
 
 }  // namespace bd_kernels

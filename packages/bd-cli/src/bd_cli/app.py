@@ -172,6 +172,60 @@ def _listing(what: Listing) -> list[dict]:
     ]
 
 
+kernels_app = typer.Typer(help="The compiled bd_kernels extension: what is built, how fast it is.", no_args_is_help=True)
+app.add_typer(kernels_app, name="kernels")
+
+
+@kernels_app.command("info", epilog="Example:\n\n  bd kernels info --format json")
+def kernels_info(format: Annotated[Format, typer.Option(help="table or json")] = Format.table) -> None:
+    """Torch version, whether the extension loaded, CPU/CUDA kernels and the CUDA archs built."""
+    import torch
+
+    import bd_kernels
+
+    build = bd_kernels.build_info()
+    info = {
+        "torch": torch.__version__,
+        "extension_loaded": bd_kernels.has_extension(),
+        "built_with_torch": build.get("built_with_torch", ""),
+        "cpu_kernels": bd_kernels.has_extension(),
+        "cuda_kernels": bool(build.get("cuda")),
+        "cuda_archs": build.get("cuda_archs", ""),
+        "cuda_available": torch.cuda.is_available(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "ops": ["apply_trigger", "channel_stats", "masked_conv2d"],
+    }
+    if not info["extension_loaded"]:
+        info["fallback"] = "pure-torch reference (pip install --no-build-isolation packages/bd-kernels to build)"
+    if format is Format.json:
+        out.print_json(json.dumps(info))
+        return
+    table = Table(show_header=False)
+    for key, value in info.items():
+        table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+    out.print(table)
+
+
+@kernels_app.command("bench", epilog="Example:\n\n  bd kernels bench --filter channel_stats")
+def kernels_bench(
+    filter: Annotated[Optional[str], typer.Option(help="only benchmarks whose name matches (pytest -k)")] = None,
+    json_out: Annotated[Path, typer.Option("--json", help="where pytest-benchmark writes its JSON")] = Path("bd-kernels-bench.json"),
+) -> None:
+    """Run bench/test_kernels.py (pytest-benchmark) from a source checkout and print the ratios."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[4]
+    bench = root / "bench" / "test_kernels.py"
+    if not bench.exists():
+        fail("bd kernels bench needs a source checkout of bd (bench/test_kernels.py not found)")
+    cmd = [sys.executable, "-m", "pytest", "-q", str(bench), "-p", "no:cacheprovider", "-o", "addopts=",
+           "--benchmark-only", f"--benchmark-json={json_out}"] + (["-k", filter] if filter else [])
+    code = subprocess.call(cmd, cwd=root)
+    if code == 0:
+        subprocess.call([sys.executable, str(root / "bench" / "report.py"), str(json_out)])
+    raise typer.Exit(code)
+
+
 def main() -> None:
     app()
 

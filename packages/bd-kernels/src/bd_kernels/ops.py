@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-from torch.nn.modules.utils import _pair
+import torch.nn.functional as F
 
 from bd_kernels import reference
 
@@ -167,19 +167,17 @@ def masked_conv2d(
 ) -> Tensor:
     """y = conv(x, W) * (m + d) + b * (mb + db) per output channel, differentiable in all of them.
 
-    The convolution is ATen's; the scaling is a fused epilogue, and the backward pass
-    computes the per-channel gradients of the masks in one pass, never forming W * m.
+    The convolution is ATen's (oneDNN / cuDNN) with autograd's native backward; the
+    per-channel scaling is one fused epilogue pass, and its backward gives the gradients
+    of the activations, masks and perturbations in one pass, never forming W * m.
     """
+    z = F.conv2d(x, weight, None, stride, padding, dilation, groups)
     if not _compiled_for(x):
-        return reference.masked_conv2d(
-            x, weight, bias, mask, perturb, bias_mask, bias_perturb, stride, padding, dilation, groups
-        )
+        y = z * (mask + perturb).view(1, -1, 1, 1)
+        return y if bias is None else y + (bias * (bias_mask + bias_perturb)).view(1, -1, 1, 1)
     scale = mask + perturb
     shift = bias * (bias_mask + bias_perturb) if bias is not None else torch.zeros_like(scale)
-    y, _ = torch.ops.bd_kernels.masked_conv2d(
-        x, weight, scale, shift, list(_pair(stride)), list(_pair(padding)), list(_pair(dilation)), groups
-    )
-    return y
+    return torch.ops.bd_kernels.masked_conv2d_epilogue(z, scale, shift)
 
 
 if _BUILD:
@@ -197,28 +195,30 @@ if _BUILD:
         return (x.new_empty(c, dtype=torch.int64), x.new_empty(c, **f64), x.new_empty(c, **f64),
                 x.new_empty(c, **f64), x.new_empty(c, **f64))
 
-    @torch.library.register_fake("bd_kernels::masked_conv2d")
-    def _masked_conv2d_fake(x, weight, scale, shift, stride, padding, dilation, groups):
-        z = torch.ops.aten.convolution(x, weight, None, stride, padding, dilation, False, [0, 0], groups)
-        return torch.empty_like(z), torch.empty_like(z)
+    @torch.library.register_fake("bd_kernels::masked_conv2d_epilogue")
+    def _epilogue_fake(z, scale, shift):
+        fmt = torch.channels_last if _channels_last_only(z) else torch.contiguous_format
+        return torch.empty(z.shape, dtype=z.dtype, device=z.device, memory_format=fmt)
 
-    @torch.library.register_fake("bd_kernels::masked_conv2d_backward")
-    def _masked_conv2d_backward_fake(grad_y, x, weight, z, scale, stride, padding, dilation, groups, need):
-        gx = torch.empty_like(x) if need[0] else x.new_empty(0)
-        gw = torch.empty_like(weight) if need[1] else weight.new_empty(0)
-        return gx, gw, scale.new_empty(scale.shape), scale.new_empty(scale.shape)
+    @torch.library.register_fake("bd_kernels::masked_conv2d_epilogue_backward")
+    def _epilogue_backward_fake(grad_y, z, scale):
+        fmt = torch.channels_last if _channels_last_only(z) else torch.contiguous_format
+        gz = torch.empty(z.shape, dtype=z.dtype, device=z.device, memory_format=fmt)
+        return gz, z.new_empty(z.shape[1]), z.new_empty(z.shape[1])
 
-    def _masked_conv2d_setup(ctx, inputs, output):
-        x, weight, scale, shift, stride, padding, dilation, groups = inputs
-        ctx.save_for_backward(x, weight, output[1], scale)
-        ctx.conv = (stride, padding, dilation, groups)
+    def _epilogue_setup(ctx, inputs, output):
+        z, scale, _shift = inputs
+        ctx.save_for_backward(z, scale)
 
-    def _masked_conv2d_backward(ctx, grad_y, _grad_z):
-        x, weight, z, scale = ctx.saved_tensors
-        need = [ctx.needs_input_grad[0], ctx.needs_input_grad[1]]
-        gx, gw, gs, gt = torch.ops.bd_kernels.masked_conv2d_backward(grad_y, x, weight, z, scale, *ctx.conv, need)
-        return (gx if need[0] else None, gw if need[1] else None, gs, gt, None, None, None, None)
+    def _epilogue_backward(ctx, grad_y):
+        z, scale = ctx.saved_tensors
+        grad_z, grad_scale, grad_shift = torch.ops.bd_kernels.masked_conv2d_epilogue_backward(grad_y, z, scale)
+        return grad_z, grad_scale, grad_shift
 
     torch.library.register_autograd(
-        "bd_kernels::masked_conv2d", _masked_conv2d_backward, setup_context=_masked_conv2d_setup
+        "bd_kernels::masked_conv2d_epilogue", _epilogue_backward, setup_context=_epilogue_setup
     )
+
+
+def _channels_last_only(t: Tensor) -> bool:
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
