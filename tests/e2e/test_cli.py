@@ -93,3 +93,23 @@ def test_kernels_info_reports_the_build():
     info = json.loads(result.stdout)
     assert info["extension_loaded"] == bd_kernels.has_extension()
     assert info["ops"] == ["apply_trigger", "channel_stats", "masked_conv2d"] and "torch" in info
+
+
+@pytest.mark.parametrize("attack", ["badnets", "blended", "sig", "wanet"])
+def test_show_writes_the_trigger_grid(tmp_path, attack):
+    from PIL import Image
+
+    out = tmp_path / f"{attack}.png"
+    result = bd("show", "--attack", attack, "--dataset", "synthetic", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    image = Image.open(out)
+    assert image.size == (8 * 32 * 4, 3 * 32 * 4)  # 8 samples x (clean, poisoned, difference), 4x upscaled
+    assert "largest change" in result.stdout
+
+
+def test_list_attacks_names_papers():
+    result = bd("list", "attacks", "--format", "json")
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert set(rows) >= {"badnets", "blended", "sig", "wanet"}
+    assert rows["sig"]["clean_label"] and rows["wanet"]["training_controlled"]
+    assert rows["wanet"]["settings"] == {"k": 4, "s": 0.5, "cross_ratio": 2.0}

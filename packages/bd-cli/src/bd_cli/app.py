@@ -127,6 +127,35 @@ def print_result(r: dict) -> None:
     out.print(f"stored as {r['key']} in {r.get('store', '')}{' (already there; not rerun)' if r.get('skipped') else ''}", soft_wrap=True)
 
 
+@app.command(
+    epilog="Examples:\n\n  bd show --attack blended --dataset fashion-mnist\n\n"
+    "  bd show --attack wanet --dataset cifar10 --out docs/img/wanet-cifar10.png",
+)
+def show(
+    attack: Annotated[str, typer.Option(help="attack to draw (see `bd list attacks`)")] = "badnets",
+    dataset: Annotated[str, typer.Option(help="dataset whose test images are poisoned")] = "fashion-mnist",
+    target: Annotated[int, typer.Option(help="target class (its images are not shown)")] = 0,
+    seed: Annotated[int, typer.Option(help="seed of the trigger (random attacks such as WaNet)")] = 0,
+    output: Annotated[Optional[Path], typer.Option("--out", help="PNG to write [default: <attack>-<dataset>.png]")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="dataset root")] = None,
+) -> None:
+    """Write a PNG grid: 8 clean test images, their poisoned versions, and the amplified difference."""
+    from bd_core.attacks import canonical_attack
+    from bd_core.data import canonical_dataset, load_dataset
+    from bd_core.errors import BdError
+
+    from bd_cli.show import save_attack_grid
+
+    try:
+        name, ds = canonical_attack(attack), canonical_dataset(dataset)
+        train, test = load_dataset(ds, "train", root=data_dir), load_dataset(ds, "test", root=data_dir)
+        path = output or Path(f"{name}-{ds}.png")
+        peak = save_attack_grid(path, name, train, test, target)
+    except BdError as e:
+        fail(str(e))
+    out.print(f"wrote {path} (rows: clean, poisoned, |difference| x{255 / max(peak, 1):.1f}; largest change {peak}/255)")
+
+
 class Listing(str, Enum):
     attacks = "attacks"
     defenses = "defenses"
@@ -160,7 +189,11 @@ def _listing(what: Listing) -> list[dict]:
     if what is Listing.attacks:
         from bd_core.attacks import ATTACKS
 
-        return [{"name": n, "clean_label": c.clean_label, "settings": c().settings()} for n, c in ATTACKS.items()]
+        return [
+            {"name": n, "clean_label": c.clean_label, "training_controlled": c.training_controlled,
+             "settings": c().settings(), "paper": c.paper}
+            for n, c in ATTACKS.items()
+        ]
     if what is Listing.models:
         from bd_core.models import MODELS
 

@@ -101,18 +101,8 @@ def train_attacked_model(spec: AttackSpec, data: DataBundle, device: str = "cpu"
     g = torch.Generator().manual_seed(spec.seed)
     trigger = attack.fit(train, spec.seed)
     poisoned = attack.poison_index(train, spec.poison_ratio, spec.target, g)
-    labels = torch.where(poisoned, torch.full_like(train.labels, spec.target), train.labels)
     augment = Augment.for_dataset(train.info)
-    mean, std = train.mean_std()
-    images = train.images.to(device)
-    poisoned_dev = poisoned.to(device)
-
-    def make_batch(idx: torch.Tensor, gen: torch.Generator):
-        offsets, flip = augment.draw(len(idx), gen)
-        dev_idx = idx.to(device)
-        x = trigger.apply(images[dev_idx], poisoned_dev[dev_idx], mean, std, offsets.to(device), augment.padding,
-                          None if flip is None else flip.to(device))
-        return x, labels[idx]
+    make_batch = attack.training_batches(train, trigger, poisoned, spec.poison_ratio, spec.target, augment, device)
 
     torch.manual_seed(spec.seed)
     model = create_model(spec.arch, train.num_classes, train.channels, train.image_size, recipe.width)
@@ -125,7 +115,7 @@ def train_attacked_model(spec: AttackSpec, data: DataBundle, device: str = "cpu"
     report = {
         "train_seconds": round(time.perf_counter() - started, 2),
         "train_images": len(train),
-        "poisoned_images": int(poisoned.sum()),
+        "poisoned_images": int(poisoned.sum()) if not attack.training_controlled else f"{spec.poison_ratio:.0%} of every batch",
         "epoch_losses": [round(v, 4) for v in losses],
     }
     return model, trigger, report

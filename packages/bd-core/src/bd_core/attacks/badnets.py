@@ -17,6 +17,7 @@ from bd_core.data.imageset import ImageSet
 @dataclass(frozen=True)
 class BadNets(Attack):
     name = "badnets"
+    paper = "Gu et al., BadNets: Identifying Vulnerabilities in the Machine Learning Model Supply Chain (2017)"
     patch: int = 3  # side of the square at 32 px
     value: int = 255  # pixel value written into the patch
 

@@ -1,33 +1,51 @@
 """What every attack provides: trigger artifacts (`fit`), which training rows to
-poison (`poison_index`), and how a batch is poisoned (`Trigger.apply`).
+poison (`poison_index`), and how a training batch is made (`training_batches`).
 
-A `Trigger` holds tensors only, so it is saved next to the attacked model (as
+A trigger holds tensors only, so it is saved next to the attacked model (as
 safetensors) and rebuilt in any later process: the poisoned test set is a pure
-function of (test set, trigger).
+function of (test set, trigger). Pattern triggers (BadNets, Blended, SIG, ...) run
+through the fused `apply_trigger` kernel; other kinds (WaNet's warp, ...) subclass
+`Trigger` and register their kind.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from bd_core.data.augment import Augment
 from bd_core.data.imageset import ImageSet
 from bd_core.errors import InvalidRequest
 from bd_kernels import apply_trigger
 
+BatchFn = Callable[[Tensor, torch.Generator], tuple[Tensor, Tensor]]
+TRIGGER_KINDS: dict[str, type["Trigger"]] = {}
 
+
+def trigger_kind(name: str):
+    def register(cls: type["Trigger"]) -> type["Trigger"]:
+        cls.kind = name
+        TRIGGER_KINDS[name] = cls
+        return cls
+
+    return register
+
+
+@trigger_kind("pattern")
 @dataclass
 class Trigger:
-    """A pattern/mask trigger applied by the fused `apply_trigger` kernel."""
+    """A pattern/mask trigger applied to uint8 images by the fused `apply_trigger` kernel."""
 
     pattern: Tensor  # [C,H,W] float, 0..255 scale (signed residual for mode "add")
     mask: Tensor  # [1|C,H,W] float in [0,1]
     mode: str = "replace"
     alpha: float = 1.0
+    kind: ClassVar[str]
 
     def apply(
         self,
@@ -42,31 +60,33 @@ class Trigger:
         """Normalized float batch with the trigger on rows where `poisoned` is True."""
         dev = images.device
         return apply_trigger(
-            images,
-            poisoned,
-            self.pattern.to(dev),
-            self.mask.to(dev),
-            mode=self.mode,
-            alpha=self.alpha,
-            mean=mean.to(dev),
-            std=std.to(dev),
-            crop_offsets=crop_offsets,
-            padding=padding,
-            flip=flip,
+            images, poisoned, self.pattern.to(dev), self.mask.to(dev), mode=self.mode, alpha=self.alpha,
+            mean=mean.to(dev), std=std.to(dev), crop_offsets=crop_offsets, padding=padding, flip=flip,
         )
 
     def artifacts(self) -> dict[str, Tensor]:
         return {"pattern": self.pattern.contiguous(), "mask": self.mask.contiguous()}
 
     def settings(self) -> dict[str, Any]:
-        return {"kind": "pattern", "mode": self.mode, "alpha": self.alpha}
+        return {"kind": self.kind, "mode": self.mode, "alpha": self.alpha}
+
+    @classmethod
+    def from_saved(cls, artifacts: dict[str, Tensor], settings: dict[str, Any]) -> "Trigger":
+        return cls(artifacts["pattern"], artifacts["mask"], settings["mode"], float(settings["alpha"]))
 
     @staticmethod
     def restore(artifacts: dict[str, Tensor], settings: dict[str, Any]) -> "Trigger":
-        kind = settings.get("kind")
-        if kind != "pattern":
-            raise InvalidRequest(f"unknown trigger kind {kind!r} in saved artifacts")
-        return Trigger(artifacts["pattern"], artifacts["mask"], settings["mode"], float(settings["alpha"]))
+        cls = TRIGGER_KINDS.get(settings.get("kind", ""))
+        if cls is None:
+            raise InvalidRequest(f"unknown trigger kind {settings.get('kind')!r} in saved artifacts")
+        return cls.from_saved(artifacts, settings)
+
+
+def normalized_batch(images: Tensor, mean: Tensor, std: Tensor, offsets: Tensor | None, padding: int,
+                     flip: Tensor | None) -> Tensor:
+    """Clean images through the same fused kernel: crop/flip, to float, normalize."""
+    dev = images.device
+    return apply_trigger(images, mean=mean.to(dev), std=std.to(dev), crop_offsets=offsets, padding=padding, flip=flip)
 
 
 @dataclass(frozen=True)
@@ -74,7 +94,9 @@ class Attack:
     """Base of the attack dataclasses; fields of subclasses are the attack's settings."""
 
     name: ClassVar[str]
+    paper: ClassVar[str] = ""
     clean_label: ClassVar[bool] = False  # poison only target-class samples, keep their labels
+    training_controlled: ClassVar[bool] = False  # poisons inside the training loop, per batch
 
     def fit(self, train: ImageSet, seed: int) -> Trigger:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -101,6 +123,26 @@ class Attack:
         flags = torch.zeros(len(train), dtype=torch.bool)
         flags[chosen] = True
         return flags
+
+    def training_batches(
+        self, train: ImageSet, trigger: Trigger, poisoned: Tensor, ratio: float, target: int, augment: Augment,
+        device: str,
+    ) -> BatchFn:
+        """make_batch for the shared trainer: data poisoning with a fixed set of poisoned rows."""
+        labels = train.labels.clone()
+        if not self.clean_label:
+            labels[poisoned] = target
+        mean, std = train.mean_std()
+        images, flags = train.images.to(device), poisoned.to(device)
+
+        def make_batch(idx: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
+            offsets, flip = augment.draw(len(idx), g)
+            dev_idx = idx.to(device)
+            x = trigger.apply(images[dev_idx], flags[dev_idx], mean, std, offsets.to(device), augment.padding,
+                              None if flip is None else flip.to(device))
+            return x, labels[idx]
+
+        return make_batch
 
 
 def check_ratio(ratio: float) -> None:
