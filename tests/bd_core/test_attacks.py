@@ -115,3 +115,36 @@ def test_saved_trigger_rebuilds_identical_poisoned_test_set_in_a_new_process(tmp
     mean, std = test.mean_std()
     here = trig.apply(test.images, torch.ones(len(test), dtype=torch.bool), mean, std)
     assert torch.equal(load_file(str(tmp_path / "x.st"))["x"], here)
+
+
+def test_bpp_squeezes_to_at_most_the_given_levels(images):
+    from bd_core.attacks import BPP
+    from bd_core.attacks.bpp import floyd_steinberg, squeeze_levels
+
+    trig = BPP().fit(images, seed=0)
+    out = trig.apply(images.images, torch.ones(len(images), dtype=torch.bool), *ID) * 255
+    for c in range(3):
+        assert len(torch.unique(out[:, c].round())) <= 8
+    # dithering keeps the local mean: the blurred image stays close to the original
+    dithered = floyd_steinberg(images.images[:4], 8).float()
+    plain = squeeze_levels(images.images[:4].float(), 8)
+    blur = torch.nn.AvgPool2d(4)
+    original = blur(images.images[:4].float())
+    assert (blur(dithered) - original).abs().mean() < (blur(plain) - original).abs().mean()
+
+
+def test_bpp_batches_mix_poisoned_negative_and_clean_rows(images):
+    from bd_core.attacks import BPP
+
+    attack = BPP()
+    trig = attack.fit(images, seed=0)
+    make_batch = attack.training_batches(images, trig, torch.zeros(len(images), dtype=torch.bool), 0.1, 0,
+                                         Augment(0, False), "cpu")
+    x, y = make_batch(torch.arange(40), torch.Generator().manual_seed(0))
+    mean, std = images.mean_std()
+    clean = trig.apply(images.images, None, mean, std)
+    squeezed = trig.apply(images.images, torch.ones(40, dtype=torch.bool), mean, std)
+    assert (y[:4] == 0).all() and torch.equal(y[4:], images.labels[4:])
+    torch.testing.assert_close(x[:4], squeezed[:4])
+    assert not torch.allclose(x[4:8], clean[4:8]) and not torch.allclose(x[4:8], squeezed[4:8])  # negatives
+    torch.testing.assert_close(x[8:], clean[8:])

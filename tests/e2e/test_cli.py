@@ -95,7 +95,7 @@ def test_kernels_info_reports_the_build():
     assert info["ops"] == ["apply_trigger", "channel_stats", "masked_conv2d"] and "torch" in info
 
 
-@pytest.mark.parametrize("attack", ["badnets", "blended", "sig", "wanet"])
+@pytest.mark.parametrize("attack", ["badnets", "blended", "sig", "bpp", "wanet"])
 def test_show_writes_the_trigger_grid(tmp_path, attack):
     from PIL import Image
 
@@ -110,6 +110,6 @@ def test_show_writes_the_trigger_grid(tmp_path, attack):
 def test_list_attacks_names_papers():
     result = bd("list", "attacks", "--format", "json")
     rows = {r["name"]: r for r in json.loads(result.stdout)}
-    assert set(rows) >= {"badnets", "blended", "sig", "wanet"}
+    assert set(rows) >= {"badnets", "blended", "sig", "bpp", "wanet"}
     assert rows["sig"]["clean_label"] and rows["wanet"]["training_controlled"]
     assert rows["wanet"]["settings"] == {"k": 4, "s": 0.5, "cross_ratio": 2.0}

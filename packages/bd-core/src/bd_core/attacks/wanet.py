@@ -58,11 +58,11 @@ class WarpTrigger(Trigger):
         return F.grid_sample(x, grid, align_corners=True)
 
     def settings(self) -> dict[str, Any]:
-        return {"kind": self.kind, "mode": "warp", "alpha": 1.0}
+        return {"kind": self.kind}
 
     @classmethod
     def from_saved(cls, artifacts, settings) -> "WarpTrigger":
-        return cls(artifacts["pattern"], artifacts["mask"], "warp", 1.0)
+        return cls(artifacts["pattern"], artifacts["mask"])
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ class WaNet(Attack):
         size = train.image_size
         field = warp_field(size, self.k, torch.Generator().manual_seed(seed))
         grid = (identity_grid(size) + self.s * field / size).clamp(-1, 1)
-        return WarpTrigger(grid, torch.ones(1, size, size), "warp", 1.0)
+        return WarpTrigger(grid, torch.ones(1))  # the mask is unused: every pixel moves
 
     def poison_index(self, train: ImageSet, ratio: float, target: int, generator: torch.Generator) -> Tensor:
         super().poison_index(train, ratio, target, generator)  # validates the ratio
