@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from bd_core.attacks import canonical_attack, create_attack
-from bd_core.attacks.base import Attack, Trigger, check_ratio
+from bd_core.attacks.base import Attack, Trigger, check_ratio, normalized_batch
 from bd_core.data import Augment, ImageSet, canonical_dataset, load_dataset
 from bd_core.data.mitigation import stratified_index
 from bd_core.metrics import evaluate
@@ -103,22 +103,48 @@ def train_attacked_model(spec: AttackSpec, data: DataBundle, device: str = "cpu"
     poisoned = attack.poison_index(train, spec.poison_ratio, spec.target, g)
     augment = Augment.for_dataset(train.info)
     make_batch = attack.training_batches(train, trigger, poisoned, spec.poison_ratio, spec.target, augment, device)
+    model, report = _train(spec.arch, train, make_batch, recipe, spec.seed, device,
+                           f"training {spec.attack} {spec.arch} on {spec.dataset}")
+    report["poisoned_images"] = (
+        f"{spec.poison_ratio:.0%} of every batch" if attack.training_controlled else int(poisoned.sum())
+    )
+    return model, trigger, report
 
-    torch.manual_seed(spec.seed)
-    model = create_model(spec.arch, train.num_classes, train.channels, train.image_size, recipe.width)
+
+def train_clean_model(
+    dataset: str, arch: str, data: DataBundle, preset_name: str = "quick", seed: int = 0, device: str = "cpu"
+) -> tuple[torch.nn.Module, dict]:
+    """The same recipe without any poisoning: the reference for an attack's clean-accuracy cost."""
+    recipe = preset(preset_name)
+    train = training_subset(data.train, recipe, seed)
+    augment = Augment.for_dataset(train.info)
+    mean, std = train.mean_std()
+    images = train.images.to(device)
+
+    def make_batch(idx: torch.Tensor, g: torch.Generator):
+        offsets, flip = augment.draw(len(idx), g)
+        x = normalized_batch(images[idx.to(device)], mean, std, offsets.to(device), augment.padding,
+                             None if flip is None else flip.to(device))
+        return x, train.labels[idx]
+
+    return _train(canonical_model(arch), train, make_batch, recipe, seed, device,
+                  f"training clean {arch} on {canonical_dataset(dataset)}")
+
+
+def _train(arch: str, train: ImageSet, make_batch, recipe: Recipe, seed: int, device: str, description: str):
+    torch.manual_seed(seed)
+    model = create_model(arch, train.num_classes, train.channels, train.image_size, recipe.width)
     started = time.perf_counter()
     losses = fit(
         model, make_batch, len(train), epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
-        momentum=recipe.momentum, weight_decay=recipe.weight_decay, seed=spec.seed, device=device,
-        description=f"training {spec.attack} {spec.arch} on {spec.dataset}",
+        momentum=recipe.momentum, weight_decay=recipe.weight_decay, seed=seed, device=device, description=description,
     )
     report = {
         "train_seconds": round(time.perf_counter() - started, 2),
         "train_images": len(train),
-        "poisoned_images": int(poisoned.sum()) if not attack.training_controlled else f"{spec.poison_ratio:.0%} of every batch",
         "epoch_losses": [round(v, 4) for v in losses],
     }
-    return model, trigger, report
+    return model, report
 
 
 def obtain_attacked_model(
