@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from bd_core.attacks import canonical_attack, create_attack
-from bd_core.attacks.base import Attack, Trigger, check_ratio, normalized_batch
+from bd_core.attacks.base import Attack, Trigger, augmented_batch, check_ratio
 from bd_core.data import Augment, ImageSet, canonical_dataset, load_dataset
 from bd_core.data.mitigation import stratified_index
 from bd_core.metrics import evaluate
@@ -122,10 +122,7 @@ def train_clean_model(
     images = train.images.to(device)
 
     def make_batch(idx: torch.Tensor, g: torch.Generator):
-        offsets, flip = augment.draw(len(idx), g)
-        x = normalized_batch(images[idx.to(device)], mean, std, offsets.to(device), augment.padding,
-                             None if flip is None else flip.to(device))
-        return x, train.labels[idx]
+        return augmented_batch(images[idx.to(device)], augment, g, mean, std), train.labels[idx]
 
     return _train(canonical_model(arch), train, make_batch, recipe, seed, device,
                   f"training clean {arch} on {canonical_dataset(dataset)}")

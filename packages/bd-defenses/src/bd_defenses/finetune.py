@@ -6,10 +6,10 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from bd_core.attacks.base import augmented_batch, normalized_batch
 from bd_core.data import Augment, ImageSet
 from bd_core.train import StepFn, cross_entropy_step, fit
 from bd_defenses.base import Context
-from bd_kernels import apply_trigger
 
 
 def clean_batches(data: ImageSet, augment: Augment | None, device: str):
@@ -18,15 +18,10 @@ def clean_batches(data: ImageSet, augment: Augment | None, device: str):
     images = data.images.to(device)
 
     def make_batch(idx: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
-        dev_idx = idx.to(device)
+        batch = images[idx.to(device)]
         if augment is None:
-            return apply_trigger(images[dev_idx], mean=mean, std=std), data.labels[idx]
-        offsets, flip = augment.draw(len(idx), g)
-        x = apply_trigger(
-            images[dev_idx], mean=mean, std=std, crop_offsets=offsets.to(device), padding=augment.padding,
-            flip=None if flip is None else flip.to(device),
-        )
-        return x, data.labels[idx]
+            return normalized_batch(batch, mean, std, None, 0, None), data.labels[idx]
+        return augmented_batch(batch, augment, g, mean, std), data.labels[idx]
 
     return make_batch
 

@@ -89,6 +89,13 @@ def normalized_batch(images: Tensor, mean: Tensor, std: Tensor, offsets: Tensor 
     return apply_trigger(images, mean=mean.to(dev), std=std.to(dev), crop_offsets=offsets, padding=padding, flip=flip)
 
 
+def augmented_batch(images: Tensor, augment: Augment, g: torch.Generator, mean: Tensor, std: Tensor) -> Tensor:
+    """Clean uint8 images with fresh random crop/flip parameters from `g`, normalized."""
+    offsets, flip = augment.draw(len(images), g)
+    dev = images.device
+    return normalized_batch(images, mean, std, offsets.to(dev), augment.padding, None if flip is None else flip.to(dev))
+
+
 @dataclass(frozen=True)
 class Attack:
     """Base of the attack dataclasses; fields of subclasses are the attack's settings."""
@@ -111,6 +118,8 @@ class Attack:
         dirty-label attacks draw from non-target samples, clean-label ones from the target class.
         """
         check_ratio(ratio)
+        if self.training_controlled:  # rows are chosen per batch, in training_batches
+            return torch.zeros(len(train), dtype=torch.bool)
         pool = (train.labels == target) if self.clean_label else (train.labels != target)
         candidates = pool.nonzero().squeeze(1)
         count = round(ratio * len(train))

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bd_core.attacks.base import Attack, BatchFn, Trigger, normalized_batch, trigger_kind
+from bd_core.attacks.base import Attack, BatchFn, Trigger, augmented_batch, normalized_batch, trigger_kind
 from bd_core.data.augment import Augment
 from bd_core.data.imageset import ImageSet
 
@@ -97,10 +97,6 @@ class BPP(Attack):
     def fit(self, train: ImageSet, seed: int) -> SqueezeTrigger:
         return SqueezeTrigger(torch.zeros(1), torch.zeros(1), levels=self.squeeze, dithering=self.dithering)
 
-    def poison_index(self, train: ImageSet, ratio: float, target: int, generator: torch.Generator) -> Tensor:
-        super().poison_index(train, ratio, target, generator)  # validates the ratio
-        return torch.zeros(len(train), dtype=torch.bool)  # rows are chosen per batch instead
-
     def training_batches(self, train: ImageSet, trigger: SqueezeTrigger, poisoned: Tensor, ratio: float, target: int,
                          augment: Augment, device: str) -> BatchFn:
         mean, std = train.mean_std()
@@ -121,9 +117,6 @@ class BPP(Attack):
                 others = torch.randint(0, len(train), (n_neg,), generator=g).to(device)
                 neg = batch[n_bd : n_bd + n_neg].to(torch.int16) + residual[others]
                 batch[n_bd : n_bd + n_neg] = neg.clamp(0, 255).to(torch.uint8)
-            offsets, flip = augment.draw(len(idx), g)
-            x = normalized_batch(batch, mean, std, offsets.to(device), augment.padding,
-                                 None if flip is None else flip.to(device))
-            return x, y
+            return augmented_batch(batch, augment, g, mean, std), y
 
         return make_batch

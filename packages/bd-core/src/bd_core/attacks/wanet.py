@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bd_core.attacks.base import Attack, BatchFn, Trigger, normalized_batch, trigger_kind
+from bd_core.attacks.base import Attack, BatchFn, Trigger, augmented_batch, normalized_batch, trigger_kind
 from bd_core.data.augment import Augment
 from bd_core.data.imageset import ImageSet
 
@@ -84,20 +84,13 @@ class WaNet(Attack):
         grid = (identity_grid(size) + self.s * field / size).clamp(-1, 1)
         return WarpTrigger(grid, torch.ones(1))  # the mask is unused: every pixel moves
 
-    def poison_index(self, train: ImageSet, ratio: float, target: int, generator: torch.Generator) -> Tensor:
-        super().poison_index(train, ratio, target, generator)  # validates the ratio
-        return torch.zeros(len(train), dtype=torch.bool)  # rows are chosen per batch instead
-
     def training_batches(self, train: ImageSet, trigger: WarpTrigger, poisoned: Tensor, ratio: float, target: int,
                          augment: Augment, device: str) -> BatchFn:
         mean, std = train.mean_std()
         images, size = train.images.to(device), train.image_size
 
         def make_batch(idx: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
-            offsets, flip = augment.draw(len(idx), g)
-            dev_idx = idx.to(device)
-            x = normalized_batch(images[dev_idx], mean, std, offsets.to(device), augment.padding,
-                                 None if flip is None else flip.to(device))
+            x = augmented_batch(images[idx.to(device)], augment, g, mean, std)
             y = train.labels[idx].clone()
             n_bd = int(len(idx) * ratio)
             n_cross = min(int(n_bd * self.cross_ratio), len(idx) - n_bd)

@@ -18,7 +18,14 @@ def _replace_stem(features: nn.Sequential, in_channels: int) -> None:
         )
 
 
-class EfficientNetB3(nn.Module):
+class _TorchvisionClassifier(nn.Module):
+    """features -> global average pool -> classifier, as torchvision builds these networks."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.avgpool(self.features(x)).flatten(1))
+
+
+class EfficientNetB3(_TorchvisionClassifier):
     def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0) -> None:
         super().__init__()
         setting, last_channel = tv_efficientnet._efficientnet_conf(
@@ -35,11 +42,8 @@ class EfficientNetB3(nn.Module):
         "stages": ("features.4", "features.6", "features.8"),
     }
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.avgpool(self.features(x)).flatten(1))
 
-
-class MobileNetV3Large(nn.Module):
+class MobileNetV3Large(_TorchvisionClassifier):
     def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0) -> None:
         super().__init__()
         setting, last_channel = tv_mobilenet._mobilenet_v3_conf("mobilenet_v3_large", width_mult=width)
@@ -53,6 +57,3 @@ class MobileNetV3Large(nn.Module):
         "last_conv": "features.16.0",
         "stages": ("features.6", "features.12", "features.16"),
     }
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.avgpool(self.features(x)).flatten(1))
