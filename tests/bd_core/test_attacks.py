@@ -106,7 +106,8 @@ REBUILD = textwrap.dedent(
 def test_saved_trigger_rebuilds_identical_poisoned_test_set_in_a_new_process(tmp_path, name):
     train = make_synthetic("train", n_train=40, size=32, channels=3, num_classes=4)
     test = make_synthetic("test", n_test=30, size=32, channels=3, num_classes=4)
-    trig = create_attack(name).fit(train, seed=3)
+    attack = create_attack(name, {"steps": "5", "surrogate_epochs": "1", "surrogate_images": "40"} if name == "lf" else {})
+    trig = attack.fit(train, seed=3)
     model = create_model("preact-resnet18", 4, 3, 32, 0.125)
     meta = {"arch": "preact-resnet18", "num_classes": 4, "in_channels": 3, "image_size": 32, "width": 0.125}
     save_model(tmp_path / "m.safetensors", model, meta, trig)
@@ -148,3 +149,21 @@ def test_bpp_batches_mix_poisoned_negative_and_clean_rows(images):
     torch.testing.assert_close(x[:4], squeezed[:4])
     assert not torch.allclose(x[4:8], clean[4:8]) and not torch.allclose(x[4:8], squeezed[4:8])  # negatives
     torch.testing.assert_close(x[8:], clean[8:])
+
+
+def test_lf_trigger_is_low_frequency_bounded_and_targeted():
+    from bd_core.attacks import LF
+    from bd_core.attacks.lf import low_pass
+
+    train = make_synthetic("train", n_train=400, size=32, channels=3, num_classes=4)
+    attack = LF(steps=25, surrogate_epochs=1, surrogate_images=400)
+    trig = attack.fit(train, seed=0, target=1)
+    delta = trig.pattern / 255.0
+    assert trig.mode == "add" and delta.abs().max() <= attack.eps * 1.25 and delta.abs().max() > 0.01
+    spectrum = torch.fft.fft2(delta).abs() ** 2
+    window = round(attack.window * 32)
+    ky = torch.fft.fftfreq(32, 1 / 32).abs().view(-1, 1)
+    kx = torch.fft.fftfreq(32, 1 / 32).abs().view(1, -1)
+    low = spectrum[:, (ky <= window) & (kx <= window)].sum()
+    assert low / spectrum.sum() > 0.999  # all the energy sits in the low frequencies
+    torch.testing.assert_close(low_pass(delta, window), delta, atol=1e-5, rtol=0)

@@ -8,6 +8,7 @@ shared trainer, measures its clean/backdoor metrics, and caches model + trigger.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,9 @@ from bd_core.data.mitigation import stratified_index
 from bd_core.metrics import evaluate
 from bd_core.models import canonical_model, create_model
 from bd_core.progress import log
+from bd_core.paths import cache_root
 from bd_core.store.models import AttackedModel, ModelCache, config_key
+from bd_core.store.safefile import load_tensors, save_tensors
 from bd_core.train import Recipe, fit, preset
 
 MODEL_FORMAT = 1
@@ -99,7 +102,7 @@ def train_attacked_model(spec: AttackSpec, data: DataBundle, device: str = "cpu"
         raise ValueError(f"target class {spec.target} outside 0..{data.train.num_classes - 1}")
     train = training_subset(data.train, recipe, spec.seed)
     g = torch.Generator().manual_seed(spec.seed)
-    trigger = attack.fit(train, spec.seed)
+    trigger = fitted_trigger(attack, train, spec)
     poisoned = attack.poison_index(train, spec.poison_ratio, spec.target, g)
     augment = Augment.for_dataset(train.info)
     make_batch = attack.training_batches(train, trigger, poisoned, spec.poison_ratio, spec.target, augment, device)
@@ -109,6 +112,24 @@ def train_attacked_model(spec: AttackSpec, data: DataBundle, device: str = "cpu"
         f"{spec.poison_ratio:.0%} of every batch" if attack.training_controlled else int(poisoned.sum())
     )
     return model, trigger, report
+
+
+def fitted_trigger(attack: Attack, train: ImageSet, spec: AttackSpec) -> Trigger:
+    """attack.fit, cached on disk for attacks whose fitting is expensive (LF's optimization, ...),
+    so that every poison ratio of the same attack reuses one trigger."""
+    if not attack.cache_trigger:
+        return attack.fit(train, spec.seed, spec.target)
+    key = config_key({"trigger": attack.settings(), "attack": spec.attack, "dataset": spec.dataset,
+                      "train_images": len(train), "seed": spec.seed, "target": spec.target, "format": MODEL_FORMAT})
+    path = cache_root() / "triggers" / f"{spec.attack}-{key}.safetensors"
+    if path.exists():
+        tensors, metadata = load_tensors(path)
+        log(f"using cached {spec.attack} trigger {path}")
+        return Trigger.restore(tensors, json.loads(metadata["bd_trigger"]))
+    log(f"fitting the {spec.attack} trigger (cached afterwards at {path})")
+    trigger = attack.fit(train, spec.seed, spec.target)
+    save_tensors(path, trigger.artifacts(), {"bd_trigger": json.dumps(trigger.settings())})
+    return trigger
 
 
 def train_clean_model(

@@ -24,7 +24,7 @@ class BadNets(Attack):
     def patch_side(self, image_size: int) -> int:
         return max(1, round(self.patch * image_size / 32))
 
-    def fit(self, train: ImageSet, seed: int) -> Trigger:
+    def fit(self, train: ImageSet, seed: int, target: int = 0) -> Trigger:
         c, s = train.channels, train.image_size
         side = self.patch_side(s)
         mask = torch.zeros(1, s, s)

@@ -104,8 +104,10 @@ class Attack:
     paper: ClassVar[str] = ""
     clean_label: ClassVar[bool] = False  # poison only target-class samples, keep their labels
     training_controlled: ClassVar[bool] = False  # poisons inside the training loop, per batch
+    cache_trigger: ClassVar[bool] = False  # fitting is expensive (optimization, networks): keep the result
 
-    def fit(self, train: ImageSet, seed: int) -> Trigger:  # pragma: no cover - abstract
+    def fit(self, train: ImageSet, seed: int, target: int = 0) -> Trigger:  # pragma: no cover - abstract
+        """The trigger for this training set (patterns, grids, optimized perturbations, networks)."""
         raise NotImplementedError
 
     def settings(self) -> dict[str, Any]:

@@ -37,6 +37,6 @@ class Blended(Attack):
         if not 0.0 < self.alpha <= 1.0:
             raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
 
-    def fit(self, train: ImageSet, seed: int) -> Trigger:
+    def fit(self, train: ImageSet, seed: int, target: int = 0) -> Trigger:
         pattern = trigger_image(train.image_size, train.channels)
         return Trigger(pattern, torch.ones(1, train.image_size, train.image_size), mode="blend", alpha=self.alpha)

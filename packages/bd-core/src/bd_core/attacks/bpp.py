@@ -94,7 +94,7 @@ class BPP(Attack):
         if not 2 <= self.squeeze <= 128 or not 0 <= self.neg_ratio < 1:
             raise ValueError(f"need 2 <= squeeze <= 128 and 0 <= neg_ratio < 1, got {self.squeeze}, {self.neg_ratio}")
 
-    def fit(self, train: ImageSet, seed: int) -> SqueezeTrigger:
+    def fit(self, train: ImageSet, seed: int, target: int = 0) -> SqueezeTrigger:
         return SqueezeTrigger(torch.zeros(1), torch.zeros(1), levels=self.squeeze, dithering=self.dithering)
 
     def training_batches(self, train: ImageSet, trigger: SqueezeTrigger, poisoned: Tensor, ratio: float, target: int,

@@ -32,6 +32,6 @@ class SIG(Attack):
         if not 0 < self.delta <= 255 or self.frequency <= 0:
             raise ValueError(f"delta must be in (0, 255] and frequency > 0, got {self.delta}, {self.frequency}")
 
-    def fit(self, train: ImageSet, seed: int) -> Trigger:
+    def fit(self, train: ImageSet, seed: int, target: int = 0) -> Trigger:
         s = train.image_size
         return Trigger(sinusoid(s, train.channels, self.delta, self.frequency), torch.ones(1, s, s), mode="add")

@@ -78,7 +78,7 @@ class WaNet(Attack):
         if self.k < 2 or self.s <= 0 or self.cross_ratio < 0:
             raise ValueError(f"need k >= 2, s > 0, cross_ratio >= 0; got {self.k}, {self.s}, {self.cross_ratio}")
 
-    def fit(self, train: ImageSet, seed: int) -> WarpTrigger:
+    def fit(self, train: ImageSet, seed: int, target: int = 0) -> WarpTrigger:
         size = train.image_size
         field = warp_field(size, self.k, torch.Generator().manual_seed(seed))
         grid = (identity_grid(size) + self.s * field / size).clamp(-1, 1)
