@@ -106,7 +106,8 @@ REBUILD = textwrap.dedent(
 def test_saved_trigger_rebuilds_identical_poisoned_test_set_in_a_new_process(tmp_path, name):
     train = make_synthetic("train", n_train=40, size=32, channels=3, num_classes=4)
     test = make_synthetic("test", n_test=30, size=32, channels=3, num_classes=4)
-    attack = create_attack(name, {"steps": "5", "surrogate_epochs": "1", "surrogate_images": "40"} if name == "lf" else {})
+    fast = {"lf": {"steps": "5", "surrogate_epochs": "1", "surrogate_images": "40"}}
+    attack = create_attack(name, fast.get(name, {}))
     trig = attack.fit(train, seed=3)
     model = create_model("preact-resnet18", 4, 3, 32, 0.125)
     meta = {"arch": "preact-resnet18", "num_classes": 4, "in_channels": 3, "image_size": 32, "width": 0.125}
@@ -167,3 +168,4 @@ def test_lf_trigger_is_low_frequency_bounded_and_targeted():
     low = spectrum[:, (ky <= window) & (kx <= window)].sum()
     assert low / spectrum.sum() > 0.999  # all the energy sits in the low frequencies
     torch.testing.assert_close(low_pass(delta, window), delta, atol=1e-5, rtol=0)
+

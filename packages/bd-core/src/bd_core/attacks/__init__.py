@@ -31,5 +31,5 @@ def create_attack(name: str, overrides: dict[str, Any] | None = None) -> Attack:
     return build_dataclass(ATTACKS[canonical_attack(name)], overrides or {}, what=f"attack {name}")
 
 
-__all__ = ["ATTACKS", "BPP", "LF", "SIG", "SqueezeTrigger", "Attack", "BadNets", "Blended", "Trigger", "WaNet", "WarpTrigger", "canonical_attack",
+__all__ = ["ATTACKS", "BPP", "LF", "SIG",  "SqueezeTrigger", "Attack", "BadNets", "Blended", "Trigger", "WaNet", "WarpTrigger", "canonical_attack",
            "create_attack"]

@@ -28,13 +28,13 @@ def check_safetensors(path: Path) -> None:
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(9)
+    if len(head) == 9:
+        (header_len,) = struct.unpack("<Q", head[:8])
+        if header_len <= min(size - 8, MAX_HEADER) and head[8:9] == b"{":
+            return  # 8-byte little-endian header length, then the JSON header: safetensors
     if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
         raise UnsafeModelFile(f"{path} is a pickle / torch.save file; bd loads only safetensors: {_CONVERT}")
-    if len(head) < 9:
-        raise UnsafeModelFile(f"{path} is too short to be a safetensors file")
-    (header_len,) = struct.unpack("<Q", head[:8])
-    if header_len > min(size - 8, MAX_HEADER) or head[8:9] != b"{":
-        raise UnsafeModelFile(f"{path} is not a safetensors file: {_CONVERT}")
+    raise UnsafeModelFile(f"{path} is not a safetensors file: {_CONVERT}")
 
 
 def load_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
