@@ -46,10 +46,6 @@ def predict(model: nn.Module, batches, device: torch.device | str) -> Tensor:
     return torch.cat([model(x.to(device)).argmax(1).cpu() for x in batches])
 
 
-def _chunks(images: Tensor, batch_size: int):
-    return images.split(batch_size)
-
-
 def evaluate(
     model: nn.Module,
     test: ImageSet,
@@ -62,7 +58,7 @@ def evaluate(
     """ACC on the clean test set; ASR and RA on its triggered non-target samples."""
     mean, std = test.mean_std()
     images = test.images.to(device)
-    clean = predict(model, (trigger.apply(b, None, mean, std) for b in _chunks(images, batch_size)), device)
+    clean = predict(model, (trigger.apply(b, None, mean, std) for b in images.split(batch_size)), device)
     acc = (clean == test.labels).float().mean().item()
     keep = test.labels != target
     victims, truth = images[keep.to(device)], test.labels[keep]
@@ -70,7 +66,7 @@ def evaluate(
         model,
         (
             trigger.apply(b, torch.ones(len(b), dtype=torch.bool, device=b.device), mean, std)
-            for b in _chunks(victims, batch_size)
+            for b in victims.split(batch_size)
         ),
         device,
     )
