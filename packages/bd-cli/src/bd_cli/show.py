@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bd_core.attacks import create_attack
+from bd_core.attacked import AttackSpec, fitted_trigger, training_subset
 from bd_core.data import ImageSet
 
 
@@ -20,9 +20,13 @@ def to_uint8(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> np.ndarr
 
 
 def attack_grid(attack_name: str, train: ImageSet, test: ImageSet, target: int = 0, count: int = 8, seed: int = 0,
-                scale: int = 4) -> tuple[Image.Image, float]:
-    """(grid image, largest pixel difference). Rows: clean, poisoned, |difference| stretched to full range."""
-    trigger = create_attack(attack_name).fit(train, seed)
+                scale: int = 4, preset: str = "quick") -> tuple[Image.Image, float]:
+    """(grid image, largest pixel difference). Rows: clean, poisoned, |difference| stretched to full range.
+
+    The trigger is fitted on the preset's training images exactly as for training, and
+    expensive ones (LF) come from the same cache, so the picture shows the trained trigger."""
+    spec = AttackSpec(train.info.name, "preact-resnet18", attack_name, 0.1, target, seed, preset)
+    trigger = fitted_trigger(spec.build_attack(), training_subset(train, spec.recipe, seed), spec)
     rows = (test.labels != target).nonzero().squeeze(1)[:count]
     mean, std = test.mean_std()
     clean = to_uint8(trigger.apply(test.images[rows], None, mean, std), mean, std)
