@@ -62,14 +62,15 @@ def main() -> None:
 # Why an attack can fall short under the quick preset (shown only when it does).
 SHORTFALL_REASONS = {
     "sig": "SIG is clean-label: at 10 % of 20 000 images every target-class training image carries the "
-    "signal, so the model barely sees a clean class-0 image and misclassifies clean ones (the ACC cost sits in "
-    "class 0). BackdoorBench's CIFAR-10 setting has the same property.",
+    "signal, so the model never sees a clean class-0 image; the clean-accuracy cost is expected to sit in class 0 "
+    "(not yet broken down per class). BackdoorBench's CIFAR-10 setting has the same property.",
     "bpp": "BPP's trigger (8-level colour squeeze with dithering, at most ~18/255 per pixel) is learned slowly, "
-    "and its negative samples teach the model to ignore small perturbations: 5 quick epochs at quarter width are "
-    "not enough (BackdoorBench trains 100 epochs at full width). Run with --preset paper on a GPU.",
+    "and its negative samples teach the model to ignore small perturbations; the likely cause is that 5 quick "
+    "epochs at quarter width are too few (BackdoorBench trains 100 epochs at full width). Not yet verified with "
+    "longer training: run with --preset paper on a GPU.",
     "wanet": "WaNet's warp moves pixels by under a pixel and its noise-mode samples forbid shortcuts, so it "
     "needs long training (100 epochs in BackdoorBench); 5 quick epochs reach about half the ASR and cost clean "
-    "accuracy. Run with --preset paper on a GPU.",
+    "accuracy. Not yet verified with longer training: run with --preset paper on a GPU.",
     "lf": "LF's perturbation is optimized against a briefly trained surrogate; on the quick recipe it is learned "
     "more slowly than a patch.",
 }
