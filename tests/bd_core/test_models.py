@@ -26,7 +26,7 @@ def test_forward_and_anatomy(name, channels, size):
     hook.remove()
     head = a.classifier[1]
     torch.testing.assert_close(head(seen["f"]), logits)
-    for conv_name, conv, bn_name, bn in a.conv_bn:
+    for _, conv, _, bn in a.conv_bn:
         assert conv.out_channels == bn.num_features
     assert len(a.conv_bn) >= 5 and len(a.stages) >= 3
 

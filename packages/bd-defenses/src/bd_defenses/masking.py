@@ -49,7 +49,7 @@ def wrap_convolutions(model: nn.Module) -> dict[str, MaskedConv2d]:
 @torch.no_grad()
 def bake_masks(model: nn.Module) -> nn.Module:
     """Fold each MaskedConv2d's mask into its conv (perturbations dropped) and unwrap it."""
-    for name, module in list(model.named_modules()):
+    for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, MaskedConv2d):
                 conv = child.conv
@@ -62,7 +62,3 @@ def bake_masks(model: nn.Module) -> nn.Module:
 
 def mask_parameters(wrapped: dict[str, MaskedConv2d]) -> list[nn.Parameter]:
     return [m.mask for m in wrapped.values()]
-
-
-def perturbation_parameters(wrapped: dict[str, MaskedConv2d]) -> list[nn.Parameter]:
-    return [m.perturb for m in wrapped.values()]
