@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-
 from bd_core.data import make_synthetic, mitigation_set
 from bd_core.errors import BdError
 from bd_core.metrics import evaluate

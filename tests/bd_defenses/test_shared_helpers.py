@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-
 from bd_core.data import make_synthetic
 from bd_core.models import create_model
 from bd_defenses.activations import layer_statistics

@@ -12,8 +12,9 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
-
 from bd_core.data import Augment, ImageSet
+
+MIN_HELD_OUT = 100
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,18 @@ class MitigationData:
             held_rows.append(members[:n_held])
             fit_rows.append(members[n_held:])
         return self.clean.subset(torch.cat(fit_rows)), self.clean.subset(torch.cat(held_rows))
+
+    def selection_split(self, seed: int, held_out_fraction: float = 0.2) -> tuple[ImageSet, ImageSet, str]:
+        """(fit, check, rule) for defenses that choose a threshold by clean accuracy.
+
+        A stratified held-out part when it has at least MIN_HELD_OUT images; below that
+        (e.g. SPC 2 or 10 on 10 classes) accuracy on a handful of images is noise, so the
+        whole mitigation set serves both roles and the rule says so."""
+        n = len(self.clean)
+        if round(held_out_fraction * n) >= MIN_HELD_OUT:
+            fit, held = self.split(held_out_fraction, seed)
+            return fit, held, f"held-out {len(held)} of {n} mitigation images"
+        return self.clean, self.clean, f"all {n} mitigation images (held-out part would have < {MIN_HELD_OUT})"
 
     def augment(self) -> Augment:
         return Augment.for_dataset(self.clean.info)
@@ -76,3 +89,8 @@ def check_positive(**values: float) -> None:
     for name, value in values.items():
         if not value > 0:
             raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def check_between(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")

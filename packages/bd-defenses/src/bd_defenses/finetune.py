@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from torch import Tensor
-
 from bd_core.attacks.base import augmented_batch, normalized_batch
 from bd_core.data import Augment, ImageSet
 from bd_core.train import StepFn, cross_entropy_step, fit
+from torch import Tensor
+
 from bd_defenses.base import Context
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from bd_core.config import build_dataclass
 from bd_core.errors import BdError
+
 from bd_defenses.base import Defense
 
 DEFENSES: dict[str, type[Defense]] = {}

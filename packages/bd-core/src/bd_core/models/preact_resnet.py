@@ -43,6 +43,10 @@ class PreActResNet18(nn.Module):
         self.linear = nn.Linear(widths[-1], num_classes)
 
     anatomy_spec = {
+        # NPD inserts its polarizer before this layer (the survey fork's per-architecture choice)
+        "polarizer_before": "layer4.1.conv1",
+        # ReLUs are applied functionally, each right after a BN (MM-BD/UNIT bound there)
+        "relu_after_bn": True,
         "features": "avgpool",
         "classifier": "linear",
         "last_conv": "layer4.1.conv2",

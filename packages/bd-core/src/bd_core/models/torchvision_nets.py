@@ -39,6 +39,7 @@ class EfficientNetB3(_TorchvisionClassifier):
         "features": "avgpool",
         "classifier": "classifier",
         "last_conv": "features.8.0",
+        "polarizer_before": "features.8.0",
         "stages": ("features.4", "features.6", "features.8"),
     }
 
@@ -55,5 +56,6 @@ class MobileNetV3Large(_TorchvisionClassifier):
         "features": "avgpool",
         "classifier": "classifier",
         "last_conv": "features.16.0",
+        "polarizer_before": "features.16.0",
         "stages": ("features.6", "features.12", "features.16"),
     }

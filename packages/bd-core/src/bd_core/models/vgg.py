@@ -39,6 +39,8 @@ class VGG19BN(nn.Module):
         )
 
     anatomy_spec = {
+        # NPD inserts its polarizer before this layer (the survey fork's per-architecture choice)
+        "polarizer_before": "features.49",
         "features": "avgpool",
         "classifier": "classifier",
         "last_conv": "features.49",

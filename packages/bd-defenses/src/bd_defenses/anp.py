@@ -1,0 +1,107 @@
+"""ANP, Adversarial Neuron Pruning (Wu & Wang, NeurIPS 2021).
+
+Neurons (conv output channels, BN folded in) are scaled by a mask m and adversarially
+perturbed by xi in [-eps, eps] on weights and biases (survey Eq. 5). The mask solves the
+minimax of Eq. 6: min_m  alpha * L(m) + (1 - alpha) * max_xi L(m + xi), one gradient
+step per iteration from a random start, 2000 iterations. Neurons whose mask falls below a
+threshold are pruned; the threshold is raised in steps of 0.05 up to 0.9 while clean
+accuracy on the defender's data stays within acc_ratio (BackdoorBench picked it with test
+ASR, which a defender does not have).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import cycle
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from bd_core.progress import make_progress
+
+from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
+from bd_defenses.masking import bake_masks, clip_masks, mask_scores, masked_model, prune_by_threshold
+from bd_defenses.pixels import Pixels, accuracy
+from bd_defenses.registry import register
+
+
+@register("anp", family="masking", paper="Wu & Wang, Adversarial Neuron Pruning Purifies Backdoored Deep Models (NeurIPS 2021)")
+@dataclass(frozen=True)
+class ANP(Defense):
+    eps: float = 0.4  # perturbation budget on each neuron's weight and bias multipliers
+    alpha: float = 0.2  # weight of the natural loss (lambda in survey Eq. 6)
+    iterations: int = 2000
+    batch_size: int = 128
+    mask_lr: float = 0.2
+    acc_ratio: float = 0.1
+    pruning_max: float = 0.9
+    pruning_step: float = 0.05
+
+    def __post_init__(self) -> None:
+        check_between("eps", self.eps, 0.0, 1.0)
+        check_between("alpha", self.alpha, 0.0, 1.0)
+        check_between("acc_ratio", self.acc_ratio, 0.0, 1.0)
+        check_between("pruning_max", self.pruning_max, 0.0, 1.0)
+        check_positive(iterations=self.iterations, batch_size=self.batch_size, mask_lr=self.mask_lr,
+                       pruning_step=self.pruning_step)
+
+    def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
+        fit, check, rule = data.selection_split(ctx.seed)
+        check_pixels = Pixels.of(check, ctx.device)
+        base = accuracy(model, check_pixels)
+        wrapped = masked_model(model)
+        self.learn_masks(model, wrapped, Pixels.of(fit, ctx.device), ctx)
+        scores = mask_scores(wrapped)
+        n_steps = int(round(self.pruning_max / self.pruning_step))
+        thresholds = [round(i * self.pruning_step, 6) for i in range(n_steps + 1)]
+        threshold, pruned = prune_by_threshold(
+            wrapped, scores, thresholds, lambda: accuracy(model, check_pixels) >= (1 - self.acc_ratio) * base
+        )
+        all_scores = torch.cat([s.flatten().cpu() for s in scores.values()])
+        ctx.report(
+            threshold=threshold, pruned=pruned, neurons=int(all_scores.numel()), selection=rule,
+            mask_mean=round(float(all_scores.mean()), 4), mask_below_0_2=int((all_scores < 0.2).sum()),
+            check_acc_before=round(base, 4), check_acc_after=round(accuracy(model, check_pixels), 4),
+        )
+        return bake_masks(model)
+
+    def learn_masks(self, model: nn.Module, wrapped, pixels: Pixels, ctx: Context) -> None:
+        masks = [m.mask for m in wrapped.values()]
+        noises = [t for m in wrapped.values() for t in (m.perturb, m.bias_perturb)]
+        for t in noises:
+            t.requires_grad_(self.eps > 0)
+        mask_opt = torch.optim.SGD(masks, lr=self.mask_lr, momentum=0.9)
+        noise_opt = torch.optim.SGD(noises, lr=self.eps) if self.eps > 0 else None  # one step of size eps
+        g = ctx.generator(1)
+        batches = cycle(list(pixels.batches(self.batch_size, g)))  # small D_m: reshuffling adds nothing
+        with make_progress() as progress:
+            task = progress.add_task("ANP mask optimisation", total=self.iterations, status="")
+            for it in range(self.iterations):
+                _, x, y = next(batches)
+                x = pixels.normalize(x)
+                if noise_opt is not None:
+                    with torch.no_grad():  # random start inside the budget
+                        for t in noises:
+                            t.uniform_(-self.eps, self.eps)
+                    noise_opt.zero_grad(set_to_none=True)
+                    (-F.cross_entropy(model(x), y)).backward()
+                    noise_opt.step()
+                    with torch.no_grad():
+                        for t in noises:
+                            t.clamp_(-self.eps, self.eps)
+                mask_opt.zero_grad(set_to_none=True)
+                if noise_opt is not None:
+                    robust = (1 - self.alpha) * F.cross_entropy(model(x), y)
+                    robust.backward()
+                    with torch.no_grad():
+                        for t in noises:
+                            t.zero_()
+                natural = self.alpha * F.cross_entropy(model(x), y)
+                natural.backward()
+                mask_opt.step()
+                clip_masks(wrapped)
+                if it % 50 == 0:
+                    progress.update(task, advance=min(50, self.iterations - it), status=f"loss {float(natural.detach()) / max(self.alpha, 1e-12):.3f}")
+        for t in noises:
+            t.requires_grad_(False)
+            t.data.zero_()

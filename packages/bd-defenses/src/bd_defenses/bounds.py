@@ -1,0 +1,133 @@
+"""Channel-wise activation upper bounds shared by MM-BD and UNIT (survey Sec. 3.3.1).
+
+A `ChannelBound` wraps an activation (or, where the model applies ReLU functionally right
+after a BN, that BN with the ReLU applied first) and clamps each channel at a learnable
+bound B_c. Bounds are learned with Adam on the defender's clean data; the weight of the
+bound penalty adapts every few epochs to keep clean accuracy within a tolerance, as the
+MM-BD code does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from bd_core.progress import make_progress
+from torch import Tensor
+
+from bd_defenses.activations import layers_statistics
+from bd_defenses.base import Context
+from bd_defenses.pixels import Pixels, accuracy
+from bd_defenses.surgery import set_module
+
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.GELU, nn.LeakyReLU)
+
+
+class ChannelBound(nn.Module):
+    def __init__(self, inner: nn.Module, channels: int, relu_first: bool) -> None:
+        super().__init__()
+        self.inner = inner
+        self.relu_first = relu_first
+        self.bound = nn.Parameter(torch.full((channels,), float("inf")))
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.inner(x)
+        if self.relu_first:
+            y = F.relu(y)
+        return torch.minimum(y, self.bound.view(1, -1, *([1] * (y.dim() - 2))))
+
+
+def install_bounds(model: nn.Module, example: Tensor) -> list[ChannelBound]:
+    """Wrap every activation point of `model` in a ChannelBound (bound +inf: no change yet)."""
+    spec = getattr(model, "anatomy_spec", {})
+    if spec.get("relu_after_bn"):
+        points = [(n, m, True) for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    else:
+        points = [(n, m, False) for n, m in model.named_modules() if isinstance(m, ACTIVATIONS)]
+    if not points:
+        raise ValueError(f"{type(model).__name__} has no activation layers to bound")
+    channels: dict[str, int] = {}
+
+    def recorder(name: str):
+        def hook(module, args, output) -> None:
+            channels[name] = output.shape[1]
+
+        return hook
+
+    hooks = [m.register_forward_hook(recorder(n)) for n, m, _ in points]
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    bounds = []
+    for name, module, relu_first in points:
+        bound = ChannelBound(module, channels[name], relu_first).to(example.device)
+        set_module(model, name, bound)
+        bounds.append(bound)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for b in bounds:
+        b.bound.requires_grad_(True)
+    return bounds
+
+
+def bound_statistics(model: nn.Module, bounds: list[ChannelBound], data, device: str):
+    return layers_statistics(model, bounds, data, device)
+
+
+def layer_moments(stats) -> tuple[float, float, float]:
+    """(max, mean, std) of all activations of one layer, merged from its per-channel statistics."""
+    n = stats.count.to(torch.float64).expand_as(stats.mean)
+    mean = (n * stats.mean).sum() / n.sum()
+    m2 = stats.m2.sum() + (n * (stats.mean - mean) ** 2).sum()
+    return float(stats.max.max()), float(mean), float((m2 / n.sum()).sqrt())
+
+
+def train_bounds(
+    model: nn.Module,
+    bounds: list[ChannelBound],
+    pixels: Pixels,
+    ctx: Context,
+    *,
+    loss_fn: Callable[[Tensor, Tensor, Tensor], Tensor],
+    penalty_fn: Callable[[Tensor], Tensor],
+    lam: float,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    alpha: float,
+    acc_reduction: float,
+    adapt_every: int,
+    description: str,
+) -> dict[str, float]:
+    """Adam on the bounds of loss_fn(logits, index, labels) + lam * sum penalty_fn(B_l); every
+    `adapt_every` epochs lam grows by `alpha` while the epoch's clean accuracy is within
+    `acc_reduction` of the start, and shrinks by it otherwise."""
+    opt = torch.optim.Adam([b.bound for b in bounds], lr=lr)
+    initial = accuracy(model, pixels)
+    g = ctx.generator(6)
+    acc = initial
+    with make_progress() as progress:
+        task = progress.add_task(description, total=epochs, status="")
+        for epoch in range(epochs):
+            correct = 0
+            for idx, x, y in pixels.batches(batch_size, g):
+                logits = model(pixels.normalize(x))
+                penalty = sum(penalty_fn(b.bound) for b in bounds)
+                loss = loss_fn(logits, idx, y) + lam * penalty
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                correct += int((logits.argmax(1) == y).sum())
+            acc = correct / len(pixels)
+            if epoch and epoch % adapt_every == 0:
+                lam = lam * alpha if acc > initial - acc_reduction else lam / alpha
+            progress.update(task, advance=1, status=f"acc {acc:.3f} lambda {lam:.3g}")
+    with torch.no_grad():
+        norm = float(torch.cat([b.bound.detach().flatten() for b in bounds]).norm())
+    return {"bound_points": len(bounds), "final_lambda": lam, "initial_acc": round(initial, 4),
+            "final_epoch_acc": round(acc, 4), "bound_norm": round(norm, 4)}

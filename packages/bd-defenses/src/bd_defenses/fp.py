@@ -1,0 +1,74 @@
+"""FP, Fine-Pruning (Liu et al., RAID 2018): prune the last convolutional layer's channels
+in increasing order of their mean activation on the defender's clean data while clean
+accuracy stays within the tolerance, then fine-tune the pruned model.
+
+Survey Sec. 3.1.1; BackdoorBench settings: acc_ratio 0.1, 1 % of channels per step,
+fine-tuning 100 epochs, SGD lr 0.01, batch 256. Unlike that code, the stop rule is one-sided
+(an accuracy rise never stops pruning), judged on enough images (see
+MitigationData.selection_split), and the model kept is the last accepted one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from bd_core.models import anatomy
+
+from bd_defenses.activations import layer_statistics
+from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
+from bd_defenses.finetune import finetune
+from bd_defenses.pixels import Pixels, accuracy
+from bd_defenses.registry import register
+from bd_defenses.surgery import mask_feature_channels
+
+
+@register("fp", family="pruning", paper="Liu et al., Fine-Pruning (RAID 2018)", aliases=("fine-pruning",))
+@dataclass(frozen=True)
+class FP(Defense):
+    acc_ratio: float = 0.1  # tolerated relative drop of clean accuracy
+    prune_step: float = 0.01  # fraction of the layer's channels pruned per step
+    epochs: int = 100  # fine-tuning after pruning
+    batch_size: int = 256
+    lr: float = 0.01
+
+    def __post_init__(self) -> None:
+        check_between("acc_ratio", self.acc_ratio, 0.0, 1.0)
+        check_between("prune_step", self.prune_step, 1e-6, 1.0)
+        check_positive(batch_size=self.batch_size, lr=self.lr)
+        check_between("epochs", self.epochs, 0, 10_000)
+
+    def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
+        parts = anatomy(model)
+        feature_name, feature_module = parts.features
+        _, check, rule = data.selection_split(ctx.seed)
+        check_pixels = Pixels.of(check, ctx.device)
+        # mean activation of each last-layer channel (the pooled feature is its spatial mean)
+        order = layer_statistics(model, feature_module, data.clean, ctx.device).mean.argsort().cpu()
+        channels = len(order)
+        base = accuracy(model, check_pixels)
+        keep = torch.ones(channels)
+        mask = mask_feature_channels(model, feature_name, keep)
+        step = max(1, math.ceil(channels * self.prune_step))
+        pruned, last_acc = 0, base
+        for n in range(step, channels, step):
+            trial = torch.ones(channels)
+            trial[order[:n]] = 0
+            mask.keep.copy_(trial)
+            acc = accuracy(model, check_pixels)
+            if acc < (1 - self.acc_ratio) * base:
+                break
+            pruned, last_acc = n, acc
+        final = torch.ones(channels)
+        final[order[:pruned]] = 0
+        mask.keep.copy_(final)
+        losses = finetune(model, data.clean, ctx, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                          description="FP fine-tuning") if self.epochs else []
+        ctx.report(
+            layer=parts.last_conv[0], channels=channels, pruned=pruned, selection=rule,
+            check_acc_before=round(base, 4), check_acc_pruned=round(last_acc, 4),
+            final_loss=round(losses[-1], 4) if losses else None,
+        )
+        return model

@@ -1,0 +1,106 @@
+"""RNP, Reconstructive Neuron Pruning (Li et al., ICML 2023).
+
+1. Unlearn: a copy of the model maximises the clean loss on the mitigation set (survey
+   Eq. 9; SGD lr 1e-3, weight decay 5e-2, up to 20 epochs) until its accuracy there falls
+   to the unlearn threshold (0.1).
+2. Recover: on the unlearned copy, neuron masks minimise the clean loss (Eq. 10; SGD lr 0.2,
+   20 epochs), clipped to [0, 1]. Backdoor neurons, which the unlearning left intact and
+   the recovery does not need, end with low mask values.
+3. Prune the *original* model's neurons in increasing mask order (threshold step 0.02)
+   while clean accuracy on the defender's data drops by at most recovery_drop (0.02).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from bd_core.progress import make_progress
+
+from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
+from bd_defenses.masking import bake_masks, clip_masks, mask_scores, masked_model, prune_by_threshold
+from bd_defenses.pixels import Pixels, accuracy
+from bd_defenses.registry import register
+
+
+@register("rnp", family="masking", paper="Li et al., Reconstructive Neuron Pruning for Backdoor Defense (ICML 2023)")
+@dataclass(frozen=True)
+class RNP(Defense):
+    unlearn_threshold: float = 0.1
+    unlearn_lr: float = 1e-3
+    unlearn_epochs: int = 20
+    weight_decay: float = 5e-2
+    recovery_lr: float = 0.2
+    recovery_epochs: int = 20
+    recovery_drop: float = 0.02
+    threshold_step: float = 0.02
+    batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        check_between("unlearn_threshold", self.unlearn_threshold, 0.0, 1.0)
+        check_between("recovery_drop", self.recovery_drop, 0.0, 1.0)
+        check_positive(unlearn_lr=self.unlearn_lr, unlearn_epochs=self.unlearn_epochs, recovery_lr=self.recovery_lr,
+                       recovery_epochs=self.recovery_epochs, threshold_step=self.threshold_step,
+                       batch_size=self.batch_size)
+
+    def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
+        pixels = Pixels.of(data.clean, ctx.device)
+        _, check, rule = data.selection_split(ctx.seed)
+        check_pixels = Pixels.of(check, ctx.device)
+        unlearned = copy.deepcopy(model)
+        unlearn_acc, unlearn_epochs = self.unlearn(unlearned, pixels, ctx)
+        recovery = masked_model(unlearned)
+        self.recover(unlearned, recovery, pixels, ctx)
+        scores = mask_scores(recovery)
+
+        base = accuracy(model, check_pixels)
+        wrapped = masked_model(model)
+        thresholds = [round(i * self.threshold_step, 6) for i in range(int(1 / self.threshold_step))]
+        threshold, pruned = prune_by_threshold(
+            wrapped, scores, thresholds, lambda: accuracy(model, check_pixels) >= base - self.recovery_drop
+        )
+        ctx.report(
+            unlearn_epochs=unlearn_epochs, unlearned_acc=round(unlearn_acc, 4), threshold=threshold, pruned=pruned,
+            neurons=sum(int(s.numel()) for s in scores.values()), selection=rule,
+            check_acc_before=round(base, 4), check_acc_after=round(accuracy(model, check_pixels), 4),
+        )
+        return bake_masks(model)
+
+    def unlearn(self, model: nn.Module, pixels: Pixels, ctx: Context) -> tuple[float, int]:
+        """Gradient ascent on the clean loss (train mode, as the paper) until accuracy <= threshold."""
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=self.unlearn_lr, momentum=0.9, weight_decay=self.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.unlearn_epochs)
+        g = ctx.generator(2)
+        acc, epoch = 1.0, 0
+        for epoch in range(1, self.unlearn_epochs + 1):
+            correct = 0
+            for _, x, y in pixels.batches(self.batch_size, g):
+                logits = model(pixels.normalize(x))
+                opt.zero_grad(set_to_none=True)
+                (-F.cross_entropy(logits, y)).backward()
+                nn.utils.clip_grad_norm_(model.parameters(), max_norm=20)
+                opt.step()
+                correct += int((logits.argmax(1) == y).sum())
+            acc = correct / len(pixels)
+            if acc <= self.unlearn_threshold:
+                break
+            sched.step()
+        model.eval()
+        return acc, epoch
+
+    def recover(self, model: nn.Module, wrapped, pixels: Pixels, ctx: Context) -> None:
+        opt = torch.optim.SGD([m.mask for m in wrapped.values()], lr=self.recovery_lr, momentum=0.9)
+        g = ctx.generator(3)
+        with make_progress() as progress:
+            task = progress.add_task("RNP mask recovery", total=self.recovery_epochs, status="")
+            for _ in range(self.recovery_epochs):
+                for _, x, y in pixels.batches(self.batch_size, g):
+                    opt.zero_grad(set_to_none=True)
+                    F.cross_entropy(model(pixels.normalize(x)), y).backward()
+                    opt.step()
+                    clip_masks(wrapped)
+                progress.update(task, advance=1)

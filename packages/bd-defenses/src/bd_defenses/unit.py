@@ -1,0 +1,61 @@
+"""UNIT, neural distribution tightening (Cheng et al., ECCV 2024; reviewed, not benchmarked,
+by the survey). Like MM-BD, activation channels get upper bounds, but they start at
+mu + 4 sigma of the layer's activations on the clean data and are tightened under the clean
+classification loss with an L1 penalty (survey Eq. 17):
+
+    min_B  L_CE(D_m, f_B) + lambda * ||B||_1
+
+The penalty weight adapts as in MM-BD to keep clean accuracy within acc_reduction. The
+survey gives no settings for UNIT; bd's defaults (Adam lr 1e-2, 50 epochs, lambda 1e-3)
+are its own and named as such in `bd list defenses`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
+from bd_defenses.bounds import bound_statistics, install_bounds, layer_moments, train_bounds
+from bd_defenses.pixels import Pixels
+from bd_defenses.registry import register
+
+
+@register("unit", family="additive", paper="Cheng et al., UNIT: Backdoor Mitigation via Automated Neural Distribution Tightening (ECCV 2024); reviewed only, defaults are bd's")
+@dataclass(frozen=True)
+class UNIT(Defense):
+    lam: float = 1e-3
+    sigmas: float = 4.0  # initial bound: mean + sigmas * std of the layer's clean activations
+    alpha: float = 1.2
+    acc_reduction: float = 0.05
+    adapt_every: int = 10
+    epochs: int = 50
+    lr: float = 1e-2
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        check_between("acc_reduction", self.acc_reduction, 0.0, 1.0)
+        check_between("alpha", self.alpha, 1.0, 100.0)
+        check_between("lam", self.lam, 0.0, 1e6)
+        check_between("sigmas", self.sigmas, 0.0, 100.0)
+        check_positive(adapt_every=self.adapt_every, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
+
+    def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
+        pixels = Pixels.of(data.clean, ctx.device)
+        bounds = install_bounds(model, pixels.normalize(pixels.x[:1]))
+        with torch.no_grad():
+            for b, stats in zip(bounds, bound_statistics(model, bounds, data.clean, ctx.device)):
+                _, mean, std = layer_moments(stats)
+                b.bound.fill_(mean + self.sigmas * std)
+        report = train_bounds(
+            model, bounds, pixels, ctx,
+            loss_fn=lambda logits, idx, y: F.cross_entropy(logits, y),
+            penalty_fn=lambda b: b.abs().sum(), lam=self.lam, epochs=self.epochs, lr=self.lr,
+            batch_size=self.batch_size, alpha=self.alpha, acc_reduction=self.acc_reduction,
+            adapt_every=self.adapt_every, description="UNIT distribution tightening",
+        )
+        ctx.report(**report)
+        return model.eval()

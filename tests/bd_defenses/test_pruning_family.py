@@ -1,0 +1,179 @@
+"""Mechanism tests of the pruning, masking and additive defenses on a planted backdoor
+(tests/bd_defenses/planted.py): each must cut the known trigger-sensitive channel K (or,
+for the additive ones, its path) and keep clean accuracy within its tolerance."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from bd_core.data import make_synthetic, mitigation_set
+from bd_defenses import Context, MitigationData, create_defense
+from bd_defenses.bnp import gaussian_kl
+from bd_defenses.bounds import ChannelBound
+from bd_defenses.clp import channel_lipschitz_bounds
+from bd_defenses.fmp import layer_output
+from bd_defenses.pixels import Pixels
+from bd_defenses.surgery import ChannelMask, fold_batchnorm
+from planted import K, plant, planted_model, success_rates
+
+
+@pytest.fixture(scope="module")
+def world():
+    train = make_synthetic("train", n_train=1000, size=28, channels=1)
+    test = make_synthetic("test", n_test=300, size=28, channels=1)
+    model = planted_model(train)
+    return train, test, model, mitigation_set(train, 10, 0)
+
+
+def run(name, model, clean, **settings):
+    ctx = Context(seed=0)
+    out = create_defense(name, settings)(copy.deepcopy(model), MitigationData(clean), ctx)
+    return out, ctx.record
+
+
+def conv_norms(model):
+    """Norm of output channel K's filter in each conv, in forward order."""
+    return [float(m.weight[K].detach().norm()) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+def test_planted_model_is_backdoored(world):
+    _, test, model, _ = world
+    acc, asr = success_rates(model, test)
+    assert acc > 0.9 and asr == 1.0
+
+
+def test_clp_prunes_the_planted_channel_and_matches_brute_force_spectral_norms(world):
+    _, test, model, clean = world
+    w = model.conv2.weight.detach().double() * (model.bn2.weight / torch.sqrt(model.bn2.running_var + model.bn2.eps)).double().view(-1, 1, 1, 1)
+    brute = torch.stack([torch.linalg.svdvals(w[k].reshape(w.shape[1], -1))[0] for k in range(w.shape[0])])
+    torch.testing.assert_close(channel_lipschitz_bounds(model.conv2, model.bn2), brute)
+    out, record = run("clp", model, clean)
+    assert conv_norms(out) == [0.0, 0.0] and record["data_free"]
+    acc, asr = success_rates(out, test)
+    assert asr < 0.05 and acc >= success_rates(model, test)[0] - 0.02
+
+
+def test_bnp_kl_matches_direct_computation_and_prunes_the_planted_channel(world):
+    _, test, model, clean = world
+    mu_p, var_p, mu_q, var_q = (torch.tensor(v, dtype=torch.float64) for v in (0.3, 2.0, -0.5, 0.7))
+    direct = torch.distributions.kl_divergence(torch.distributions.Normal(mu_p, var_p.sqrt()), torch.distributions.Normal(mu_q, var_q.sqrt()))
+    torch.testing.assert_close(gaussian_kl(mu_p, var_p, mu_q, var_q), direct)
+    out, record = run("bnp", model, clean)
+    assert out.bn2.weight[K] == 0 and out.bn2.bias[K] == 0 and record["pruned_per_layer"]["conv2"] >= 1
+    acc, asr = success_rates(out, test)
+    assert asr < 0.05 and acc > 0.75  # BNP has no accuracy guard: a few clean channels go too
+
+
+def test_fp_prunes_the_dormant_planted_channel_within_tolerance(world):
+    _, test, model, clean = world
+    out, record = run("fp", model, clean, epochs=0)
+    mask = next(m for m in out.modules() if isinstance(m, ChannelMask))
+    assert mask.keep[K] == 0 and record["pruned"] >= 1
+    assert record["check_acc_pruned"] >= (1 - 0.1) * record["check_acc_before"]
+    assert success_rates(out, test)[1] < 0.05
+
+
+def test_fp_mask_survives_fine_tuning(world):
+    _, test, model, clean = world
+    out, _ = run("fp", model, clean, epochs=3)
+    assert next(m for m in out.modules() if isinstance(m, ChannelMask)).keep[K] == 0
+    assert success_rates(out, test)[1] < 0.05
+
+
+def test_fmp_ranks_channels_by_accuracy_under_their_own_perturbation(world):
+    """FMP's batched ranking equals a channel-by-channel computation, and the lowest-ranked
+    1/64 of each layer is zeroed. (On this planted patch detector FMP's 1/255 perturbation
+    does not reach the trigger response, so FMP does not single out channel K: its premise,
+    filters sensitive to tiny input changes, does not hold here; docs/defenses.md.)"""
+    _, _, model, clean = world
+    model = copy.deepcopy(model).eval()
+    fmp = create_defense("fmp", {"eps": 8 / 255, "group": 5})
+    pixels = Pixels.of(clean)
+    x, y = pixels.x[:6], pixels.y[:6]
+    start = (x + 0.01).clamp(0, 1)
+    batched = fmp.channel_sensitivity(model, model.conv2, pixels, x, y, start, lambda n: None)
+    for c in (0, K, 17, 63):
+        adv = start.clone().requires_grad_(True)
+        clean_map = layer_output(model, model.conv2, pixels.normalize(x))[:, c]
+        loss = torch.nn.functional.mse_loss(layer_output(model, model.conv2, pixels.normalize(adv))[:, c], clean_map, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, adv)
+        stepped = (adv + fmp.eps * grad.sign()).clamp(0, 1)
+        expected = (model(pixels.normalize(stepped)).argmax(1) == y).float().mean()
+        assert batched[c] == pytest.approx(float(expected)), c
+    out, record = run("fmp", model, clean, epochs=0, eps=8 / 255)
+    assert record["pruned_per_layer"] == {"conv1": 1, "conv2": 1}
+    assert sum(n == 0.0 for n in (float(w.norm()) for w in out.conv2.weight.detach())) >= 1
+
+
+def test_anp_masks_the_planted_neurons(world):
+    _, test, model, clean = world
+    out, record = run("anp", model, clean, iterations=100)
+    assert conv_norms(out) == [0.0, 0.0] and record["pruned"] >= 2
+    assert record["check_acc_after"] >= (1 - 0.1) * record["check_acc_before"]
+    assert success_rates(out, test)[1] < 0.05
+
+
+def test_rnp_masks_the_planted_neuron_after_unlearning(world):
+    _, test, model, clean = world
+    out, record = run("rnp", model, clean)
+    assert record["unlearned_acc"] <= 0.1 and conv_norms(out)[1] == 0.0
+    assert record["check_acc_after"] >= record["check_acc_before"] - 0.02
+    assert success_rates(out, test)[1] < 0.05
+
+
+def test_awm_masks_the_planted_neurons_once_its_perturbation_reaches_the_trigger(world):
+    _, test, model, clean = world
+    # the fork's default step (10, one step per batch per epoch) leaves delta small on one
+    # batch of 100 images, which is why AWM is weak at low SPC; a larger step shows the mechanism
+    out, record = run("awm", model, clean, trigger_lr=1000.0)
+    assert record["delta_l1"] == pytest.approx(1000.0, rel=1e-4)
+    assert max(conv_norms(out)) < 1e-3 * 12
+    acc, asr = success_rates(out, test)
+    assert asr < 0.05 and acc >= success_rates(model, test)[0] - 0.03
+
+
+def test_nft_masks_respect_depth_lower_bounds_and_shrink_an_overlapping_backdoor(world):
+    train, test, model, clean = world
+    overlapping = plant(copy.deepcopy(model), train, margin=-8.0)  # trigger response overlaps clean data
+    defense = create_defense("nft", {"alpha": 0.0})  # the lower bound of a deep layer, alpha*exp(-beta*depth) -> 0
+    assert create_defense("nft").lower_bounds(3) == pytest.approx([0.8 * 2.718281828 ** (-0.5 * d) for d in (1, 2, 3)])
+    ctx = Context(seed=0)
+    out = defense(copy.deepcopy(overlapping), MitigationData(clean), ctx)
+    norms = conv_norms(out)
+    assert norms[0] < 0.5 * 12 or norms[1] < 0.5 * 20
+    assert success_rates(out, test)[1] < success_rates(overlapping, test)[1] - 0.2
+
+
+def test_mmbd_bounds_clamp_the_planted_path(world):
+    _, test, model, clean = world
+    out, record = run("mm-bd", model, clean)
+    bounds = [m for m in out.modules() if isinstance(m, ChannelBound)]
+    assert len(bounds) == 2 and record["bound_points"] == 2
+    assert float(bounds[1].bound[K].detach()) < 100  # triggered activation of channel K is ~440
+    acc, asr = success_rates(out, test)
+    assert asr < 0.8 and acc >= success_rates(model, test)[0] - 0.05
+
+
+def test_unit_tightened_bounds_cut_the_planted_path(world):
+    _, test, model, clean = world
+    out, _ = run("unit", model, clean)
+    acc, asr = success_rates(out, test)
+    assert asr < 0.5 and acc >= success_rates(model, test)[0] - 0.05
+
+
+def test_npd_polarizer_blocks_the_planted_path(world):
+    _, test, model, clean = world
+    out, record = run("npd", model, clean, epochs=20)
+    assert record["layer"] == "conv2" and record["polarizer_identity_distance"] > 0.1
+    acc, asr = success_rates(out, test)
+    assert asr < 0.2 and acc > 0.75
+
+
+def test_folding_batchnorm_keeps_the_function(world):
+    _, _, model, _ = world
+    x = torch.randn(4, 1, 28, 28)
+    folded = fold_batchnorm(copy.deepcopy(model).eval())
+    torch.testing.assert_close(folded(x), model.eval()(x), atol=1e-4, rtol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
