@@ -12,11 +12,11 @@ PKGS   := packages/bd-kernels packages/bd-core packages/bd-defenses packages/bd-
 
 setup: $(STAMP)
 
-$(STAMP): $(foreach p,$(PKGS),$(p)/pyproject.toml) packages/bd-kernels/setup.py
+$(STAMP): $(foreach p,$(PKGS),$(p)/pyproject.toml) packages/bd-kernels/setup.py Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q ninja pytest pytest-benchmark pytest-timeout
+	$(BIN)/pip install -q ninja pytest pytest-benchmark pytest-timeout "ray>=2.60"
 	# bd-kernels compiles against the torch installed above
 	$(BIN)/pip install -q --no-build-isolation -e packages/bd-kernels
 	$(BIN)/pip install -q --no-build-isolation -e packages/bd-core -e packages/bd-defenses -e packages/bd-cli

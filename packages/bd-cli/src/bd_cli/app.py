@@ -91,7 +91,7 @@ def run(
     from bd_core.paths import cache_root
     from bd_core.store import ModelCache, ResultStore
 
-    from bd_cli.experiment import ExperimentSpec, run_experiment
+    from bd_cli.experiment import ExperimentSpec, UnitFailed, run_experiment
 
     try:
         attack_spec = AttackSpec(dataset, arch, attack, poison_ratio, target, seed, preset.value)
@@ -103,6 +103,8 @@ def run(
             record["store"] = str(results.path)
     except BdError as e:
         fail(str(e))
+    except UnitFailed as e:
+        fail(str(e), code=1)
     if format is Format.json:
         out.print_json(json.dumps(record, default=str))
     else:
@@ -154,6 +156,260 @@ def show(
     except BdError as e:
         fail(str(e))
     out.print(f"wrote {path} (rows: clean, poisoned, |difference| x{255 / max(peak, 1):.1f}; largest change {peak}/255)")
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  bd attack --attack blended --arch preact-resnet18 --dataset fashion-mnist\n\n"
+    "  bd attack --attack wanet --poison-ratio 0.05 --preset paper --device cuda --format json",
+)
+def attack(
+    attack: Annotated[str, typer.Option(help="attack (see `bd list attacks`)")] = "badnets",
+    dataset: Annotated[str, typer.Option(help="dataset to poison")] = "fashion-mnist",
+    arch: Annotated[str, typer.Option(help="architecture")] = "preact-resnet18",
+    poison_ratio: Annotated[float, typer.Option(help="fraction of training images poisoned")] = 0.1,
+    target: Annotated[int, typer.Option(help="target class (all-to-one)")] = 0,
+    seed: Annotated[int, typer.Option(help="training seed")] = 0,
+    preset: Annotated[Preset, typer.Option(help="quick (CPU) or paper (GPU) training recipe")] = Preset.quick,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N]")] = "auto",
+    data_dir: Annotated[Optional[Path], typer.Option(help="dataset root")] = None,
+    download: Annotated[bool, typer.Option(help="download the dataset with torchvision if missing")] = False,
+    format: Annotated[Format, typer.Option(help="table or json")] = Format.table,
+) -> None:
+    """Train an attacked model (or find it in the cache) and report its ACC, ASR and RA."""
+    from bd_core.attacked import AttackSpec, load_data, obtain_attacked_model
+    from bd_core.errors import BdError
+    from bd_core.paths import cache_root
+    from bd_core.store import ModelCache
+
+    try:
+        spec = AttackSpec(dataset, arch, attack, poison_ratio, target, seed, preset.value)
+        dev = resolve_device(device)
+        cache = ModelCache(cache_root() / "models")
+        attacked, hit = obtain_attacked_model(spec, load_data(spec.dataset, data_dir, download), cache, dev)
+    except BdError as e:
+        fail(str(e))
+    info = {"key": spec.key, "model_file": str(cache.path(spec.key)), "cached_before": hit, **attacked.meta["metrics"],
+            "train_seconds": attacked.meta.get("training", {}).get("train_seconds")}
+    if format is Format.json:
+        out.print_json(json.dumps(info))
+        return
+    out.print(f"{spec.attack} on {spec.dataset}/{spec.arch} ({spec.poison_ratio:.0%}, preset {spec.preset}): "
+              f"ACC {info['acc']:.2%}  ASR {info['asr']:.2%}  RA {info['ra']:.2%}", highlight=False)
+    out.print(f"{'found in' if hit else 'saved to'} {info['model_file']}  (bd defend --model {info['model_file']})",
+              soft_wrap=True, highlight=False)
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  bd defend --model ~/.cache/bd/models/<key>/model.safetensors --defense anp\n\n"
+    "  bd defend --defense clp --attack blended --arch vgg19   (the cached model of that attack)",
+)
+def defend(
+    defense: Annotated[str, typer.Option(help="defense to apply (see `bd list defenses`)")] = "ft",
+    model: Annotated[Optional[Path], typer.Option(help="attacked model file written by bd (model.safetensors); else the cached model of the attack options")] = None,
+    attack: Annotated[str, typer.Option(help="attack of the cached model (without --model)")] = "badnets",
+    dataset: Annotated[str, typer.Option(help="dataset of the cached model (without --model)")] = "fashion-mnist",
+    arch: Annotated[str, typer.Option(help="architecture of the cached model (without --model)")] = "preact-resnet18",
+    poison_ratio: Annotated[float, typer.Option(help="poison ratio of the cached model")] = 0.1,
+    target: Annotated[int, typer.Option(help="target class of the cached model")] = 0,
+    seed: Annotated[int, typer.Option(help="seed of the cached model and of the defense")] = 0,
+    preset: Annotated[Preset, typer.Option(help="preset of the cached model")] = Preset.quick,
+    spc: Annotated[int, typer.Option(help="clean mitigation images per class")] = 10,
+    partition: Annotated[int, typer.Option(help="which random mitigation set")] = 0,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="defense hyperparameter key=value (repeatable)")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N]")] = "auto",
+    store: Annotated[Optional[Path], typer.Option(help="SQLite results file")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="dataset root")] = None,
+    force: Annotated[bool, typer.Option(help="run again even if stored")] = False,
+    format: Annotated[Format, typer.Option(help="table or json")] = Format.table,
+) -> None:
+    """Apply a defense to an attacked model that already exists (never trains one)."""
+    from bd_core.attacked import AttackSpec, load_data
+    from bd_core.config import parse_assignments
+    from bd_core.errors import BdError
+    from bd_core.paths import cache_root
+    from bd_core.store import ModelCache, ResultStore
+    from bd_core.store.models import load_model
+
+    from bd_cli.experiment import ExperimentSpec, UnitFailed, run_experiment
+
+    try:
+        cache = ModelCache(cache_root() / "models")
+        if model is not None:
+            if not model.exists():
+                fail(f"--model {model}: no such file (bd attack prints where models are saved)")
+            attacked = load_model(model)
+            a = attacked.meta["attack"]
+            attack_spec = AttackSpec(a["dataset"], a["arch"], a["attack"], a["poison_ratio"], a["target"], a["seed"],
+                                     a["preset"])
+        else:
+            attack_spec = AttackSpec(dataset, arch, attack, poison_ratio, target, seed, preset.value)
+            path = cache.get_path(attack_spec.key)
+            if path is None:
+                fail(f"no cached attacked model for {attack_spec.attack} on {attack_spec.dataset}/{attack_spec.arch} "
+                     f"({attack_spec.poison_ratio:.0%}, preset {attack_spec.preset}); train it with `bd attack` "
+                     "with the same options, or pass --model FILE")
+            attacked = load_model(path)
+        spec = ExperimentSpec(attack_spec, defense, spc, partition, parse_assignments(set_))
+        dev = resolve_device(device)
+        data = load_data(attack_spec.dataset, data_dir)
+        with ResultStore(store or default_store()) as results:
+            record = run_experiment(spec, data, cache, results, dev, force, attacked=attacked)
+            record["store"] = str(results.path)
+    except BdError as e:
+        fail(str(e))
+    except UnitFailed as e:
+        fail(str(e), code=1)
+    if format is Format.json:
+        out.print_json(json.dumps(record, default=str))
+    else:
+        print_result(record)
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  bd report --out report/\n\n"
+    "  bd report --where dataset=cifar10 --where spc=2,10 --no-pdf",
+)
+def report(
+    output: Annotated[Path, typer.Option("--out", help="folder for PNG/PDF figures, CSV and summary.md")] = Path("bd-report"),
+    store: Annotated[Optional[Path], typer.Option(help="SQLite results file [default: ~/.cache/bd/results.sqlite]")] = None,
+    where: Annotated[Optional[list[str]], typer.Option(help="filter column=value[,value] (repeatable)")] = None,
+    pdf: Annotated[bool, typer.Option(help="also write PDF figures")] = True,
+) -> None:
+    """Draw the survey's figures (3-10) and write summary tables from stored results."""
+    from bd_core.store import ResultStore
+
+    from bd_cli.report import draw_figures, parse_filters, select, write_tables
+
+    path = store or default_store()
+    if not path.exists():
+        fail(f"no results at {path}; run `bd run` or `bd grid` first, or pass --store")
+    try:
+        filters = parse_filters(where)
+    except ValueError as e:
+        fail(str(e))
+    with ResultStore(path) as results:
+        rows = select(results.query(), filters)
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        fail(f"no successful results in {path} match {where or 'the store'}")
+    written = write_tables(ok, [r for r in rows if r["status"] != "ok"], output)
+    written += draw_figures(ok, output, pdf)
+    out.print(f"{len(ok)} results ({len({r['defense'] for r in ok})} defenses) -> {len(written)} files in {output}/",
+              highlight=False)
+    out.print((output / "summary.md").read_text(), highlight=False, soft_wrap=True)
+
+
+def _split(value: Optional[str]) -> Optional[list[str]]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+class Backend(str, Enum):
+    local = "local"
+    ray = "ray"
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  bd grid --attack badnets,blended --defense all --spc 2,10,100 --partitions 10\n\n"
+    "  bd grid --config grids/survey.toml --backend ray --address ray://head:10001\n\n"
+    "  bd grid --defense ft,clp --set ft.epochs=20 --dry-run",
+)
+def grid(
+    config: Annotated[Optional[Path], typer.Option(help="TOML grid file (keys: datasets, archs, attacks, poison_ratios, defenses, spc, partitions, seeds, preset, [settings.<defense>], [presets.<name>])")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="comma-separated datasets")] = None,
+    arch: Annotated[Optional[str], typer.Option(help="comma-separated architectures")] = None,
+    attack: Annotated[Optional[str], typer.Option(help="comma-separated attacks")] = None,
+    poison_ratio: Annotated[Optional[str], typer.Option(help="comma-separated poison ratios, e.g. 0.01,0.05,0.1")] = None,
+    defense: Annotated[Optional[str], typer.Option(help="comma-separated defenses, or all (every benchmarked defense)")] = None,
+    spc: Annotated[Optional[str], typer.Option(help="comma-separated samples per class, e.g. 2,10,100")] = None,
+    partitions: Annotated[Optional[int], typer.Option(help="mitigation partitions 0..N-1 per setting")] = None,
+    seed: Annotated[Optional[str], typer.Option(help="comma-separated seeds")] = None,
+    preset: Annotated[Optional[Preset], typer.Option(help="training preset of the attacked models")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="defense.key=value override (repeatable)")] = None,
+    backend: Annotated[Backend, typer.Option(help="local: process pool on this machine; ray: Ray tasks")] = Backend.local,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: start a local Ray instance)")] = None,
+    workers: Annotated[int, typer.Option(help="local pool size [default: CPU cores, or GPUs with --device cuda]")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    store: Annotated[Optional[Path], typer.Option(help="SQLite results file [default: ~/.cache/bd/results.sqlite]")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option(help="dataset root")] = None,
+    dry_run: Annotated[bool, typer.Option(help="only count the units and what is already stored")] = False,
+    format: Annotated[Format, typer.Option(help="table or json summary")] = Format.table,
+) -> None:
+    """Run a grid of experiments, resumably: finished units are skipped, failures recorded."""
+    import os
+
+    from bd_core.errors import BdError
+    from bd_core.paths import cache_root
+    from bd_core.progress import make_progress
+    from bd_core.store import ResultStore
+
+    from bd_cli.grid import GridSpec, local_runner, ray_runner, run_grid
+
+    settings: dict[str, dict[str, str]] = {}
+    for item in set_ or []:
+        name_key, eq, value = item.partition("=")
+        name, dot, key = name_key.partition(".")
+        if not eq or not dot:
+            fail(f"--set {item!r}: grid overrides are defense.key=value, e.g. ft.epochs=20")
+        settings.setdefault(name.strip(), {})[key.strip()] = value.strip()
+    flags = {
+        "datasets": _split(dataset), "archs": _split(arch), "attacks": _split(attack),
+        "poison_ratios": [float(x) for x in _split(poison_ratio)] if poison_ratio else None,
+        "defenses": _split(defense), "spc": [int(x) for x in _split(spc)] if spc else None,
+        "partitions": list(range(partitions)) if partitions is not None else None,
+        "seeds": [int(x) for x in _split(seed)] if seed else None, "preset": preset.value if preset else None,
+    }
+    try:
+        if config:
+            spec = GridSpec.from_toml(config, **flags)
+        else:
+            spec = GridSpec.build(**{k: v for k, v in flags.items() if v is not None})
+        if settings:
+            from bd_defenses import canonical_defense
+
+            merged = {**spec.settings}
+            for name, values in settings.items():
+                merged.setdefault(canonical_defense(name), {}).update(values)
+            spec = GridSpec.build(**{**{f: getattr(spec, f) for f in spec.__dataclass_fields__}, "settings": merged})
+        units = spec.units()
+        dev = resolve_device(device)
+        path = store or default_store()
+        with ResultStore(path) as results:
+            done = sum(results.has(u.key) for u in units)
+            if dry_run:
+                summary = {"units": len(units), "stored": done, "to_run": len(units) - done,
+                           "attacked_models": len({u.attack.key for u in units}), "store": str(path)}
+                out.print_json(json.dumps(summary)) if format is Format.json else out.print(summary)
+                return
+            cores = os.cpu_count() or 1
+            if backend is Backend.ray:
+                runner, threads = ray_runner(address), 1
+            else:
+                import torch
+
+                n = workers or (torch.cuda.device_count() if dev.startswith("cuda") else cores)
+                runner, threads = local_runner(max(1, n)), max(1, cores // max(1, n))
+            with make_progress() as progress:
+                task = progress.add_task("grid", total=len(units) - done, status="")
+
+                def advance(row: dict) -> None:
+                    progress.update(task, advance=1, status=f"{row['defense']}/{row['attack']}: {row['status']}")
+
+                report = run_grid(spec, results, cache_root() / "models", runner, device=dev, data_dir=data_dir,
+                                  threads=threads, on_result=advance)
+    except BdError as e:
+        fail(str(e))
+    summary = {**report.__dict__, "store": str(path)}
+    if format is Format.json:
+        out.print_json(json.dumps(summary))
+        return
+    out.print(f"{report.total} units: {report.ok} ran, {report.skipped} already stored, {report.failed} failed; "
+              f"{report.attacks_trained} attacked models trained; results in {path}", soft_wrap=True)
+    for line in report.failures[:20]:
+        out.print(f"[red]failed:[/red] {line}", soft_wrap=True, highlight=False)
 
 
 class Listing(str, Enum):

@@ -22,9 +22,14 @@ from bd_core.errors import BdError
 from bd_core.metrics import Metrics, arr, evaluate, rdr
 from bd_core.progress import log
 from bd_core.store import ModelCache, ResultStore, config_key
+from bd_core.store.models import AttackedModel
 from bd_defenses import Context, MitigationData, canonical_defense, create_defense
 
 RESULT_FORMAT = 1
+
+
+class UnitFailed(Exception):
+    """A defense (or attack training) raised; the failure is stored with its traceback."""
 
 
 @dataclass(frozen=True)
@@ -80,23 +85,22 @@ def approximations(spec: ExperimentSpec, data: DataBundle) -> list[str]:
     return notes
 
 
-def run_experiment(
-    spec: ExperimentSpec,
-    data: DataBundle,
-    cache: ModelCache,
-    store: ResultStore,
-    device: str = "cpu",
-    force: bool = False,
+def execute(
+    spec: ExperimentSpec, data: DataBundle, cache: ModelCache, device: str = "cpu", attacked: AttackedModel | None = None
 ) -> dict[str, Any]:
-    """Run one unit and store it; a finished key is returned from the store unless `force`."""
-    key = spec.key
-    if store.has(key) and not force:
-        log(f"experiment {key} already in {store.path}; skipping (pass --force to run it again)")
-        return {**store.get(key), "skipped": True}
+    """Run one unit and return its result row (status ok, or failed with the error); stores nothing.
+    `attacked` supplies the attacked model directly (`bd defend --model FILE`) instead of the cache.
+
+    Request errors (BdError: impossible mitigation set, missing data) are raised, not
+    recorded: they are the caller's to fix, not results."""
     row: dict[str, Any] = {**spec.columns(), "config": spec.config(), "bd_version": bd_core.__version__}
     try:
         clean = mitigation_set(data.train, spec.spc, spec.partition)  # refuse impossible sets before training
-        attacked, cache_hit = obtain_attacked_model(spec.attack, data, cache, device)
+        if attacked is None:
+            attacked, cache_hit = obtain_attacked_model(spec.attack, data, cache, device)
+        else:
+            attacked.model.to(device)
+            cache_hit = True
         pre = Metrics(**attacked.meta["metrics"])
         defense = spec.build_defense()
         ctx = Context(device=device, seed=spec.attack.seed + spec.partition)
@@ -107,12 +111,11 @@ def run_experiment(
         repaired = defense(model, MitigationData(clean), ctx)
         seconds = time.perf_counter() - started
         post = evaluate(repaired, data.test, attacked.trigger, spec.attack.target, device=device)
-    except Exception as e:
-        if isinstance(e, BdError):
-            raise
-        row.update(status="failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}")
-        store.put(row)
+    except BdError:
         raise
+    except Exception as e:
+        row.update(status="failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}")
+        return row
     row.update(
         status="ok",
         **pre.as_dict("_pre"),
@@ -127,5 +130,28 @@ def run_experiment(
             "approximations": approximations(spec, data),
         },
     )
+    return row
+
+
+def run_experiment(
+    spec: ExperimentSpec,
+    data: DataBundle,
+    cache: ModelCache,
+    store: ResultStore,
+    device: str = "cpu",
+    force: bool = False,
+    attacked: AttackedModel | None = None,
+) -> dict[str, Any]:
+    """Run one unit and store it; a finished key is returned from the store unless `force`.
+    A unit that fails is stored as failed and its error raised."""
+    key = spec.key
+    if store.has(key) and not force:
+        log(f"experiment {key} already in {store.path}; skipping (pass --force to run it again)")
+        return {**store.get(key), "skipped": True}
+    row = execute(spec, data, cache, device, attacked)
+    if force:
+        store.delete(key)
     store.put(row)
+    if row["status"] != "ok":
+        raise UnitFailed(f"{spec.defense} failed (recorded as {key} in {store.path}): {row['error']}")
     return {**row, "skipped": False}

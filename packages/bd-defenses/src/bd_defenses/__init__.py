@@ -2,7 +2,27 @@
 
 from bd_defenses import anp, awm, bnp, clp, fmp, fp, ft, mmbd, nft, npd, rnp, unit  # noqa: F401  (registers)
 from bd_defenses.base import Context, Defense, MitigationData
-from bd_defenses.registry import DEFENSES, canonical_defense, create_defense, describe, register
+from bd_defenses.registry import (
+    DEFENSES,
+    benchmarked_defenses,
+    canonical_defense,
+    create_defense,
+    describe,
+    register,
+)
 
-__all__ = ["DEFENSES", "Context", "Defense", "MitigationData", "canonical_defense", "create_defense", "describe", "register"]
+
+def _load_plugins() -> None:
+    """Import the modules named in $BD_PLUGINS (comma-separated): a team's own defenses
+    register themselves exactly like the built-in ones, in every grid worker too."""
+    import importlib
+    import os
+
+    for module in filter(None, (m.strip() for m in os.environ.get("BD_PLUGINS", "").split(","))):
+        importlib.import_module(module)
+
+
+_load_plugins()
+
+__all__ = ["DEFENSES", "benchmarked_defenses", "Context", "Defense", "MitigationData", "canonical_defense", "create_defense", "describe", "register"]
 __version__ = "0.1.0"

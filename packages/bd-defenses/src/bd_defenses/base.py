@@ -80,6 +80,7 @@ class Defense:
     family: ClassVar[str]
     paper: ClassVar[str]
     needs: ClassVar[str] = ""  # anything beyond the survey's defender (e.g. BCU's OOD data)
+    benchmarked: ClassVar[bool] = True  # False for the methods the survey reviewed but did not run
 
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:  # pragma: no cover
         raise NotImplementedError

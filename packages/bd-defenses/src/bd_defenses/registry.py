@@ -18,15 +18,24 @@ def _squash(name: str) -> str:
     return name.strip().lower().replace("-", "").replace("_", "")
 
 
-def register(name: str, family: str, paper: str, aliases: tuple[str, ...] = (), needs: str = ""):
+def register(
+    name: str, family: str, paper: str, aliases: tuple[str, ...] = (), needs: str = "", benchmarked: bool = True
+):
+    """Register a defense class; `benchmarked=False` marks the four the survey reviewed but did
+    not run (MESA, BAERASER, BCU, UNIT): `--defense all` in a grid leaves them out."""
+
     def wrap(cls: type[Defense]) -> type[Defense]:
-        cls.name, cls.family, cls.paper, cls.needs = name, family, paper, needs
+        cls.name, cls.family, cls.paper, cls.needs, cls.benchmarked = name, family, paper, needs, benchmarked
         DEFENSES[name] = cls
         for alias in (name, *aliases):
             _ALIASES[_squash(alias)] = name
         return cls
 
     return wrap
+
+
+def benchmarked_defenses() -> list[str]:
+    return [n for n, cls in DEFENSES.items() if cls.benchmarked]
 
 
 def canonical_defense(name: str) -> str:
@@ -47,5 +56,6 @@ def describe(name: str) -> dict[str, Any]:
         "family": cls.family,
         "paper": cls.paper,
         "needs": cls.needs,
+        "benchmarked": cls.benchmarked,
         "hyperparameters": {f.name: f.default for f in dataclasses.fields(cls)},
     }

@@ -24,7 +24,7 @@ from bd_defenses.pixels import Pixels
 from bd_defenses.registry import register
 
 
-@register("unit", family="additive", paper="Cheng et al., UNIT: Backdoor Mitigation via Automated Neural Distribution Tightening (ECCV 2024); reviewed only, defaults are bd's")
+@register("unit", family="additive", paper="Cheng et al., UNIT: Backdoor Mitigation via Automated Neural Distribution Tightening (ECCV 2024); reviewed only, defaults are bd's", benchmarked=False)
 @dataclass(frozen=True)
 class UNIT(Defense):
     lam: float = 1e-3

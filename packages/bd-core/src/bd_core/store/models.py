@@ -84,6 +84,11 @@ class ModelCache:
     def path(self, key: str) -> Path:
         return self.root / key / MODEL_FILE
 
+    def get_path(self, key: str) -> Path | None:
+        """Where the model for `key` is, if it has been trained."""
+        path = self.path(key)
+        return path if path.exists() else None
+
     def get(self, key: str) -> AttackedModel | None:
         path = self.path(key)
         return load_model(path) if path.exists() else None

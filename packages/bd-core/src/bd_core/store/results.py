@@ -89,6 +89,11 @@ class ResultStore:
             cur = self._db.execute(sql, [row[n] for n in names])
         return cur.rowcount > 0
 
+    def delete(self, key: str) -> None:
+        """Forget one result (used by --force before the rerun's row is written)."""
+        with self._db:
+            self._db.execute("DELETE FROM results WHERE key = ?", (key,))
+
     def get(self, key: str) -> dict[str, Any] | None:
         rows = self.query(key=key)
         return rows[0] if rows else None

@@ -1,0 +1,248 @@
+"""Grids of experiments: expand lists of settings into units with stable keys, train each
+attacked model once, fan the defenses out over a local process pool or a Ray cluster, and
+stream every result into the store as it arrives. Finished keys are skipped, so a killed
+grid resumes where it stopped; a unit that raises is stored as failed and the grid goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import tomllib
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from functools import lru_cache
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from bd_core.attacked import AttackSpec, DataBundle, load_data, obtain_attacked_model
+from bd_core.errors import InvalidRequest
+from bd_core.store import ModelCache, ResultStore
+from bd_core.train import PRESETS, Recipe
+
+from bd_cli.experiment import ExperimentSpec, execute
+
+GRID_KEYS = ("datasets", "archs", "attacks", "poison_ratios", "defenses", "spc", "partitions", "seeds", "preset",
+             "settings", "presets")
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """The lists a grid sweeps; `defenses` may hold "all" (every benchmarked defense)."""
+
+    datasets: tuple[str, ...] = ("fashion-mnist",)
+    archs: tuple[str, ...] = ("preact-resnet18",)
+    attacks: tuple[str, ...] = ("badnets",)
+    poison_ratios: tuple[float, ...] = (0.1,)
+    defenses: tuple[str, ...] = ("ft",)
+    spc: tuple[int, ...] = (10,)
+    partitions: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] = (0,)
+    preset: str = "quick"
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # defense -> overrides
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)  # extra training recipes by name
+
+    @classmethod
+    def from_toml(cls, path: Path, **flags: Any) -> "GridSpec":
+        """A grid file; flags given on the command line replace the file's values."""
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise InvalidRequest(f"cannot read grid file {path}: {e}") from e
+        unknown = set(raw) - set(GRID_KEYS)
+        if unknown:
+            raise InvalidRequest(f"unknown keys in {path}: {', '.join(sorted(unknown))}; valid: {', '.join(GRID_KEYS)}")
+        if isinstance(raw.get("partitions"), int):
+            raw["partitions"] = list(range(raw["partitions"]))
+        raw.update({k: v for k, v in flags.items() if v is not None})
+        return cls.build(**raw)
+
+    @classmethod
+    def build(cls, **values: Any) -> "GridSpec":
+        lists = {f.name for f in dataclasses.fields(cls)} - {"preset", "settings", "presets"}
+        clean = {k: tuple(v) if k in lists and not isinstance(v, str) else v for k, v in values.items()}
+        for k in lists & set(clean):
+            if isinstance(clean[k], str):
+                clean[k] = tuple(x.strip() for x in clean[k].split(",") if x.strip())
+        return cls(**clean)
+
+    def register_presets(self) -> None:
+        for name, recipe in self.presets.items():
+            PRESETS.setdefault(name, Recipe(**recipe))
+
+    def defense_names(self) -> list[str]:
+        from bd_defenses import benchmarked_defenses, canonical_defense
+
+        names: list[str] = []
+        for d in self.defenses:
+            for n in benchmarked_defenses() if d.lower() == "all" else [canonical_defense(d)]:
+                if n not in names:
+                    names.append(n)
+        return names
+
+    def units(self) -> list[ExperimentSpec]:
+        """Every experiment of the grid, in a stable order; validated before anything runs."""
+        self.register_presets()
+        units = []
+        for ds, arch, attack, ratio, seed in itertools.product(self.datasets, self.archs, self.attacks,
+                                                                self.poison_ratios, self.seeds):
+            spec = AttackSpec(ds, arch, attack, float(ratio), seed=int(seed), preset=self.preset)
+            for defense, spc, part in itertools.product(self.defense_names(), self.spc, self.partitions):
+                units.append(ExperimentSpec(spec, defense, int(spc), int(part),
+                                            {k: str(v) for k, v in self.settings.get(defense, {}).items()}))
+        return units
+
+
+# --- what runs in a worker (a pool process or a Ray task) -------------------------------
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """Everything a fresh worker process needs besides the unit itself."""
+
+    cache_dir: str
+    data_dir: str | None
+    device: str
+    presets: dict[str, dict[str, Any]]
+    threads: int = 0
+
+
+def _prepare(setup: WorkerSetup) -> None:
+    import torch
+
+    if setup.threads:
+        torch.set_num_threads(setup.threads)
+    for name, recipe in setup.presets.items():
+        PRESETS.setdefault(name, Recipe(**recipe))
+
+
+@lru_cache(maxsize=4)
+def _data(dataset: str, data_dir: str | None) -> DataBundle:
+    return load_data(dataset, Path(data_dir) if data_dir else None)
+
+
+def train_attack_unit(spec: AttackSpec, setup: WorkerSetup) -> tuple[str, str | None]:
+    """Phase 1: train (or find) one attacked model; returns (key, error or None)."""
+    _prepare(setup)
+    try:
+        obtain_attacked_model(spec, _data(spec.dataset, setup.data_dir), ModelCache(Path(setup.cache_dir)), setup.device)
+        return spec.key, None
+    except Exception as e:  # recorded against every unit that needed this model
+        return spec.key, f"attack training failed: {type(e).__name__}: {e}"
+
+
+def defense_unit(spec: ExperimentSpec, setup: WorkerSetup) -> dict[str, Any]:
+    """Phase 2: one defense unit -> its result row (never raises)."""
+    _prepare(setup)
+    try:
+        return execute(spec, _data(spec.attack.dataset, setup.data_dir), ModelCache(Path(setup.cache_dir)), setup.device)
+    except Exception as e:
+        return {**spec.columns(), "config": spec.config(), "status": "failed", "error": f"{type(e).__name__}: {e}"}
+
+
+# --- backends ------------------------------------------------------------------------------
+
+Runner = Callable[[Callable, list, WorkerSetup], Iterable]
+
+
+def local_runner(workers: int) -> Runner:
+    """Run tasks in a spawn-started process pool; yields results as they complete."""
+
+    def run(fn: Callable, items: list, setup: WorkerSetup) -> Iterable:
+        if not items:
+            return
+        with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=get_context("spawn")) as pool:
+            pending = {pool.submit(fn, item, setup) for item in items}
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    yield f.result()
+
+    return run
+
+
+def ray_runner(address: str | None) -> Runner:
+    """Run tasks as Ray tasks on an existing cluster (`address`) or a local instance; results
+    stream back as they finish. Attacked models and the store live on the driver's paths:
+    on a multi-node cluster the cache directory must be shared (NFS or similar)."""
+    try:
+        import ray
+    except ImportError as e:
+        raise InvalidRequest("--backend ray needs Ray: pip install 'ray>=2.60'") from e
+
+    def run(fn: Callable, items: list, setup: WorkerSetup) -> Iterable:
+        if not items:
+            return
+        if not ray.is_initialized():
+            env = {k: os.environ[k] for k in ("BD_PLUGINS", "BD_CACHE", "BD_DATA", "BD_PROGRESS", "PYTHONPATH") if k in os.environ}
+            ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=False,
+                     include_dashboard=False)
+        gpus = 1 if setup.device.startswith("cuda") else 0
+        task = ray.remote(num_cpus=max(1, setup.threads), num_gpus=gpus)(fn)
+        pending = [task.remote(item, setup) for item in items]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                yield ray.get(ref)
+
+    return run
+
+
+@dataclass
+class GridReport:
+    total: int = 0
+    skipped: int = 0
+    ok: int = 0
+    failed: int = 0
+    attacks_trained: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+def run_grid(
+    grid: GridSpec,
+    store: ResultStore,
+    cache_dir: Path,
+    runner: Runner,
+    *,
+    device: str = "cpu",
+    data_dir: Path | None = None,
+    threads: int = 0,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
+) -> GridReport:
+    units = grid.units()
+    report = GridReport(total=len(units))
+    todo = [u for u in units if not store.has(u.key)]
+    report.skipped = len(units) - len(todo)
+    setup = WorkerSetup(str(cache_dir), str(data_dir) if data_dir else None, device,
+                        {n: dataclasses.asdict(PRESETS[n]) for n in {u.attack.preset for u in todo}}, threads)
+    cache = ModelCache(cache_dir)
+    attacks = list({u.attack.key: u.attack for u in todo if cache.get_path(u.attack.key) is None}.values())
+    broken: dict[str, str] = {}
+    for key, error in runner(train_attack_unit, attacks, setup):
+        report.attacks_trained += error is None
+        if error:
+            broken[key] = error
+    ready = []
+    for unit in todo:
+        if unit.attack.key in broken:
+            row = {**unit.columns(), "config": unit.config(), "status": "failed", "error": broken[unit.attack.key]}
+            _record(store, row, report, on_result)
+        else:
+            ready.append(unit)
+    for row in runner(defense_unit, ready, setup):
+        _record(store, row, report, on_result)
+    return report
+
+
+def _record(store: ResultStore, row: dict[str, Any], report: GridReport, on_result) -> None:
+    store.put(row)
+    if row["status"] == "ok":
+        report.ok += 1
+    else:
+        report.failed += 1
+        report.failures.append(f"{row['defense']} {row['attack']} spc {row['spc']} p{row['partition']}: "
+                               f"{row['error'].splitlines()[0]}")
+    if on_result:
+        on_result(row)

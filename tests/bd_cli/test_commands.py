@@ -1,0 +1,84 @@
+"""`bd attack`, `bd defend`, `bd report` and `bd grid --dry-run` through Typer's runner, and
+`bd run --defense clp --arch vgg19` as the user types it."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from bd_cli.app import app
+
+runner = CliRunner()
+
+
+def bd(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def json_of(result) -> dict:
+    return json.loads(result.stdout[result.stdout.index("{"):])
+
+
+@pytest.mark.parametrize("command", ["run", "attack", "defend", "grid", "report", "list", "show"])
+def test_every_command_has_help_with_an_example(command):
+    result = bd(command, "--help")
+    assert result.exit_code == 0 and "Example" in result.output
+
+
+def test_run_clp_on_vgg19(tmp_path):
+    result = bd("run", "--defense", "clp", "--arch", "vgg19", "--dataset", "synthetic", "--device", "cpu",
+                "--store", str(tmp_path / "r.sqlite"), "--format", "json")
+    assert result.exit_code == 0, result.output
+    record = json_of(result)
+    assert record["defense"] == "clp" and record["arch"] == "vgg19-bn" and record["details"]["defense"]["data_free"]
+
+
+def test_attack_then_defend_the_saved_model_then_report(tmp_path):
+    store = str(tmp_path / "r.sqlite")
+    trained = bd("attack", "--dataset", "synthetic", "--attack", "blended", "--device", "cpu", "--format", "json")
+    assert trained.exit_code == 0, trained.output
+    info = json_of(trained)
+    assert info["asr"] > 0.5 and info["model_file"].endswith("model.safetensors")
+    for defense in ("fp", "bnp"):
+        d = bd("defend", "--model", info["model_file"], "--defense", defense, "--set", "epochs=1" if defense == "fp" else "u=3",
+               "--spc", "5", "--store", store, "--device", "cpu", "--format", "json")
+        assert d.exit_code == 0, d.output
+        assert json_of(d)["attack"] == "blended" and json_of(d)["status"] == "ok"
+    # the same model found through the cache by its attack options
+    cached = bd("defend", "--attack", "blended", "--dataset", "synthetic", "--defense", "clp", "--store", store,
+                "--device", "cpu")
+    assert cached.exit_code == 0 and "ARR" in cached.output
+    out = tmp_path / "report"
+    rep = bd("report", "--store", store, "--out", str(out), "--no-pdf", "--where", "attack=blended")
+    assert rep.exit_code == 0, rep.output
+    for name in ("fig3_box.png", "fig4_scatter.png", "fig5_medians.png", "fig6_spc.png", "fig10_poison_ratio.png",
+                 "results.csv", "summary.csv", "summary.md"):
+        assert (out / name).stat().st_size > 0, name
+    assert re.search(r"\| bnp \| 1 \|", (out / "summary.md").read_text())
+
+
+def test_defend_without_a_model_says_how_to_get_one(tmp_path):
+    result = bd("defend", "--attack", "sig", "--dataset", "synthetic", "--store", str(tmp_path / "r.sqlite"))
+    assert result.exit_code == 2 and "train it with `bd attack`" in result.output
+
+
+def test_report_filter_errors_name_the_columns(tmp_path):
+    bd("run", "--dataset", "synthetic", "--defense", "clp", "--store", str(tmp_path / "r.sqlite"), "--device", "cpu")
+    bad = bd("report", "--store", str(tmp_path / "r.sqlite"), "--where", "colour=red")
+    assert bad.exit_code == 2 and "column one of key, status" in bad.output
+
+
+def test_grid_dry_run_counts_units(tmp_path):
+    result = bd("grid", "--dataset", "synthetic", "--attack", "badnets,blended", "--defense", "all", "--spc", "2,10",
+                "--partitions", "3", "--set", "ft.epochs=2", "--store", str(tmp_path / "r.sqlite"), "--dry-run",
+                "--format", "json")
+    assert result.exit_code == 0, result.output
+    summary = json_of(result)
+    from bd_defenses import benchmarked_defenses
+
+    assert summary["units"] == 2 * len(benchmarked_defenses()) * 2 * 3 and summary["attacked_models"] == 2 and summary["to_run"] == summary["units"]
+    bad = bd("grid", "--set", "epochs=2", "--dry-run")
+    assert bad.exit_code == 2 and "defense.key=value" in bad.output
