@@ -7,9 +7,8 @@ import json
 import re
 
 import pytest
-from typer.testing import CliRunner
-
 from bd_cli.app import app
+from typer.testing import CliRunner
 
 runner = CliRunner()
 

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from bd_cli.grid import GridSpec, local_runner, run_grid
 from bd_core.store import ResultStore
 

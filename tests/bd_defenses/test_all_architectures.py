@@ -17,6 +17,11 @@ SHORT = {
     "anp": {"iterations": 3}, "awm": {"epochs": 1}, "nft": {"epochs": 1},
     "rnp": {"unlearn_epochs": 1, "recovery_epochs": 1}, "mm-bd": {"epochs": 2, "adapt_every": 1},
     "unit": {"epochs": 2, "adapt_every": 1}, "npd": {"epochs": 1, "warm_epochs": 1},
+    "nc": {"epochs": 2, "unlearn_epochs": 1, "anomaly_threshold": 0.01, "class_chunk": 4},
+    "bti-dbf": {"rounds": 1, "pretrain_epochs": 1, "mask_epochs": 1, "generator_epochs": 1, "unlearn_epochs": 1,
+                "base_filters": 4},
+    "fst": {"epochs": 1}, "ft-sam": {"epochs": 1}, "nad": {"epochs": 1, "teacher_epochs": 1},
+    "pbe": {"epochs": 1, "iterations": 2}, "i-bau": {"rounds": 1, "K": 2}, "sau": {"rounds": 1, "adv_steps": 2},
 }
 ARCHS = {"preact-resnet18": 1, "vgg19": 1, "efficientnet-b3": 3, "mobilenetv3-large": 3}
 

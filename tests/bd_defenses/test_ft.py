@@ -26,7 +26,7 @@ def test_overrides_are_typed_and_checked():
         create_defense("ft", {"epochs": "many"})
     with pytest.raises(BdError, match="lr must be > 0"):
         create_defense("ft", {"lr": "-1"})
-    with pytest.raises(BdError, match="unknown defense 'nope'; valid: ft"):
+    with pytest.raises(BdError, match="unknown defense 'nope'; valid: anp, awm"):
         create_defense("nope")
 
 

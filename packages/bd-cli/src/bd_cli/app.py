@@ -9,7 +9,7 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -76,10 +76,10 @@ def run(
     partition: Annotated[int, typer.Option(help="which random mitigation set (survey: 0-9)")] = 0,
     seed: Annotated[int, typer.Option(help="seed of attack training and the defense")] = 0,
     preset: Annotated[Preset, typer.Option(help="quick: CPU-sized training; paper: BackdoorBench's recipe (GPU)")] = Preset.quick,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="defense hyperparameter override key=value (repeatable)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="defense hyperparameter override key=value (repeatable)")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N]")] = "auto",
-    store: Annotated[Optional[Path], typer.Option(help="SQLite results file [default: ~/.cache/bd/results.sqlite]")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(help="dataset root (default: $BD_DATA, then Debian's /usr/share/datasets)")] = None,
+    store: Annotated[Path | None, typer.Option(help="SQLite results file [default: ~/.cache/bd/results.sqlite]")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="dataset root (default: $BD_DATA, then Debian's /usr/share/datasets)")] = None,
     download: Annotated[bool, typer.Option(help="download the dataset with torchvision if it is missing")] = False,
     force: Annotated[bool, typer.Option(help="run again even if this experiment is already stored")] = False,
     format: Annotated[Format, typer.Option(help="table for people, json for programs")] = Format.table,
@@ -138,8 +138,8 @@ def show(
     dataset: Annotated[str, typer.Option(help="dataset whose test images are poisoned")] = "fashion-mnist",
     target: Annotated[int, typer.Option(help="target class (its images are not shown)")] = 0,
     seed: Annotated[int, typer.Option(help="seed of the trigger (random attacks such as WaNet)")] = 0,
-    output: Annotated[Optional[Path], typer.Option("--out", help="PNG to write [default: <attack>-<dataset>.png]")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(help="dataset root")] = None,
+    output: Annotated[Path | None, typer.Option("--out", help="PNG to write [default: <attack>-<dataset>.png]")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="dataset root")] = None,
 ) -> None:
     """Write a PNG grid: 8 clean test images, their poisoned versions, and the amplified difference."""
     from bd_core.attacks import canonical_attack
@@ -172,7 +172,7 @@ def attack(
     seed: Annotated[int, typer.Option(help="training seed")] = 0,
     preset: Annotated[Preset, typer.Option(help="quick (CPU) or paper (GPU) training recipe")] = Preset.quick,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N]")] = "auto",
-    data_dir: Annotated[Optional[Path], typer.Option(help="dataset root")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="dataset root")] = None,
     download: Annotated[bool, typer.Option(help="download the dataset with torchvision if missing")] = False,
     format: Annotated[Format, typer.Option(help="table or json")] = Format.table,
 ) -> None:
@@ -207,7 +207,7 @@ def attack(
 )
 def defend(
     defense: Annotated[str, typer.Option(help="defense to apply (see `bd list defenses`)")] = "ft",
-    model: Annotated[Optional[Path], typer.Option(help="attacked model file written by bd (model.safetensors); else the cached model of the attack options")] = None,
+    model: Annotated[Path | None, typer.Option(help="attacked model file written by bd (model.safetensors); else the cached model of the attack options")] = None,
     attack: Annotated[str, typer.Option(help="attack of the cached model (without --model)")] = "badnets",
     dataset: Annotated[str, typer.Option(help="dataset of the cached model (without --model)")] = "fashion-mnist",
     arch: Annotated[str, typer.Option(help="architecture of the cached model (without --model)")] = "preact-resnet18",
@@ -217,10 +217,10 @@ def defend(
     preset: Annotated[Preset, typer.Option(help="preset of the cached model")] = Preset.quick,
     spc: Annotated[int, typer.Option(help="clean mitigation images per class")] = 10,
     partition: Annotated[int, typer.Option(help="which random mitigation set")] = 0,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="defense hyperparameter key=value (repeatable)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="defense hyperparameter key=value (repeatable)")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N]")] = "auto",
-    store: Annotated[Optional[Path], typer.Option(help="SQLite results file")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(help="dataset root")] = None,
+    store: Annotated[Path | None, typer.Option(help="SQLite results file")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="dataset root")] = None,
     force: Annotated[bool, typer.Option(help="run again even if stored")] = False,
     format: Annotated[Format, typer.Option(help="table or json")] = Format.table,
 ) -> None:
@@ -274,8 +274,8 @@ def defend(
 )
 def report(
     output: Annotated[Path, typer.Option("--out", help="folder for PNG/PDF figures, CSV and summary.md")] = Path("bd-report"),
-    store: Annotated[Optional[Path], typer.Option(help="SQLite results file [default: ~/.cache/bd/results.sqlite]")] = None,
-    where: Annotated[Optional[list[str]], typer.Option(help="filter column=value[,value] (repeatable)")] = None,
+    store: Annotated[Path | None, typer.Option(help="SQLite results file [default: ~/.cache/bd/results.sqlite]")] = None,
+    where: Annotated[list[str] | None, typer.Option(help="filter column=value[,value] (repeatable)")] = None,
     pdf: Annotated[bool, typer.Option(help="also write PDF figures")] = True,
 ) -> None:
     """Draw the survey's figures (3-10) and write summary tables from stored results."""
@@ -302,7 +302,7 @@ def report(
     out.print((output / "summary.md").read_text(), highlight=False, soft_wrap=True)
 
 
-def _split(value: Optional[str]) -> Optional[list[str]]:
+def _split(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
@@ -318,23 +318,23 @@ class Backend(str, Enum):
     "  bd grid --defense ft,clp --set ft.epochs=20 --dry-run",
 )
 def grid(
-    config: Annotated[Optional[Path], typer.Option(help="TOML grid file (keys: datasets, archs, attacks, poison_ratios, defenses, spc, partitions, seeds, preset, [settings.<defense>], [presets.<name>])")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="comma-separated datasets")] = None,
-    arch: Annotated[Optional[str], typer.Option(help="comma-separated architectures")] = None,
-    attack: Annotated[Optional[str], typer.Option(help="comma-separated attacks")] = None,
-    poison_ratio: Annotated[Optional[str], typer.Option(help="comma-separated poison ratios, e.g. 0.01,0.05,0.1")] = None,
-    defense: Annotated[Optional[str], typer.Option(help="comma-separated defenses, or all (every benchmarked defense)")] = None,
-    spc: Annotated[Optional[str], typer.Option(help="comma-separated samples per class, e.g. 2,10,100")] = None,
-    partitions: Annotated[Optional[int], typer.Option(help="mitigation partitions 0..N-1 per setting")] = None,
-    seed: Annotated[Optional[str], typer.Option(help="comma-separated seeds")] = None,
-    preset: Annotated[Optional[Preset], typer.Option(help="training preset of the attacked models")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="defense.key=value override (repeatable)")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML grid file (keys: datasets, archs, attacks, poison_ratios, defenses, spc, partitions, seeds, preset, [settings.<defense>], [presets.<name>])")] = None,
+    dataset: Annotated[str | None, typer.Option(help="comma-separated datasets")] = None,
+    arch: Annotated[str | None, typer.Option(help="comma-separated architectures")] = None,
+    attack: Annotated[str | None, typer.Option(help="comma-separated attacks")] = None,
+    poison_ratio: Annotated[str | None, typer.Option(help="comma-separated poison ratios, e.g. 0.01,0.05,0.1")] = None,
+    defense: Annotated[str | None, typer.Option(help="comma-separated defenses, or all (every benchmarked defense)")] = None,
+    spc: Annotated[str | None, typer.Option(help="comma-separated samples per class, e.g. 2,10,100")] = None,
+    partitions: Annotated[int | None, typer.Option(help="mitigation partitions 0..N-1 per setting")] = None,
+    seed: Annotated[str | None, typer.Option(help="comma-separated seeds")] = None,
+    preset: Annotated[Preset | None, typer.Option(help="training preset of the attacked models")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="defense.key=value override (repeatable)")] = None,
     backend: Annotated[Backend, typer.Option(help="local: process pool on this machine; ray: Ray tasks")] = Backend.local,
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: start a local Ray instance)")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start a local Ray instance)")] = None,
     workers: Annotated[int, typer.Option(help="local pool size [default: CPU cores, or GPUs with --device cuda]")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
-    store: Annotated[Optional[Path], typer.Option(help="SQLite results file [default: ~/.cache/bd/results.sqlite]")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option(help="dataset root")] = None,
+    store: Annotated[Path | None, typer.Option(help="SQLite results file [default: ~/.cache/bd/results.sqlite]")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="dataset root")] = None,
     dry_run: Annotated[bool, typer.Option(help="only count the units and what is already stored")] = False,
     format: Annotated[Format, typer.Option(help="table or json summary")] = Format.table,
 ) -> None:
@@ -468,9 +468,8 @@ app.add_typer(kernels_app, name="kernels")
 @kernels_app.command("info", epilog="Example:\n\n  bd kernels info --format json")
 def kernels_info(format: Annotated[Format, typer.Option(help="table or json")] = Format.table) -> None:
     """Torch version, whether the extension loaded, CPU/CUDA kernels and the CUDA archs built."""
-    import torch
-
     import bd_kernels
+    import torch
 
     build = bd_kernels.build_info()
     info = {
@@ -497,7 +496,7 @@ def kernels_info(format: Annotated[Format, typer.Option(help="table or json")] =
 
 @kernels_app.command("bench", epilog="Example:\n\n  bd kernels bench --filter channel_stats")
 def kernels_bench(
-    filter: Annotated[Optional[str], typer.Option(help="only benchmarks whose name matches (pytest -k)")] = None,
+    filter: Annotated[str | None, typer.Option(help="only benchmarks whose name matches (pytest -k)")] = None,
     json_out: Annotated[Path, typer.Option("--json", help="where pytest-benchmark writes its JSON")] = Path("bd-kernels-bench.json"),
 ) -> None:
     """Run bench/test_kernels.py (pytest-benchmark) from a source checkout and print the ratios."""

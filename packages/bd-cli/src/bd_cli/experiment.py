@@ -12,9 +12,8 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 import bd_core
+import torch
 from bd_core.attacked import AttackSpec, DataBundle, obtain_attacked_model
 from bd_core.data import mitigation_set
 from bd_core.data.mitigation import check_mitigation_request

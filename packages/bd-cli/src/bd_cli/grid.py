@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
-import tomllib
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import tomllib
 from bd_core.attacked import AttackSpec, DataBundle, load_data, obtain_attacked_model
 from bd_core.errors import InvalidRequest
 from bd_core.store import ModelCache, ResultStore
@@ -46,7 +46,7 @@ class GridSpec:
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)  # extra training recipes by name
 
     @classmethod
-    def from_toml(cls, path: Path, **flags: Any) -> "GridSpec":
+    def from_toml(cls, path: Path, **flags: Any) -> GridSpec:
         """A grid file; flags given on the command line replace the file's values."""
         try:
             raw = tomllib.loads(Path(path).read_text())
@@ -61,7 +61,7 @@ class GridSpec:
         return cls.build(**raw)
 
     @classmethod
-    def build(cls, **values: Any) -> "GridSpec":
+    def build(cls, **values: Any) -> GridSpec:
         lists = {f.name for f in dataclasses.fields(cls)} - {"preset", "settings", "presets"}
         clean = {k: tuple(v) if k in lists and not isinstance(v, str) else v for k, v in values.items()}
         for k in lists & set(clean):

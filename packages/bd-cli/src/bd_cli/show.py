@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-
 from bd_core.attacked import AttackSpec, fitted_trigger, training_subset
 from bd_core.data import ImageSet
+from PIL import Image
 
 
 def to_uint8(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> np.ndarray:

@@ -79,6 +79,7 @@ def fit(
     step: StepFn = cross_entropy_step,
     params: list[nn.Parameter] | None = None,
     description: str = "training",
+    after_step: Callable[[], None] | None = None,
 ) -> list[float]:
     """SGD + cosine annealing over `epochs` passes of `n` rows; returns the mean loss per epoch."""
     if n < 1:
@@ -100,6 +101,8 @@ def fit(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                if after_step is not None:  # e.g. a projection the method applies after every update
+                    after_step()
                 total += float(loss.detach()) * len(idx)
                 count += len(idx)
                 progress.update(task, advance=1, status=f"epoch {epoch + 1}/{epochs} loss {total / count:.3f}")

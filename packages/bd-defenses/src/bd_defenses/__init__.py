@@ -1,6 +1,27 @@
 """bd_defenses: the survey's backdoor mitigations, one module each, behind one registry."""
 
-from bd_defenses import anp, awm, bnp, clp, fmp, fp, ft, mmbd, nft, npd, rnp, unit  # noqa: F401  (registers)
+from bd_defenses import (  # noqa: F401  (registers)
+    anp,
+    awm,
+    bnp,
+    btidbf,
+    clp,
+    fmp,
+    fp,
+    fst,
+    ft,
+    ftsam,
+    ibau,
+    mmbd,
+    nad,
+    nc,
+    nft,
+    npd,
+    pbe,
+    rnp,
+    sau,
+    unit,
+)
 from bd_defenses.base import Context, Defense, MitigationData
 from bd_defenses.registry import (
     DEFENSES,

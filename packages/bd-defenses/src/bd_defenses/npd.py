@@ -88,7 +88,7 @@ class NPD(Defense):
         for p in polarizer.parameters():
             p.requires_grad_(True)
         g = ctx.generator(7)
-        low, high = pixels.normalize(torch.zeros_like(pixels.x[:1])), pixels.normalize(torch.ones_like(pixels.x[:1]))
+        low, high = pixels.bounds()
         warm = torch.optim.SGD(polarizer.parameters(), lr=self.warm_lr)
         for _ in range(self.warm_epochs):
             for _, x, y in pixels.batches(self.batch_size, g):

@@ -36,6 +36,10 @@ class Pixels:
     def normalize(self, x: Tensor) -> Tensor:
         return (x - self.mean) / self.std
 
+    def bounds(self) -> tuple[Tensor, Tensor]:
+        """The normalized values of pixel 0 and 1: where a perturbation in input space is clamped."""
+        return (0 - self.mean) / self.std, (1 - self.mean) / self.std
+
     def batches(
         self, batch_size: int, generator: torch.Generator | None = None
     ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:

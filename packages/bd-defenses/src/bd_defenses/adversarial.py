@@ -1,0 +1,22 @@
+"""Input-space adversarial examples shared by PBE (and the unlearning defenses' checks):
+projected gradient ascent in normalized input units, clamped to valid images."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def pgd_linf(model: nn.Module, xn: Tensor, y: Tensor, low: Tensor, high: Tensor, eps: float, step: float,
+             iters: int, generator: torch.Generator | None = None) -> Tensor:
+    """Untargeted L-inf PGD from a uniform random start: maximise CE(model(x + delta), y)."""
+    noise = torch.rand(xn.shape, generator=generator).to(xn.device)
+    delta = (noise * 2 - 1) * eps
+    for _ in range(iters):
+        delta.requires_grad_(True)
+        loss = F.cross_entropy(model(torch.maximum(torch.minimum(xn + delta, high), low)), y)
+        (grad,) = torch.autograd.grad(loss, delta)
+        delta = (delta.detach() + step * grad.sign()).clamp(-eps, eps)
+    return torch.maximum(torch.minimum(xn + delta, high), low).detach()

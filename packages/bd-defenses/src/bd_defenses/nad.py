@@ -1,0 +1,76 @@
+"""NAD, Neural Attention Distillation (Li et al., ICLR 2021): a teacher is fine-tuned from the
+backdoored model on the clean data (10 epochs); the backdoored model is then trained as a
+student with CE plus, for each of its last attention stages, beta * || a_s - a_t ||^2, where
+a = normalize(mean_c |f|^p) is the stage's attention map (survey Sec. 4.1; betas 500, 1000,
+1000 for the last three stages, p 2; SGD lr 0.01; BackdoorBench's 100 student epochs)."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from bd_core.models import anatomy
+from torch import Tensor
+
+from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
+from bd_defenses.features import stage_outputs
+from bd_defenses.finetune import finetune
+from bd_defenses.registry import register
+
+
+def attention(feature_map: Tensor, p: float) -> Tensor:
+    return F.normalize(feature_map.abs().pow(p).mean(1).flatten(1), dim=1)
+
+
+def attention_loss(student: list[Tensor], teacher: list[Tensor], betas: tuple[float, ...], p: float) -> Tensor:
+    return sum(b * (attention(s, p) - attention(t, p)).pow(2).mean()
+               for b, s, t in zip(betas, student, teacher, strict=True))
+
+
+@register("nad", family="fine-tuning", paper="Li et al., Neural Attention Distillation: Erasing Backdoor Triggers from Deep Neural Networks (ICLR 2021)")
+@dataclass(frozen=True)
+class NAD(Defense):
+    beta1: float = 500.0  # attention weights of the last three stages, shallow to deep
+    beta2: float = 1000.0
+    beta3: float = 1000.0
+    p: float = 2.0
+    teacher_epochs: int = 10
+    epochs: int = 100
+    lr: float = 0.01
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("beta1", "beta2", "beta3"):
+            check_between(name, getattr(self, name), 0.0, 1e6)
+        check_between("p", self.p, 0.5, 8.0)
+        check_positive(teacher_epochs=self.teacher_epochs, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
+
+    def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
+        teacher = copy.deepcopy(model)
+        finetune(teacher, data.clean, ctx, epochs=self.teacher_epochs, batch_size=self.batch_size, lr=self.lr,
+                 description="NAD teacher fine-tuning")
+        teacher.eval()
+        betas = (self.beta1, self.beta2, self.beta3)
+        t_stages = [m for _, m in anatomy(teacher).stages][-3:]
+        s_stages = [m for _, m in anatomy(model).stages][-3:]
+        betas = betas[len(betas) - len(s_stages):]  # a model with fewer stages keeps the deepest weights
+        at_losses: list[float] = []
+
+        def step(m: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+            logits, s_maps = stage_outputs(m, s_stages, x)
+            with torch.no_grad():
+                _, t_maps = stage_outputs(teacher, t_stages, x)
+            at = attention_loss(s_maps, t_maps, betas, self.p)
+            at_losses.append(float(at.detach()))
+            return F.cross_entropy(logits, y) + at
+
+        losses = finetune(model, data.clean, ctx, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                          weight_decay=1e-4, step=step, description="NAD attention distillation")
+        per_epoch = len(at_losses) // self.epochs
+        ctx.report(first_epoch_attention_loss=round(sum(at_losses[:per_epoch]) / per_epoch, 6),
+                   last_epoch_attention_loss=round(sum(at_losses[-per_epoch:]) / per_epoch, 6),
+                   final_loss=round(losses[-1], 4))
+        return model

@@ -1,0 +1,133 @@
+"""Mechanism tests of the synthesis, fine-tuning and adversarial defenses on the planted
+backdoor (tests/bd_defenses/planted.py) and on small models."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from bd_core.data import make_synthetic, mitigation_set
+from bd_core.metrics import evaluate
+from bd_core.models import create_model
+from bd_defenses import Context, MitigationData, create_defense
+from bd_defenses.fst import head_layers
+from bd_defenses.ftsam import adaptive_perturbation
+from bd_defenses.nc import anomaly_indices
+from bd_defenses.pixels import Pixels
+from planted import TARGET, planted_model
+
+
+@pytest.fixture(scope="module")
+def world():
+    train = make_synthetic("train", n_train=1000, size=28, channels=1)
+    test = make_synthetic("test", n_test=300, size=28, channels=1)
+    return train, test, planted_model(train), mitigation_set(train, 10, 0)
+
+
+def run(name, model, clean, **settings):
+    ctx = Context(seed=0)
+    torch.manual_seed(0)
+    out = create_defense(name, settings)(copy.deepcopy(model), MitigationData(clean), ctx)
+    return out, ctx.record
+
+
+def test_anomaly_index_is_the_mad_score():
+    norms = torch.tensor([10.0, 11.0, 9.0, 10.5, 2.0])
+    mad = 1.4826 * torch.tensor([0.0, 1.0, 1.0, 0.5, 8.0]).median()
+    torch.testing.assert_close(anomaly_indices(norms), (norms - 10.0).abs() / mad)
+
+
+def test_fst_head_keeps_the_original_norm_and_turns_away(world):
+    _, _, model, clean = world
+    before = head_layers(model)[0].weight.detach().clone()
+    out, record = run("fst", model, clean, epochs=3)
+    after = head_layers(out)[0].weight.detach()
+    assert after.norm().item() == pytest.approx(before.norm().item(), rel=1e-5)
+    assert record["head_norm_ratio"] == [pytest.approx(1.0, abs=1e-5)]
+    assert record["head_cosine_to_original"][0] < 0.5
+
+
+def test_ftsam_perturbation_has_the_configured_adaptive_radius():
+    model = create_model("preact-resnet18", 10, 1, 28, 0.125)
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    params = [p for p in model.parameters()]
+    e = adaptive_perturbation(params, rho=2.0)
+    radius = torch.norm(torch.stack([(ei / p.detach().abs().clamp_min(1e-12)).norm() for ei, p in zip(e, params)]))
+    assert radius.item() == pytest.approx(2.0, rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def trained(backdoored, synthetic_data):
+    """A real BadNets model (conftest) with its test metrics before any defense."""
+    _, attacked, _, _ = backdoored
+    clean = mitigation_set(synthetic_data.train, 20, 0)
+    pre = evaluate(attacked.model, synthetic_data.test, attacked.trigger, 0)
+    assert pre.asr > 0.9
+    return attacked, clean, pre, synthetic_data.test
+
+
+def defended(trained, name, **settings):
+    attacked, clean, pre, test = trained
+    out, record = run(name, attacked.model, clean, **settings)
+    return evaluate(out, test, attacked.trigger, 0), pre, record
+
+
+def test_ftsam_keeps_its_adaptive_radius_while_repairing(trained):
+    post, pre, record = defended(trained, "ft-sam", epochs=20)
+    assert record["last_perturbation_radius"] == pytest.approx(2.0, rel=1e-3)
+    assert post.acc > pre.acc - 0.1 and post.asr < pre.asr
+
+
+def test_nad_attention_loss_falls(trained):
+    post, pre, record = defended(trained, "nad", epochs=10, teacher_epochs=5)
+    assert record["last_epoch_attention_loss"] < record["first_epoch_attention_loss"]
+    assert post.acc > pre.acc - 0.1
+
+
+def test_ibau_inner_maximisation_raises_the_loss(trained):
+    post, pre, record = defended(trained, "i-bau", rounds=2)
+    assert all(gain > 0 for gain in record["inner_loss_gain_per_round"])
+    assert post.acc > pre.acc - 0.1
+
+
+def test_sau_adversarial_examples_raise_the_loss(trained):
+    post, pre, record = defended(trained, "sau", rounds=5)
+    assert record["final_adversarial_loss_gain"] > 0
+    assert post.acc > pre.acc - 0.1
+
+
+def test_pbe_trains_on_adversarial_examples(trained):
+    post, pre, record = defended(trained, "pbe", epochs=5)
+    assert record["final_adversarial_loss_gain"] > 0 and 0 <= record["final_adversarial_error"] <= 1
+    assert post.acc > pre.acc - 0.1
+
+
+def test_btidbf_inverts_the_trigger_toward_the_target_and_unlearns(trained):
+    post, pre, record = defended(trained, "bti-dbf", rounds=2, pretrain_epochs=5, mask_epochs=5,
+                                 generator_epochs=10, unlearn_epochs=5, base_filters=8)
+    assert record["detected_target"] == 0
+    assert post.acc > pre.acc - 0.1
+
+
+def test_nc_recovers_the_patch_flags_the_target_and_unlearns(backdoored, synthetic_data):
+    """On a model backdoored by BadNets (3x3 white patch, bottom-right; training used random
+    crops and flips, so the model answers to a white blob low in the image): NC's smallest
+    mask is the target's, it is white and sits in the bottom rows, the MAD index flags class 0,
+    and unlearning removes the backdoor."""
+    _, attacked, _, _ = backdoored
+    clean = mitigation_set(synthetic_data.train, 2, 0)  # 20 images: many steps per epoch in little time
+    nc = create_defense("nc", {"epochs": "60", "batch_size": "20", "unlearn_epochs": "20"})
+    triggers = nc.reverse_engineer(copy.deepcopy(attacked.model).eval(), Pixels.of(clean), 10, Context(seed=0))
+    norms = triggers.masks.flatten(1).sum(1)
+    assert int(norms.argmin()) == TARGET and norms[TARGET] < 0.2 * norms.median()
+    mask, pattern = triggers.masks[TARGET, 0], triggers.patterns[TARGET, 0]
+    top = mask.flatten().topk(9).indices
+    assert mask[22:].sum() > 0.6 * mask.sum() and (pattern.flatten()[top] > 0.9).float().mean() > 0.7
+    ctx = Context(seed=0)
+    torch.manual_seed(0)
+    out = nc(copy.deepcopy(attacked.model), MitigationData(clean), ctx)
+    assert ctx.record["flagged"] == [TARGET]
+    post = evaluate(out, synthetic_data.test, attacked.trigger, 0)
+    assert post.asr < 0.2
