@@ -9,13 +9,12 @@ import textwrap
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from bd_core.attacks import ATTACKS, SIG, Blended, WaNet, create_attack
 from bd_core.attacks.wanet import identity_grid, warp_field
 from bd_core.data import Augment, make_synthetic
 from bd_core.models import create_model
 from bd_core.store import load_model, save_model
+from safetensors.torch import load_file
 
 ID = (torch.zeros(3), torch.ones(3))  # mean 0, std 1: outputs are pixel / 255
 

@@ -7,7 +7,6 @@ import pickle
 import numpy as np
 import pytest
 import torch
-
 from bd_core.data import load_dataset
 from bd_core.data.datasets import canonical_dataset
 from bd_core.errors import BdError, DataNotFound

@@ -10,7 +10,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-
 from bd_core.attacks import BadNets
 from bd_core.data import DatasetInfo, ImageSet
 from bd_core.metrics import arr, evaluate, rdr

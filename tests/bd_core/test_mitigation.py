@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from bd_core.data import make_synthetic, mitigation_set
 from bd_core.errors import InvalidRequest
 

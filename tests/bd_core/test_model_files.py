@@ -7,13 +7,12 @@ import pickle
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from bd_core.attacks import BadNets
 from bd_core.data import make_synthetic
 from bd_core.errors import UnsafeModelFile
 from bd_core.models import create_model
 from bd_core.store import load_model, save_model
+from safetensors.torch import save_file
 
 META = {"arch": "preact-resnet18", "num_classes": 10, "in_channels": 3, "image_size": 32, "width": 0.125}
 

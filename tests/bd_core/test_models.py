@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-
 from bd_core.errors import BdError
 from bd_core.models import MODELS, anatomy, canonical_model, create_model
 

@@ -10,7 +10,6 @@ import textwrap
 import time
 
 import pytest
-
 from bd_core.store import ResultStore
 
 METRICS = ("acc_pre", "asr_pre", "ra_pre", "acc_post", "asr_post", "ra_post", "arr", "rdr")

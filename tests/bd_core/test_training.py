@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from bd_core.attacked import AttackSpec, obtain_attacked_model, train_attacked_model
 from bd_core.attacks import BadNets, create_attack
 from bd_core.data import make_synthetic
 from bd_core.errors import BdError, InvalidRequest
 from bd_core.train import PRESETS, Recipe
+
 
 def test_badnets_sets_exactly_the_patch_pixels():
     train = make_synthetic("train", n_train=20, size=32)

@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 from bd_core.data import make_synthetic, mitigation_set
+from bd_core.data.imageset import as_unlabeled
 from bd_core.models import create_model
 from bd_defenses import DEFENSES, Context, MitigationData, create_defense
 
@@ -22,6 +23,8 @@ SHORT = {
                 "base_filters": 4},
     "fst": {"epochs": 1}, "ft-sam": {"epochs": 1}, "nad": {"epochs": 1, "teacher_epochs": 1},
     "pbe": {"epochs": 1, "iterations": 2}, "i-bau": {"rounds": 1, "K": 2}, "sau": {"rounds": 1, "adv_steps": 2},
+    "mesa": {"target": 0, "steps": 2, "levels": "0.9", "epochs": 1},
+    "baeraser": {"target": 0, "steps": 2, "epochs": 1}, "bcu": {"ood_dataset": "synthetic", "epochs": 1},
 }
 ARCHS = {"preact-resnet18": 1, "vgg19": 1, "efficientnet-b3": 3, "mobilenetv3-large": 3}
 
@@ -35,7 +38,8 @@ def defend(name, arch, clean):
     torch.manual_seed(0)
     model = create_model(arch, 10, clean.channels, 28, 0.125)
     ctx = Context(seed=0)
-    out = create_defense(name, SHORT.get(name, {}))(copy.deepcopy(model), MitigationData(clean), ctx)
+    unlabeled = as_unlabeled(make_synthetic("train", n_train=64, channels=3, seed=3), clean, 64) if name == "bcu" else None
+    out = create_defense(name, SHORT.get(name, {}))(copy.deepcopy(model), MitigationData(clean, unlabeled), ctx)
     x = torch.linspace(-1, 1, 2 * clean.channels * 28 * 28).view(2, clean.channels, 28, 28)
     with torch.no_grad():
         return out.eval()(x), ctx.record

@@ -8,9 +8,10 @@ import copy
 import pytest
 import torch
 from bd_core.data import make_synthetic, mitigation_set
+from bd_core.data.imageset import as_unlabeled
 from bd_core.metrics import evaluate
 from bd_core.models import create_model
-from bd_defenses import Context, MitigationData, create_defense
+from bd_defenses import Context, MitigationData, create_defense, describe
 from bd_defenses.fst import head_layers
 from bd_defenses.ftsam import adaptive_perturbation
 from bd_defenses.nc import anomaly_indices
@@ -131,3 +132,28 @@ def test_nc_recovers_the_patch_flags_the_target_and_unlearns(backdoored, synthet
     assert ctx.record["flagged"] == [TARGET]
     post = evaluate(out, synthetic_data.test, attacked.trigger, 0)
     assert post.asr < 0.2
+
+
+def test_reviewed_methods_ask_for_what_they_assume(trained):
+    attacked, clean, _, _ = trained
+    for name, needed in (("mesa", "target=N"), ("baeraser", "target=N"), ("bcu", "ood_dataset=NAME")):
+        assert not describe(name)["benchmarked"] and needed in describe(name)["needs"]
+        with pytest.raises(ValueError, match=needed.replace("=", "=")):
+            create_defense(name)(copy.deepcopy(attacked.model), MitigationData(clean), Context())
+
+
+def test_mesa_learns_triggers_for_the_target_and_patches_the_model(trained):
+    post, pre, record = defended(trained, "mesa", target=0, levels="0.9", steps=100, epochs=10)
+    assert record["generator_success"][0] > 0.9  # its sampled patches do reach the target
+    assert post.asr < 0.5 * pre.asr and post.acc > pre.acc - 0.25  # patching 200 images costs some accuracy
+
+
+def test_bcu_distils_on_unlabeled_data_without_the_backdoor(trained):
+    attacked, clean, pre, test = trained
+    unlabeled = as_unlabeled(make_synthetic("train", n_train=600, size=32, channels=3, num_classes=7, seed=5), clean, 600)
+    ctx = Context(seed=0)
+    torch.manual_seed(0)
+    out = create_defense("bcu", {"ood_dataset": "synthetic", "epochs": "10"})(
+        copy.deepcopy(attacked.model), MitigationData(clean, unlabeled), ctx)
+    post = evaluate(out, test, attacked.trigger, 0)
+    assert sum(ctx.record["reinitialised_per_layer"]) > 0 and post.asr < pre.asr - 0.3 and post.acc > 0.5

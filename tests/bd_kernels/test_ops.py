@@ -7,7 +7,6 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-
 from bd_kernels import ChannelStats, apply_trigger, channel_stats, masked_conv2d, reference
 from bd_kernels import ops as kops
 from kernel_cases import DEVICES, needs_extension

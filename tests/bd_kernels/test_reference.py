@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from bd_kernels import ChannelStats, apply_trigger, channel_stats, masked_conv2d
 
 

@@ -15,7 +15,8 @@ from typing import Any
 import bd_core
 import torch
 from bd_core.attacked import AttackSpec, DataBundle, obtain_attacked_model
-from bd_core.data import mitigation_set
+from bd_core.data import load_dataset, mitigation_set
+from bd_core.data.imageset import as_unlabeled
 from bd_core.data.mitigation import check_mitigation_request
 from bd_core.errors import BdError
 from bd_core.metrics import Metrics, arr, evaluate, rdr
@@ -84,6 +85,15 @@ def approximations(spec: ExperimentSpec, data: DataBundle) -> list[str]:
     return notes
 
 
+def unlabeled_data(defense, data: DataBundle, spec: ExperimentSpec):
+    """Out-of-distribution images for a defense that asks for them (BCU's ood_dataset)."""
+    name = getattr(defense, "ood_dataset", "")
+    if not name:
+        return None
+    source = load_dataset(name, "train")
+    return as_unlabeled(source, data.train, getattr(defense, "ood_images", 5000), seed=spec.attack.seed)
+
+
 def execute(
     spec: ExperimentSpec, data: DataBundle, cache: ModelCache, device: str = "cpu", attacked: AttackedModel | None = None
 ) -> dict[str, Any]:
@@ -107,7 +117,7 @@ def execute(
         torch.manual_seed(ctx.seed)
         log(f"applying {defense.name} with {len(clean)} clean images (spc {spec.spc}, partition {spec.partition})")
         started = time.perf_counter()
-        repaired = defense(model, MitigationData(clean), ctx)
+        repaired = defense(model, MitigationData(clean, unlabeled_data(defense, data, spec)), ctx)
         seconds = time.perf_counter() - started
         post = evaluate(repaired, data.test, attacked.trigger, spec.attack.target, device=device)
     except BdError:

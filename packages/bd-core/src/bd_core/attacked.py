@@ -22,8 +22,8 @@ from bd_core.data import Augment, ImageSet, canonical_dataset, load_dataset
 from bd_core.data.mitigation import stratified_index
 from bd_core.metrics import evaluate
 from bd_core.models import canonical_model, create_model
-from bd_core.progress import log
 from bd_core.paths import cache_root
+from bd_core.progress import log
 from bd_core.store.models import AttackedModel, ModelCache, config_key
 from bd_core.store.safefile import load_tensors, save_tensors
 from bd_core.train import Recipe, fit, preset

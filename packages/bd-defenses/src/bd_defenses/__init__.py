@@ -3,6 +3,8 @@
 from bd_defenses import (  # noqa: F401  (registers)
     anp,
     awm,
+    baeraser,
+    bcu,
     bnp,
     btidbf,
     clp,
@@ -12,6 +14,7 @@ from bd_defenses import (  # noqa: F401  (registers)
     ft,
     ftsam,
     ibau,
+    mesa,
     mmbd,
     nad,
     nc,

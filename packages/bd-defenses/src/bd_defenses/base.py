@@ -19,9 +19,11 @@ MIN_HELD_OUT = 100
 
 @dataclass(frozen=True)
 class MitigationData:
-    """The defender's clean images (SPC per class) — nothing else."""
+    """The defender's clean images (SPC per class) — and, only for a defense that says it needs
+    them (BCU), unlabeled out-of-distribution images."""
 
     clean: ImageSet
+    unlabeled: ImageSet | None = None
 
     @property
     def num_classes(self) -> int:

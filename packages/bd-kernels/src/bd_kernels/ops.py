@@ -10,8 +10,8 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
-from torch import Tensor
 import torch.nn.functional as F
+from torch import Tensor
 
 from bd_kernels import reference
 
@@ -121,7 +121,7 @@ class ChannelStats:
     max: Tensor | None = None
     batches: int = field(default=0)
 
-    def update(self, x: Tensor) -> "ChannelStats":
+    def update(self, x: Tensor) -> ChannelStats:
         n_b, mean_b, m2_b, min_b, max_b = channel_stats(x.detach())
         if self.count is None:
             self.count, self.mean, self.m2, self.min, self.max = n_b, mean_b, m2_b, min_b, max_b

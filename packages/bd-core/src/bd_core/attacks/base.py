@@ -16,19 +16,19 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from bd_kernels import apply_trigger
 from torch import Tensor
 
 from bd_core.data.augment import Augment
 from bd_core.data.imageset import ImageSet
 from bd_core.errors import InvalidRequest
-from bd_kernels import apply_trigger
 
 BatchFn = Callable[[Tensor, torch.Generator], tuple[Tensor, Tensor]]
-TRIGGER_KINDS: dict[str, type["Trigger"]] = {}
+TRIGGER_KINDS: dict[str, type[Trigger]] = {}
 
 
 def trigger_kind(name: str):
-    def register(cls: type["Trigger"]) -> type["Trigger"]:
+    def register(cls: type[Trigger]) -> type[Trigger]:
         cls.kind = name
         TRIGGER_KINDS[name] = cls
         return cls
@@ -71,11 +71,11 @@ class Trigger:
         return {"kind": self.kind, "mode": self.mode, "alpha": self.alpha}
 
     @classmethod
-    def from_saved(cls, artifacts: dict[str, Tensor], settings: dict[str, Any]) -> "Trigger":
+    def from_saved(cls, artifacts: dict[str, Tensor], settings: dict[str, Any]) -> Trigger:
         return cls(artifacts["pattern"], artifacts["mask"], settings["mode"], float(settings["alpha"]))
 
     @staticmethod
-    def restore(artifacts: dict[str, Tensor], settings: dict[str, Any]) -> "Trigger":
+    def restore(artifacts: dict[str, Tensor], settings: dict[str, Any]) -> Trigger:
         cls = TRIGGER_KINDS.get(settings.get("kind", ""))
         if cls is None:
             raise InvalidRequest(f"unknown trigger kind {settings.get('kind')!r} in saved artifacts")

@@ -76,7 +76,7 @@ class SqueezeTrigger(Trigger):
         return {"kind": self.kind, "levels": self.levels, "dithering": self.dithering}
 
     @classmethod
-    def from_saved(cls, artifacts, settings) -> "SqueezeTrigger":
+    def from_saved(cls, artifacts, settings) -> SqueezeTrigger:
         return cls(artifacts["pattern"], artifacts["mask"], levels=int(settings["levels"]),
                    dithering=bool(settings["dithering"]))
 

@@ -61,7 +61,7 @@ class WarpTrigger(Trigger):
         return {"kind": self.kind}
 
     @classmethod
-    def from_saved(cls, artifacts, settings) -> "WarpTrigger":
+    def from_saved(cls, artifacts, settings) -> WarpTrigger:
         return cls(artifacts["pattern"], artifacts["mask"])
 
 

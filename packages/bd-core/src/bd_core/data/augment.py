@@ -23,7 +23,7 @@ class Augment:
     hflip: bool = True
 
     @staticmethod
-    def for_dataset(info: DatasetInfo, padding: int = 4) -> "Augment":
+    def for_dataset(info: DatasetInfo, padding: int = 4) -> Augment:
         return Augment(padding=padding, hflip=info.hflip)
 
     def draw(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor | None]:

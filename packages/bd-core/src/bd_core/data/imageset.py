@@ -66,7 +66,7 @@ class ImageSet:
     def num_classes(self) -> int:
         return self.info.num_classes
 
-    def subset(self, index: Tensor, split: str | None = None) -> "ImageSet":
+    def subset(self, index: Tensor, split: str | None = None) -> ImageSet:
         """Rows `index` of this set, remembering where they came from."""
         index = torch.as_tensor(index, dtype=torch.long)
         return ImageSet(
@@ -83,3 +83,19 @@ class ImageSet:
     def mean_std(self) -> tuple[Tensor, Tensor]:
         """Normalization constants as float32 tensors [C]."""
         return torch.tensor(self.info.mean, dtype=torch.float32), torch.tensor(self.info.std, dtype=torch.float32)
+
+
+def as_unlabeled(source: ImageSet, like: ImageSet, n: int, seed: int = 0) -> ImageSet:
+    """`n` random images of `source` converted to `like`'s channels and size, with no labels
+    (all 0) and `like`'s normalization: out-of-distribution data for a model trained on `like`."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.randperm(len(source), generator=g)[: min(n, len(source))]
+    x = source.images[rows].float()
+    if x.shape[1] != like.channels:
+        x = x.mean(1, keepdim=True) if like.channels == 1 else x.mean(1, keepdim=True).expand(-1, like.channels, -1, -1)
+    if x.shape[-1] != like.image_size:
+        x = F.interpolate(x, size=(like.image_size, like.image_size), mode="bilinear", align_corners=False)
+    images = x.round().clamp(0, 255).to(torch.uint8).contiguous()
+    return ImageSet(images, torch.zeros(len(images), dtype=torch.long), like.info, "unlabeled")

@@ -1,0 +1,85 @@
+"""BAERASER (Liu et al., INFOCOM 2022), backdoor erasing by machine unlearning; reviewed by the
+survey, not benchmarked: like MESA it assumes the target class (and here the trigger's size
+and location), which bd asks for explicitly.
+
+Trigger recovery: a maximum-entropy generative model of patch triggers for the target (shared
+with MESA). Unlearning: gradient *ascent* on the target-class loss of stamped clean images
+(capped, so it cannot diverge), with a dynamic penalty: the weight of the clean loss doubles
+after an epoch that costs more than `tolerance` of clean accuracy on D_m, and halves back
+toward its start otherwise, against catastrophic forgetting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from bd_core.progress import make_progress
+
+from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
+from bd_defenses.mesa import ASSUMES, check_assumptions
+from bd_defenses.pixels import Pixels, accuracy
+from bd_defenses.registry import register
+from bd_defenses.trigger_distribution import fit_trigger_distribution
+
+
+@register("baeraser", family="synthesis", paper="Liu et al., Backdoor Defense with Machine Unlearning (IEEE INFOCOM 2022); reviewed only", needs=ASSUMES, benchmarked=False, aliases=("ba-eraser",))
+@dataclass(frozen=True)
+class BAERASER(Defense):
+    target: int = -1
+    trigger_size: int = 3
+    location: str = "bottom-right"
+    entropy_weight: float = 0.1
+    success_level: float = 0.9
+    steps: int = 300
+    gen_batch: int = 64
+    gen_lr: float = 1e-3
+    epochs: int = 10
+    lr: float = 1e-3  # gradient ascent diverges at 1e-2 on small models (measured; docs/defenses.md)
+    ascent_cap: float = 5.0  # stop ascending once the target-class CE of stamped images exceeds this
+    penalty: float = 1.0  # initial weight of the clean loss
+    tolerance: float = 0.05
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        check_between("success_level", self.success_level, 0.01, 0.99)
+        check_between("tolerance", self.tolerance, 0.0, 1.0)
+        check_positive(steps=self.steps, gen_batch=self.gen_batch, gen_lr=self.gen_lr, epochs=self.epochs, lr=self.lr,
+                       ascent_cap=self.ascent_cap, penalty=self.penalty, batch_size=self.batch_size)
+
+    def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
+        pixels = Pixels.of(data.clean, ctx.device)
+        check_assumptions("BAERASER", self.target, data.num_classes, self.trigger_size, pixels.x.shape[-1], self.location)
+        g = ctx.generator(16)
+        base = accuracy(model, pixels)
+        with make_progress() as progress:
+            task = progress.add_task("BAERASER trigger recovery + unlearning", total=self.steps + self.epochs)
+            dist = fit_trigger_distribution(model, pixels, self.target, self.trigger_size, self.location,
+                                            (self.success_level,), self.entropy_weight, self.steps, self.gen_batch,
+                                            self.gen_lr, g, lambda: progress.update(task, advance=1))
+            for p in model.parameters():
+                p.requires_grad_(True)
+            opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=0.9)
+            mu, hit = self.penalty, 1.0
+            for _ in range(self.epochs):
+                model.eval()  # BN statistics stay those of the training data while unlearning
+                hits = 0
+                for _, x, y in pixels.batches(self.batch_size, g):
+                    stamped = pixels.normalize(dist.stamp(x, g))
+                    logits = model(stamped)
+                    target = torch.full_like(y, self.target)
+                    ascent = -F.cross_entropy(logits, target).clamp(max=self.ascent_cap)
+                    # normalised so a growing penalty shifts the balance, not the step size
+                    loss = (ascent + mu * F.cross_entropy(model(pixels.normalize(x)), y)) / (1 + mu)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    hits += int((logits.argmax(1) == self.target).sum())
+                hit = hits / len(pixels)
+                mu = mu * 2 if accuracy(model, pixels) < base - self.tolerance else max(self.penalty, mu / 2)
+                progress.update(task, advance=1, status=f"trigger->target {hit:.2f} penalty {mu:.2g}")
+        ctx.report(generator_success=round(dist.success[0], 4), final_trigger_target_rate=round(hit, 4),
+                   final_penalty=mu, clean_acc_before=round(base, 4), clean_acc_after=round(accuracy(model, pixels), 4))
+        return model
