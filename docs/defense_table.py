@@ -42,7 +42,8 @@ def main() -> None:
     parser.add_argument("--attacks", default="badnets,blended")
     parser.add_argument("--defenses", default=",".join(DEFENSES))
     parser.add_argument("--spc", type=int, default=10)
-    parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument("--partitions", type=int, default=3, help="partitions shown in the table")
+    parser.add_argument("--compute", type=int, default=None, help="partitions to compute now (default: --partitions)")
     parser.add_argument("--set", action="append", default=[], help="defense.key=value")
     args = parser.parse_args()
     overrides: dict[str, dict[str, str]] = {}
@@ -55,7 +56,7 @@ def main() -> None:
     store = ResultStore(cache_root() / "defense-table.sqlite")
     for defense in args.defenses.split(","):
         for attack in args.attacks.split(","):
-            for partition in range(args.partitions):
+            for partition in range(args.partitions if args.compute is None else args.compute):
                 spec = ExperimentSpec(AttackSpec(args.dataset, args.arch, attack, 0.1, preset=args.preset), defense,
                                       spc=args.spc, partition=partition, defense_settings=overrides.get(defense, {}))
                 try:
@@ -108,6 +109,8 @@ def write(args, store: ResultStore) -> None:
             cells = [spread([r[k] for r in ok], 1.0 if k in ("arr", "rdr") else 100.0, 3 if k in ("arr", "rdr") else 1)
                      for k, _ in METRICS]
             t = spread([r["defense_seconds"] for r in ok], 1.0, 1)
+            if len(ok) < args.partitions:
+                setting += f" ({len(ok)} of {args.partitions} partitions so far)"
             lines.append(f"| {family} | {defense} | {attack} | " + " | ".join(cells) + f" | {t} | {setting} |")
     text = OUT.read_text() if OUT.exists() else ""
     notes = text.split("<!-- notes -->", 1)[1] if "<!-- notes -->" in text else "\n"

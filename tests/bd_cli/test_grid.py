@@ -118,9 +118,14 @@ def test_a_failing_unit_is_recorded_and_the_rest_complete(grid_file, cache_dir, 
     importlib.import_module("exploding_defense")
     grid_path = tmp_path / "g.toml"
     grid_path.write_text(MINI.format(defenses='["explode", "clp"]'))
-    with ResultStore(tmp_path / "f.sqlite") as store:
-        report = run_grid(GridSpec.from_toml(grid_path), store, cache_dir, local_runner(2), threads=1)
-        failed = store.query(status="failed")
+    from bd_defenses import DEFENSES
+
+    try:
+        with ResultStore(tmp_path / "f.sqlite") as store:
+            report = run_grid(GridSpec.from_toml(grid_path), store, cache_dir, local_runner(2), threads=1)
+            failed = store.query(status="failed")
+    finally:
+        DEFENSES.pop("explode", None)  # other tests iterate over the registry
     assert (report.ok, report.failed) == (8, 8)
     assert all(r["defense"] == "explode" and "RuntimeError: boom" in r["error"] for r in failed)
 
