@@ -157,3 +157,13 @@ def test_bcu_distils_on_unlabeled_data_without_the_backdoor(trained):
         copy.deepcopy(attacked.model), MitigationData(clean, unlabeled), ctx)
     post = evaluate(out, test, attacked.trigger, 0)
     assert sum(ctx.record["reinitialised_per_layer"]) > 0 and post.asr < pre.asr - 0.3 and post.acc > 0.5
+
+
+@pytest.mark.parametrize("classes", [43])  # 200 classes: same code, 83 s on this CPU (docs/defenses.md)
+def test_nc_runs_on_many_classes_in_batched_chunks(classes):
+    train = make_synthetic("train", num_classes=classes, n_train=2 * classes, size=28, channels=1)
+    clean = mitigation_set(train, 1, 0)
+    model = create_model("preact-resnet18", classes, 1, 28, 0.125)
+    ctx = Context(seed=0)
+    create_defense("nc", {"epochs": "1", "class_chunk": "50", "unlearn_epochs": "1"})(model, MitigationData(clean), ctx)
+    assert len(ctx.record["mask_l1"]) == classes and len(ctx.record["anomaly_index"]) == classes
