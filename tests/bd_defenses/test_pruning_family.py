@@ -13,7 +13,7 @@ from bd_defenses import Context, MitigationData, create_defense
 from bd_defenses.bnp import gaussian_kl
 from bd_defenses.bounds import ChannelBound
 from bd_defenses.clp import channel_lipschitz_bounds
-from bd_defenses.fmp import layer_output
+from bd_defenses.features import layer_output
 from bd_defenses.pixels import Pixels
 from bd_defenses.surgery import ChannelMask, fold_batchnorm
 from planted import K, plant, planted_model, success_rates

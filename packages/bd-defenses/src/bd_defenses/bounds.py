@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from bd_core.progress import make_progress
 from torch import Tensor
 
-from bd_defenses.activations import layers_statistics
 from bd_defenses.base import Context
 from bd_defenses.pixels import Pixels, accuracy
 from bd_defenses.surgery import set_module
@@ -73,10 +72,6 @@ def install_bounds(model: nn.Module, example: Tensor) -> list[ChannelBound]:
     for b in bounds:
         b.bound.requires_grad_(True)
     return bounds
-
-
-def bound_statistics(model: nn.Module, bounds: list[ChannelBound], data, device: str):
-    return layers_statistics(model, bounds, data, device)
 
 
 def layer_moments(stats) -> tuple[float, float, float]:

@@ -10,7 +10,25 @@ from torch import Tensor
 
 
 class _Stop(Exception):
-    pass
+    """Raised from a hook once the layer of interest has run; the rest of the forward is wasted work."""
+
+
+def layer_output(model: nn.Module, layer: nn.Module, x: Tensor, inputs: bool = False) -> Tensor:
+    """`layer`'s output (or input) for `x`; the forward pass stops right after it."""
+    seen: list[Tensor] = []
+
+    def hook(module, args, output=None):
+        seen.append(args[0] if inputs else output)
+        raise _Stop
+
+    handle = layer.register_forward_pre_hook(hook) if inputs else layer.register_forward_hook(hook)
+    try:
+        model(x)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return seen[0]
 
 
 class FeatureSplit:
@@ -22,20 +40,7 @@ class FeatureSplit:
 
     def features(self, x: Tensor) -> Tensor:
         """The map that global pooling receives [N, C, H, W] (the rest of the forward is skipped)."""
-        seen: list[Tensor] = []
-
-        def grab(module, args):
-            seen.append(args[0])
-            raise _Stop
-
-        handle = self.pool.register_forward_pre_hook(grab)
-        try:
-            self.model(x)
-        except _Stop:
-            pass
-        finally:
-            handle.remove()
-        return seen[0]
+        return layer_output(self.model, self.pool, x, inputs=True)
 
     def head(self, feature_map: Tensor) -> Tensor:
         return self.classifier(self.pool(feature_map).flatten(1))

@@ -21,31 +21,11 @@ from bd_core.progress import make_progress
 from torch import Tensor
 
 from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
+from bd_defenses.features import layer_output
 from bd_defenses.finetune import finetune
 from bd_defenses.pixels import Pixels
 from bd_defenses.registry import register
 from bd_defenses.surgery import zero_channels
-
-
-class _Stop(Exception):
-    """Raised from a hook once the layer of interest has run; the rest of the forward is wasted work."""
-
-
-def layer_output(model: nn.Module, layer: nn.Module, x: Tensor) -> Tensor:
-    seen: list[Tensor] = []
-
-    def hook(module, args, output):
-        seen.append(output)
-        raise _Stop
-
-    handle = layer.register_forward_hook(hook)
-    try:
-        model(x)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return seen[0]
 
 
 @register("fmp", family="pruning", paper="Huang & Bu, Feature Map Testing for Backdoor Defense / FMP (2023)")
