@@ -8,6 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from bd_defenses.pixels import clamp_between
+
 
 def pgd_linf(model: nn.Module, xn: Tensor, y: Tensor, low: Tensor, high: Tensor, eps: float, step: float,
              iters: int, generator: torch.Generator | None = None) -> Tensor:
@@ -16,7 +18,7 @@ def pgd_linf(model: nn.Module, xn: Tensor, y: Tensor, low: Tensor, high: Tensor,
     delta = (noise * 2 - 1) * eps
     for _ in range(iters):
         delta.requires_grad_(True)
-        loss = F.cross_entropy(model(torch.maximum(torch.minimum(xn + delta, high), low)), y)
+        loss = F.cross_entropy(model(clamp_between(xn + delta, low, high)), y)
         (grad,) = torch.autograd.grad(loss, delta)
         delta = (delta.detach() + step * grad.sign()).clamp(-eps, eps)
-    return torch.maximum(torch.minimum(xn + delta, high), low).detach()
+    return clamp_between(xn + delta, low, high).detach()

@@ -26,7 +26,7 @@ from torch import Tensor
 from bd_defenses.base import Context, Defense, MitigationData, check_positive
 from bd_defenses.features import FeatureSplit
 from bd_defenses.finetune import clean_batches
-from bd_defenses.pixels import Pixels
+from bd_defenses.pixels import Pixels, clamp_between
 from bd_defenses.registry import register
 
 
@@ -85,7 +85,7 @@ class BTIDBF(Defense):
         g = ctx.generator(14)
         torch.manual_seed(ctx.seed)
         gen = UNet(pixels.x.shape[1], self.base_filters).to(ctx.device)
-        generate = lambda xn: torch.maximum(torch.minimum(gen(xn), high), low)  # noqa: E731
+        generate = lambda xn: clamp_between(gen(xn), low, high)  # noqa: E731
         opt_g = torch.optim.Adam(gen.parameters(), lr=self.gen_lr)
         opt_cls = torch.optim.Adam(model.parameters(), lr=self.cls_lr)
         total = self.pretrain_epochs + self.rounds * (self.mask_epochs + self.generator_epochs + self.unlearn_epochs)

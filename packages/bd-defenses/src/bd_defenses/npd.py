@@ -27,7 +27,7 @@ from bd_core.progress import make_progress
 from torch import Tensor
 
 from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
-from bd_defenses.pixels import Pixels
+from bd_defenses.pixels import Pixels, clamp_between
 from bd_defenses.registry import register
 from bd_defenses.surgery import set_module
 
@@ -138,12 +138,12 @@ class NPD(Defense):
     def targeted_perturbation(self, model: nn.Module, xn: Tensor, target: Tensor, low: Tensor, high: Tensor) -> Tensor:
         delta = torch.zeros_like(xn, requires_grad=True)
         for _ in range(self.inner_steps):
-            loss = F.cross_entropy(model(torch.maximum(torch.minimum(xn + delta, high), low)), target)
+            loss = F.cross_entropy(model(clamp_between(xn + delta, low, high)), target)
             (grad,) = torch.autograd.grad(loss, delta)
             with torch.no_grad():
                 delta -= self.adv_lr * grad.sign()
                 delta.copy_(project_l2(delta, self.trigger_norm))
-                hit = (model(torch.maximum(torch.minimum(xn + delta, high), low)).argmax(1) == target).float().mean()
+                hit = (model(clamp_between(xn + delta, low, high)).argmax(1) == target).float().mean()
             if hit > self.stop_success:
                 break
-        return torch.maximum(torch.minimum(xn + delta.detach(), high), low)
+        return clamp_between(xn + delta.detach(), low, high)

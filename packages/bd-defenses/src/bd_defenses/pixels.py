@@ -51,6 +51,11 @@ class Pixels:
             yield idx, self.x[idx], self.y[idx]
 
 
+def clamp_between(x: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """Clamp normalized images to the valid range given per channel by `Pixels.bounds()`."""
+    return torch.maximum(torch.minimum(x, high), low)
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, pixels: Pixels, batch_size: int = 512, perturb: Tensor | None = None) -> float:
     """Clean accuracy (eval mode, no augmentation) on the defender's own images."""
