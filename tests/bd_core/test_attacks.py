@@ -61,7 +61,7 @@ def test_wanet_warp_is_small_smooth_and_bounded(images):
     attack = WaNet()
     field = warp_field(32, attack.k, torch.Generator().manual_seed(0))
     trig = attack.fit(images, seed=0)
-    displacement = (trig.grid() - identity_grid(32)) * (32 - 1) / 2  # in pixels
+    displacement = (trig.grid - identity_grid(32)) * (32 - 1) / 2  # in pixels
     bound = attack.s * field.abs().max() / 2
     assert displacement.abs().max() <= bound + 1e-5
     assert displacement.abs().max() > 0.1  # it does move pixels
@@ -105,7 +105,8 @@ REBUILD = textwrap.dedent(
 def test_saved_trigger_rebuilds_identical_poisoned_test_set_in_a_new_process(tmp_path, name):
     train = make_synthetic("train", n_train=40, size=32, channels=3, num_classes=4)
     test = make_synthetic("test", n_test=30, size=32, channels=3, num_classes=4)
-    fast = {"lf": {"steps": "5", "surrogate_epochs": "1", "surrogate_images": "40"}}
+    fast = {"lf": {"steps": "5", "surrogate_epochs": "1", "surrogate_images": "40"},
+            "ssba": {"steps": "3", "code_bits": "4"}, "inputaware": {"mask_epochs": "1"}}
     attack = create_attack(name, fast.get(name, {}))
     trig = attack.fit(train, seed=3)
     model = create_model("preact-resnet18", 4, 3, 32, 0.125)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from bd_core.attacks import canonical_attack, create_attack
-from bd_core.attacks.base import Attack, Trigger, augmented_batch, check_ratio
+from bd_core.attacks.base import Attack, TrainingPlan, Trigger, augmented_batch, check_ratio
 from bd_core.data import Augment, ImageSet, canonical_dataset, load_dataset
 from bd_core.data.mitigation import stratified_index
 from bd_core.metrics import evaluate
@@ -50,7 +50,7 @@ class AttackSpec:
         preset(self.preset)
 
     def build_attack(self) -> Attack:
-        return create_attack(self.attack, self.attack_settings)
+        return create_attack(self.attack, self.attack_settings, self.preset)
 
     @property
     def recipe(self) -> Recipe:
@@ -105,8 +105,8 @@ def train_attacked_model(spec: AttackSpec, data: DataBundle, device: str = "cpu"
     trigger = fitted_trigger(attack, train, spec)
     poisoned = attack.poison_index(train, spec.poison_ratio, spec.target, g)
     augment = Augment.for_dataset(train.info)
-    make_batch = attack.training_batches(train, trigger, poisoned, spec.poison_ratio, spec.target, augment, device)
-    model, report = _train(spec.arch, train, make_batch, recipe, spec.seed, device,
+    plan = attack.training_plan(train, trigger, poisoned, spec.poison_ratio, spec.target, augment, device, spec.seed)
+    model, report = _train(spec.arch, train, plan, recipe, spec.seed, device,
                            f"training {spec.attack} {spec.arch} on {spec.dataset}")
     report["poisoned_images"] = (
         f"{spec.poison_ratio:.0%} of every batch" if attack.training_controlled else int(poisoned.sum())
@@ -145,17 +145,18 @@ def train_clean_model(
     def make_batch(idx: torch.Tensor, g: torch.Generator):
         return augmented_batch(images[idx.to(device)], augment, g, mean, std), train.labels[idx]
 
-    return _train(canonical_model(arch), train, make_batch, recipe, seed, device,
+    return _train(canonical_model(arch), train, TrainingPlan(make_batch), recipe, seed, device,
                   f"training clean {arch} on {canonical_dataset(dataset)}")
 
 
-def _train(arch: str, train: ImageSet, make_batch, recipe: Recipe, seed: int, device: str, description: str):
+def _train(arch: str, train: ImageSet, plan: TrainingPlan, recipe: Recipe, seed: int, device: str, description: str):
     torch.manual_seed(seed)
     model = create_model(arch, train.num_classes, train.channels, train.image_size, recipe.width)
     started = time.perf_counter()
     losses = fit(
-        model, make_batch, len(train), epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
+        model, plan.make_batch, len(train), epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
         momentum=recipe.momentum, weight_decay=recipe.weight_decay, seed=seed, device=device, description=description,
+        step=plan.step, after_step=plan.after_step,
     )
     report = {
         "train_seconds": round(time.perf_counter() - started, 2),

@@ -5,17 +5,24 @@ from __future__ import annotations
 from typing import Any
 
 from bd_core.attacks.badnets import BadNets
-from bd_core.attacks.base import Attack, Trigger
+from bd_core.attacks.base import Attack, PatternTrigger, PixelTrigger, Trigger
 from bd_core.attacks.blended import Blended
 from bd_core.attacks.bpp import BPP, SqueezeTrigger
+from bd_core.attacks.inputaware import InputAware, InputAwareTrigger
 from bd_core.attacks.lf import LF
 from bd_core.attacks.sig import SIG
+from bd_core.attacks.ssba import SSBA, SSBATrigger
 from bd_core.attacks.wanet import WaNet, WarpTrigger
 from bd_core.config import build_dataclass
 from bd_core.errors import BdError
 
-ATTACKS: dict[str, type[Attack]] = {cls.name: cls for cls in (BadNets, Blended, SIG, LF, BPP, WaNet)}
-ALIASES = {"badnet": "badnets", "blend": "blended", "signal": "sig", "warp": "wanet", "bppattack": "bpp", "lowfrequency": "lf"}
+# the survey's order (Section 5.2)
+ATTACKS: dict[str, type[Attack]] = {
+    cls.name: cls for cls in (BadNets, Blended, SIG, LF, SSBA, InputAware, BPP, WaNet)
+}
+ALIASES = {"badnet": "badnets", "blend": "blended", "signal": "sig", "warp": "wanet", "bppattack": "bpp",
+           "lowfrequency": "lf", "input": "inputaware", "iad": "inputaware", "dynamic": "inputaware",
+           "samplespecific": "ssba"}
 
 
 def canonical_attack(name: str) -> str:
@@ -26,10 +33,14 @@ def canonical_attack(name: str) -> str:
     return key
 
 
-def create_attack(name: str, overrides: dict[str, Any] | None = None) -> Attack:
-    """The attack `name` with its paper defaults, optionally overridden (validated)."""
-    return build_dataclass(ATTACKS[canonical_attack(name)], overrides or {}, what=f"attack {name}")
+def create_attack(name: str, overrides: dict[str, Any] | None = None, preset: str | None = None) -> Attack:
+    """The attack `name` with its paper defaults, then the preset's settings (e.g. CPU-sized
+    networks under "quick"), then `overrides` (validated)."""
+    cls = ATTACKS[canonical_attack(name)]
+    settings = {**cls.preset_settings.get(preset or "", {}), **(overrides or {})}
+    return build_dataclass(cls, settings, what=f"attack {name}")
 
 
-__all__ = ["ATTACKS", "BPP", "LF", "SIG",  "SqueezeTrigger", "Attack", "BadNets", "Blended", "Trigger", "WaNet", "WarpTrigger", "canonical_attack",
-           "create_attack"]
+__all__ = ["ATTACKS", "BPP", "LF", "SIG", "SSBA", "Attack", "BadNets", "Blended", "InputAware", "InputAwareTrigger",
+           "PatternTrigger", "PixelTrigger", "SSBATrigger", "SqueezeTrigger", "Trigger", "WaNet", "WarpTrigger",
+           "canonical_attack", "create_attack"]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bd_core.attacks.base import Attack, Trigger
+from bd_core.attacks.base import Attack, PatternTrigger
 from bd_core.data.imageset import ImageSet
 
 
@@ -24,10 +24,10 @@ class BadNets(Attack):
     def patch_side(self, image_size: int) -> int:
         return max(1, round(self.patch * image_size / 32))
 
-    def fit(self, train: ImageSet, seed: int, target: int = 0) -> Trigger:
+    def fit(self, train: ImageSet, seed: int, target: int = 0) -> PatternTrigger:
         c, s = train.channels, train.image_size
         side = self.patch_side(s)
         mask = torch.zeros(1, s, s)
         mask[:, s - side :, s - side :] = 1.0
         pattern = torch.full((c, s, s), float(self.value)) * mask
-        return Trigger(pattern, mask, mode="replace")
+        return PatternTrigger(pattern, mask, mode="replace")

@@ -1,11 +1,13 @@
 """What every attack provides: trigger artifacts (`fit`), which training rows to
-poison (`poison_index`), and how a training batch is made (`training_batches`).
+poison (`poison_index`), and how the shared trainer trains with it (`training_plan`:
+batches, the loss of a batch, an update after each step).
 
 A trigger holds tensors only, so it is saved next to the attacked model (as
 safetensors) and rebuilt in any later process: the poisoned test set is a pure
-function of (test set, trigger). Pattern triggers (BadNets, Blended, SIG, ...) run
-through the fused `apply_trigger` kernel; other kinds (WaNet's warp, ...) subclass
-`Trigger` and register their kind.
+function of (test set, trigger). Pattern triggers (BadNets, Blended, SIG, LF) run
+through the fused `apply_trigger` kernel; uint8-to-uint8 triggers (BPP, SSBA) are
+`PixelTrigger`s; others (WaNet's warp, InputAware's generators) subclass `Trigger`
+and register their kind.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from torch import Tensor
 
 from bd_core.data.augment import Augment
 from bd_core.data.imageset import ImageSet
-from bd_core.errors import InvalidRequest
+from bd_core.errors import InvalidRequest, UnsafeModelFile
+from bd_core.train import BatchFn, StepFn, cross_entropy_step
 
-BatchFn = Callable[[Tensor, torch.Generator], tuple[Tensor, Tensor]]
 TRIGGER_KINDS: dict[str, type[Trigger]] = {}
 
 
@@ -36,15 +38,10 @@ def trigger_kind(name: str):
     return register
 
 
-@trigger_kind("pattern")
-@dataclass
 class Trigger:
-    """A pattern/mask trigger applied to uint8 images by the fused `apply_trigger` kernel."""
+    """How poisoned inputs are made. Subclasses register a kind, hold tensors only
+    (`artifacts`) plus JSON-able `settings`, and are rebuilt by `restore` in any process."""
 
-    pattern: Tensor  # [C,H,W] float, 0..255 scale (signed residual for mode "add")
-    mask: Tensor  # [1|C,H,W] float in [0,1]
-    mode: str = "replace"
-    alpha: float = 1.0
     kind: ClassVar[str]
 
     def apply(
@@ -56,8 +53,42 @@ class Trigger:
         crop_offsets: Tensor | None = None,
         padding: int = 0,
         flip: Tensor | None = None,
-    ) -> Tensor:
-        """Normalized float batch with the trigger on rows where `poisoned` is True."""
+    ) -> Tensor:  # pragma: no cover - abstract
+        """Normalized float batch of uint8 `images`, with the trigger on rows where `poisoned` is True."""
+        raise NotImplementedError
+
+    def artifacts(self) -> dict[str, Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def settings(self) -> dict[str, Any]:
+        return {"kind": self.kind}
+
+    @classmethod
+    def from_saved(cls, artifacts: dict[str, Tensor], settings: dict[str, Any]) -> Trigger:  # pragma: no cover
+        raise NotImplementedError
+
+    @staticmethod
+    def restore(artifacts: dict[str, Tensor], settings: dict[str, Any]) -> Trigger:
+        cls = TRIGGER_KINDS.get(settings.get("kind", ""))
+        if cls is None:
+            raise UnsafeModelFile(f"unknown trigger kind {settings.get('kind')!r} in saved artifacts")
+        try:
+            return cls.from_saved(artifacts, settings)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise UnsafeModelFile(f"saved {cls.kind} trigger is incomplete or malformed: {e}") from e
+
+
+@trigger_kind("pattern")
+@dataclass
+class PatternTrigger(Trigger):
+    """A pattern/mask trigger applied to uint8 images by the fused `apply_trigger` kernel."""
+
+    pattern: Tensor  # [C,H,W] float, 0..255 scale (signed residual for mode "add")
+    mask: Tensor  # [1|C,H,W] float in [0,1]
+    mode: str = "replace"
+    alpha: float = 1.0
+
+    def apply(self, images, poisoned, mean, std, crop_offsets=None, padding=0, flip=None) -> Tensor:
         dev = images.device
         return apply_trigger(
             images, poisoned, self.pattern.to(dev), self.mask.to(dev), mode=self.mode, alpha=self.alpha,
@@ -71,15 +102,30 @@ class Trigger:
         return {"kind": self.kind, "mode": self.mode, "alpha": self.alpha}
 
     @classmethod
-    def from_saved(cls, artifacts: dict[str, Tensor], settings: dict[str, Any]) -> Trigger:
+    def from_saved(cls, artifacts: dict[str, Tensor], settings: dict[str, Any]) -> PatternTrigger:
         return cls(artifacts["pattern"], artifacts["mask"], settings["mode"], float(settings["alpha"]))
 
-    @staticmethod
-    def restore(artifacts: dict[str, Tensor], settings: dict[str, Any]) -> Trigger:
-        cls = TRIGGER_KINDS.get(settings.get("kind", ""))
-        if cls is None:
-            raise InvalidRequest(f"unknown trigger kind {settings.get('kind')!r} in saved artifacts")
-        return cls.from_saved(artifacts, settings)
+
+class PixelTrigger(Trigger):
+    """A trigger that maps uint8 images to uint8 images (BPP's colour squeeze, SSBA's encoder).
+    Poisoned rows are transformed first, then cropped/flipped/normalized like clean rows."""
+
+    def poison_pixels(self, images: Tensor) -> Tensor:  # pragma: no cover - abstract
+        """uint8 [N,C,H,W] -> uint8 [N,C,H,W], every row poisoned."""
+        raise NotImplementedError
+
+    def poison_rows(self, images: Tensor, poisoned: Tensor, chunk: int = 1024) -> Tensor:
+        """A copy of uint8 `images` with the rows flagged in `poisoned` transformed (in chunks, to bound memory)."""
+        out = images.clone()
+        rows = poisoned.nonzero().squeeze(1)
+        for part in rows.split(chunk):
+            out[part] = self.poison_pixels(images[part])
+        return out
+
+    def apply(self, images, poisoned, mean, std, crop_offsets=None, padding=0, flip=None) -> Tensor:
+        if poisoned is not None and bool(poisoned.any()):
+            images = self.poison_rows(images, poisoned)
+        return normalized_batch(images, mean, std, crop_offsets, padding, flip)
 
 
 def normalized_batch(images: Tensor, mean: Tensor, std: Tensor, offsets: Tensor | None, padding: int,
@@ -96,6 +142,16 @@ def augmented_batch(images: Tensor, augment: Augment, g: torch.Generator, mean: 
     return normalized_batch(images, mean, std, offsets.to(dev), augment.padding, None if flip is None else flip.to(dev))
 
 
+@dataclass
+class TrainingPlan:
+    """What the shared trainer needs from an attack: batches, the loss of one batch, and an
+    optional update after each optimizer step (e.g. of a trigger generator trained alongside)."""
+
+    make_batch: BatchFn
+    step: StepFn = cross_entropy_step
+    after_step: Callable[[], None] | None = None
+
+
 @dataclass(frozen=True)
 class Attack:
     """Base of the attack dataclasses; fields of subclasses are the attack's settings."""
@@ -105,6 +161,8 @@ class Attack:
     clean_label: ClassVar[bool] = False  # poison only target-class samples, keep their labels
     training_controlled: ClassVar[bool] = False  # poisons inside the training loop, per batch
     cache_trigger: ClassVar[bool] = False  # fitting is expensive (optimization, networks): keep the result
+    trigger_trained_with_model: ClassVar[bool] = False  # the final trigger exists only after training
+    preset_settings: ClassVar[dict[str, dict[str, Any]]] = {}  # e.g. CPU-sized settings under preset "quick"
 
     def fit(self, train: ImageSet, seed: int, target: int = 0) -> Trigger:  # pragma: no cover - abstract
         """The trigger for this training set (patterns, grids, optimized perturbations, networks)."""
@@ -135,6 +193,13 @@ class Attack:
         flags[chosen] = True
         return flags
 
+    def training_plan(
+        self, train: ImageSet, trigger: Trigger, poisoned: Tensor, ratio: float, target: int, augment: Augment,
+        device: str, seed: int = 0,
+    ) -> TrainingPlan:
+        """How the shared trainer trains the attacked model; default: cross-entropy on `training_batches`."""
+        return TrainingPlan(self.training_batches(train, trigger, poisoned, ratio, target, augment, device))
+
     def training_batches(
         self, train: ImageSet, trigger: Trigger, poisoned: Tensor, ratio: float, target: int, augment: Augment,
         device: str,
@@ -145,12 +210,14 @@ class Attack:
             labels[poisoned] = target
         mean, std = train.mean_std()
         images, flags = train.images.to(device), poisoned.to(device)
+        if isinstance(trigger, PixelTrigger):  # poison the fixed rows once, not in every epoch
+            images, flags = trigger.poison_rows(images, flags), None
 
         def make_batch(idx: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
             offsets, flip = augment.draw(len(idx), g)
             dev_idx = idx.to(device)
-            x = trigger.apply(images[dev_idx], flags[dev_idx], mean, std, offsets.to(device), augment.padding,
-                              None if flip is None else flip.to(device))
+            x = trigger.apply(images[dev_idx], None if flags is None else flags[dev_idx], mean, std,
+                              offsets.to(device), augment.padding, None if flip is None else flip.to(device))
             return x, labels[idx]
 
         return make_batch

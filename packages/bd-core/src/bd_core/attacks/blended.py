@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bd_core.attacks.base import Attack, Trigger
+from bd_core.attacks.base import Attack, PatternTrigger
 from bd_core.data.imageset import ImageSet
 
 
@@ -37,6 +37,6 @@ class Blended(Attack):
         if not 0.0 < self.alpha <= 1.0:
             raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
 
-    def fit(self, train: ImageSet, seed: int, target: int = 0) -> Trigger:
-        pattern = trigger_image(train.image_size, train.channels)
-        return Trigger(pattern, torch.ones(1, train.image_size, train.image_size), mode="blend", alpha=self.alpha)
+    def fit(self, train: ImageSet, seed: int, target: int = 0) -> PatternTrigger:
+        s = train.image_size
+        return PatternTrigger(trigger_image(s, train.channels), torch.ones(1, s, s), mode="blend", alpha=self.alpha)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bd_core.attacks.base import Attack, BatchFn, Trigger, augmented_batch, normalized_batch, trigger_kind
+from bd_core.attacks.base import Attack, BatchFn, PixelTrigger, augmented_batch, trigger_kind
 from bd_core.data.augment import Augment
 from bd_core.data.imageset import ImageSet
 
@@ -58,27 +58,24 @@ def squeeze(images: Tensor, levels: int, dithering: bool) -> Tensor:
 
 @trigger_kind("squeeze")
 @dataclass
-class SqueezeTrigger(Trigger):
-    """Poisoned rows are colour-squeezed (uint8 to uint8), then cropped/flipped/normalized.
-    It has no tensors of its own: pattern and mask are empty placeholders."""
+class SqueezeTrigger(PixelTrigger):
+    """Poisoned rows are colour-squeezed (uint8 to uint8); the trigger has no tensors, only settings."""
 
     levels: int = 8
     dithering: bool = True
 
-    def apply(self, images, poisoned, mean, std, crop_offsets=None, padding=0, flip=None) -> Tensor:
-        if poisoned is not None and bool(poisoned.any()):
-            images = images.clone()
-            rows = poisoned.nonzero().squeeze(1)
-            images[rows] = squeeze(images[rows].cpu(), self.levels, self.dithering).to(images.device)
-        return normalized_batch(images, mean, std, crop_offsets, padding, flip)
+    def poison_pixels(self, images: Tensor) -> Tensor:
+        return squeeze(images.cpu(), self.levels, self.dithering).to(images.device)
+
+    def artifacts(self) -> dict[str, Tensor]:
+        return {}
 
     def settings(self) -> dict[str, Any]:
         return {"kind": self.kind, "levels": self.levels, "dithering": self.dithering}
 
     @classmethod
     def from_saved(cls, artifacts, settings) -> SqueezeTrigger:
-        return cls(artifacts["pattern"], artifacts["mask"], levels=int(settings["levels"]),
-                   dithering=bool(settings["dithering"]))
+        return cls(levels=int(settings["levels"]), dithering=bool(settings["dithering"]))
 
 
 @dataclass(frozen=True)
@@ -95,7 +92,7 @@ class BPP(Attack):
             raise ValueError(f"need 2 <= squeeze <= 128 and 0 <= neg_ratio < 1, got {self.squeeze}, {self.neg_ratio}")
 
     def fit(self, train: ImageSet, seed: int, target: int = 0) -> SqueezeTrigger:
-        return SqueezeTrigger(torch.zeros(1), torch.zeros(1), levels=self.squeeze, dithering=self.dithering)
+        return SqueezeTrigger(levels=self.squeeze, dithering=self.dithering)
 
     def training_batches(self, train: ImageSet, trigger: SqueezeTrigger, poisoned: Tensor, ratio: float, target: int,
                          augment: Augment, device: str) -> BatchFn:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bd_core.attacks.base import Attack, Trigger, augmented_batch
+from bd_core.attacks.base import Attack, PatternTrigger, augmented_batch
 from bd_core.data.augment import Augment
 from bd_core.data.imageset import ImageSet
 from bd_core.data.mitigation import stratified_index
@@ -50,11 +50,11 @@ class LF(Attack):
         if not 0 < self.eps <= 1 or not 0 < self.window <= 0.5 or self.steps < 1 or self.surrogate_epochs < 1:
             raise ValueError(f"invalid LF settings: {self}")
 
-    def fit(self, train: ImageSet, seed: int, target: int = 0) -> Trigger:
+    def fit(self, train: ImageSet, seed: int, target: int = 0) -> PatternTrigger:
         surrogate = self.surrogate(train, seed)
         delta = self.universal_perturbation(surrogate, train, seed, target)
         s = train.image_size
-        return Trigger(delta * 255.0, torch.ones(1, s, s), mode="add")
+        return PatternTrigger(delta * 255.0, torch.ones(1, s, s), mode="add")
 
     def surrogate(self, train: ImageSet, seed: int) -> torch.nn.Module:
         """A clean model of the same architecture family, trained briefly on clean data."""

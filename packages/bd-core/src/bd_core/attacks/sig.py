@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bd_core.attacks.base import Attack, Trigger
+from bd_core.attacks.base import Attack, PatternTrigger
 from bd_core.data.imageset import ImageSet
 
 
@@ -32,6 +32,6 @@ class SIG(Attack):
         if not 0 < self.delta <= 255 or self.frequency <= 0:
             raise ValueError(f"delta must be in (0, 255] and frequency > 0, got {self.delta}, {self.frequency}")
 
-    def fit(self, train: ImageSet, seed: int, target: int = 0) -> Trigger:
+    def fit(self, train: ImageSet, seed: int, target: int = 0) -> PatternTrigger:
         s = train.image_size
-        return Trigger(sinusoid(s, train.channels, self.delta, self.frequency), torch.ones(1, s, s), mode="add")
+        return PatternTrigger(sinusoid(s, train.channels, self.delta, self.frequency), torch.ones(1, s, s), mode="add")

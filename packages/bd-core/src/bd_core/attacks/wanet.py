@@ -12,7 +12,6 @@ BackdoorBench: k 4, s 0.5, cross ratio 2.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +40,8 @@ def warp_field(size: int, k: int, generator: torch.Generator) -> Tensor:
 class WarpTrigger(Trigger):
     """Resamples poisoned rows through a fixed grid (after crop/flip/normalize, as WaNet does)."""
 
+    grid: Tensor  # [1,H,W,2] sampling grid in grid_sample's (x, y) coordinates
+
     def apply(self, images, poisoned, mean, std, crop_offsets=None, padding=0, flip=None) -> Tensor:
         x = normalized_batch(images, mean, std, crop_offsets, padding, flip)
         if poisoned is not None and bool(poisoned.any()):
@@ -48,21 +49,21 @@ class WarpTrigger(Trigger):
             x[rows] = self.warp(x[rows])
         return x
 
-    def grid(self) -> Tensor:
-        return self.pattern  # the sampling grid [1,H,W,2] is stored as the pattern tensor
-
     def warp(self, x: Tensor, noise: Tensor | None = None) -> Tensor:
-        grid = self.grid().to(x.device).expand(len(x), -1, -1, -1)
+        grid = self.grid.to(x.device).expand(len(x), -1, -1, -1)
         if noise is not None:
             grid = (grid + noise).clamp(-1, 1)
         return F.grid_sample(x, grid, align_corners=True)
 
-    def settings(self) -> dict[str, Any]:
-        return {"kind": self.kind}
+    def artifacts(self) -> dict[str, Tensor]:
+        return {"grid": self.grid.contiguous()}
 
     @classmethod
     def from_saved(cls, artifacts, settings) -> WarpTrigger:
-        return cls(artifacts["pattern"], artifacts["mask"])
+        grid = artifacts["grid"]
+        if grid.dim() != 4 or grid.shape[0] != 1 or grid.shape[-1] != 2:
+            raise ValueError(f"warp grid must be [1,H,W,2], got {tuple(grid.shape)}")
+        return cls(grid)
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class WaNet(Attack):
         size = train.image_size
         field = warp_field(size, self.k, torch.Generator().manual_seed(seed))
         grid = (identity_grid(size) + self.s * field / size).clamp(-1, 1)
-        return WarpTrigger(grid, torch.ones(1))  # the mask is unused: every pixel moves
+        return WarpTrigger(grid)
 
     def training_batches(self, train: ImageSet, trigger: WarpTrigger, poisoned: Tensor, ratio: float, target: int,
                          augment: Augment, device: str) -> BatchFn:
