@@ -96,21 +96,55 @@ def test_kernels_info_reports_the_build():
     assert info["ops"] == ["apply_trigger", "channel_stats", "masked_conv2d"] and "torch" in info
 
 
-@pytest.mark.parametrize("attack", ["badnets", "blended", "sig", "bpp", "wanet"])
+# SSBA's encoder is a trained network: CPU-small settings keep the test short
+SHOW_SETTINGS = {"ssba": ["--attack-set", "steps=20", "--attack-set", "code_bits=8"]}
+
+
+@pytest.mark.parametrize("attack", ["badnets", "blended", "sig", "ssba", "bpp", "wanet"])
 def test_show_writes_the_trigger_grid(tmp_path, attack):
     from PIL import Image
 
     out = tmp_path / f"{attack}.png"
-    result = bd("show", "--attack", attack, "--dataset", "synthetic", "--out", str(out))
+    result = bd("show", "--attack", attack, "--dataset", "synthetic", "--out", str(out), *SHOW_SETTINGS.get(attack, []))
     assert result.exit_code == 0, result.output
     image = Image.open(out)
     assert image.size == (8 * 32 * 4, 3 * 32 * 4)  # 8 samples x (clean, poisoned, difference), 4x upscaled
     assert "largest change" in result.stdout
 
 
+def test_show_draws_the_trigger_saved_in_a_model_file(tmp_path):
+    """InputAware's generator exists only inside an attacked model: `bd show --model` draws it."""
+    from bd_core.attacks import BadNets, InputAware
+    from bd_core.data import make_synthetic
+    from bd_core.models import create_model
+    from bd_core.store import save_model
+    from PIL import Image
+
+    trigger = InputAware(mask_epochs=1).fit(make_synthetic("train", n_train=64), seed=0)
+    meta = {"arch": "preact-resnet18", "num_classes": 10, "in_channels": 3, "image_size": 32, "width": 0.125}
+    save_model(tmp_path / "m.safetensors", create_model("preact-resnet18", 10, 3, 32, 0.125), meta, trigger)
+    out = tmp_path / "ia.png"
+    result = bd("show", "--attack", "inputaware", "--dataset", "synthetic", "--model", str(tmp_path / "m.safetensors"),
+                "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size == (8 * 32 * 4, 3 * 32 * 4)
+    gray = {**meta, "in_channels": 1, "image_size": 28}
+    badnets = BadNets().fit(make_synthetic("train", n_train=8, size=28, channels=1), seed=0)
+    save_model(tmp_path / "gray.safetensors", create_model("preact-resnet18", 10, 1, 28, 0.125), gray, badnets)
+    wrong = bd("show", "--attack", "badnets", "--dataset", "synthetic", "--model", str(tmp_path / "gray.safetensors"))
+    assert wrong.exit_code == 2 and "pass its --dataset" in wrong.stderr
+
+
 def test_list_attacks_names_papers():
     result = bd("list", "attacks", "--format", "json")
     rows = {r["name"]: r for r in json.loads(result.stdout)}
-    assert set(rows) >= {"badnets", "blended", "sig", "bpp", "wanet"}
-    assert rows["sig"]["clean_label"] and rows["wanet"]["training_controlled"]
+    assert list(rows) == ["badnets", "blended", "sig", "lf", "ssba", "inputaware", "bpp", "wanet"]  # the survey's eight
+    assert rows["sig"]["clean_label"] and rows["wanet"]["training_controlled"] and rows["inputaware"]["training_controlled"]
     assert rows["wanet"]["settings"] == {"k": 4, "s": 0.5, "cross_ratio": 2.0}
+    assert rows["ssba"]["settings"]["code_bits"] == 100 and rows["ssba"]["quick"]["code_bits"] == 32  # CPU-sized
+    assert rows["wanet"]["quick"] == {"epochs": 15}
+
+
+def test_attack_settings_are_validated_with_the_valid_names(tmp_path):
+    result = bd("attack", "--attack", "ssba", "--dataset", "synthetic", "--attack-set", "bits=3")
+    assert result.exit_code == 2 and "no setting bits" in result.stderr and "code_bits=100" in result.stderr

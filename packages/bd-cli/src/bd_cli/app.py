@@ -36,6 +36,13 @@ class Preset(str, Enum):
     paper = "paper"
 
 
+# attack settings beyond the paper's defaults, e.g. a shorter SSBA encoder training on a CPU
+AttackSettings = Annotated[
+    list[str] | None,
+    typer.Option("--attack-set", help="attack setting override key=value (repeatable; see `bd list attacks`)"),
+]
+
+
 def fail(message: str, code: int = 2) -> None:
     err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
@@ -77,6 +84,7 @@ def run(
     seed: Annotated[int, typer.Option(help="seed of attack training and the defense")] = 0,
     preset: Annotated[Preset, typer.Option(help="quick: CPU-sized training; paper: BackdoorBench's recipe (GPU)")] = Preset.quick,
     set_: Annotated[list[str] | None, typer.Option("--set", help="defense hyperparameter override key=value (repeatable)")] = None,
+    attack_set: AttackSettings = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N]")] = "auto",
     store: Annotated[Path | None, typer.Option(help="SQLite results file [default: ~/.cache/bd/results.sqlite]")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="dataset root (default: $BD_DATA, then Debian's /usr/share/datasets)")] = None,
@@ -94,7 +102,8 @@ def run(
     from bd_cli.experiment import ExperimentSpec, UnitFailed, run_experiment
 
     try:
-        attack_spec = AttackSpec(dataset, arch, attack, poison_ratio, target, seed, preset.value)
+        attack_spec = AttackSpec(dataset, arch, attack, poison_ratio, target, seed, preset.value,
+                                 parse_assignments(attack_set))
         spec = ExperimentSpec(attack_spec, defense, spc, partition, parse_assignments(set_))
         dev = resolve_device(device)
         data = load_data(attack_spec.dataset, data_dir, download)
@@ -131,18 +140,23 @@ def print_result(r: dict) -> None:
 
 @app.command(
     epilog="Examples:\n\n  bd show --attack blended --dataset fashion-mnist\n\n"
-    "  bd show --attack wanet --dataset cifar10 --out docs/img/wanet-cifar10.png",
+    "  bd show --attack wanet --dataset cifar10 --out docs/img/wanet-cifar10.png\n\n"
+    "  bd show --attack inputaware   (its generator is trained with the classifier: uses or trains that model)\n\n"
+    "  bd show --attack inputaware --model ~/.cache/bd/models/<key>/model.safetensors",
 )
 def show(
     attack: Annotated[str, typer.Option(help="attack to draw (see `bd list attacks`)")] = "badnets",
     dataset: Annotated[str, typer.Option(help="dataset whose test images are poisoned")] = "fashion-mnist",
     target: Annotated[int, typer.Option(help="target class (its images are not shown)")] = 0,
     seed: Annotated[int, typer.Option(help="seed of the trigger (random attacks such as WaNet)")] = 0,
+    attack_set: AttackSettings = None,
+    model: Annotated[Path | None, typer.Option(help="draw the trigger saved in this attacked model file instead")] = None,
     output: Annotated[Path | None, typer.Option("--out", help="PNG to write [default: <attack>-<dataset>.png]")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="dataset root")] = None,
 ) -> None:
     """Write a PNG grid: 8 clean test images, their poisoned versions, and the amplified difference."""
     from bd_core.attacks import canonical_attack
+    from bd_core.config import parse_assignments
     from bd_core.data import canonical_dataset, load_dataset
     from bd_core.errors import BdError
 
@@ -150,9 +164,11 @@ def show(
 
     try:
         name, ds = canonical_attack(attack), canonical_dataset(dataset)
+        if model is not None and not model.exists():
+            fail(f"--model {model}: no such file (bd attack prints where models are saved)")
         train, test = load_dataset(ds, "train", root=data_dir), load_dataset(ds, "test", root=data_dir)
         path = output or Path(f"{name}-{ds}.png")
-        peak = save_attack_grid(path, name, train, test, target)
+        peak = save_attack_grid(path, name, train, test, target, seed, parse_assignments(attack_set), model)
     except BdError as e:
         fail(str(e))
     out.print(f"wrote {path} (rows: clean, poisoned, |difference| x{255 / max(peak, 1):.1f}; largest change {peak}/255)")
@@ -161,7 +177,8 @@ def show(
 @app.command(
     epilog="Examples:\n\n"
     "  bd attack --attack blended --arch preact-resnet18 --dataset fashion-mnist\n\n"
-    "  bd attack --attack wanet --poison-ratio 0.05 --preset paper --device cuda --format json",
+    "  bd attack --attack wanet --poison-ratio 0.05 --preset paper --device cuda --format json\n\n"
+    "  bd attack --attack ssba --attack-set steps=500   (a shorter encoder training than the quick preset's)",
 )
 def attack(
     attack: Annotated[str, typer.Option(help="attack (see `bd list attacks`)")] = "badnets",
@@ -171,6 +188,7 @@ def attack(
     target: Annotated[int, typer.Option(help="target class (all-to-one)")] = 0,
     seed: Annotated[int, typer.Option(help="training seed")] = 0,
     preset: Annotated[Preset, typer.Option(help="quick (CPU) or paper (GPU) training recipe")] = Preset.quick,
+    attack_set: AttackSettings = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N]")] = "auto",
     data_dir: Annotated[Path | None, typer.Option(help="dataset root")] = None,
     download: Annotated[bool, typer.Option(help="download the dataset with torchvision if missing")] = False,
@@ -178,12 +196,13 @@ def attack(
 ) -> None:
     """Train an attacked model (or find it in the cache) and report its ACC, ASR and RA."""
     from bd_core.attacked import AttackSpec, load_data, obtain_attacked_model
+    from bd_core.config import parse_assignments
     from bd_core.errors import BdError
     from bd_core.paths import cache_root
     from bd_core.store import ModelCache
 
     try:
-        spec = AttackSpec(dataset, arch, attack, poison_ratio, target, seed, preset.value)
+        spec = AttackSpec(dataset, arch, attack, poison_ratio, target, seed, preset.value, parse_assignments(attack_set))
         dev = resolve_device(device)
         cache = ModelCache(cache_root() / "models")
         attacked, hit = obtain_attacked_model(spec, load_data(spec.dataset, data_dir, download), cache, dev)
@@ -242,7 +261,7 @@ def defend(
             attacked = load_model(model)
             a = attacked.meta["attack"]
             attack_spec = AttackSpec(a["dataset"], a["arch"], a["attack"], a["poison_ratio"], a["target"], a["seed"],
-                                     a["preset"])
+                                     a["preset"], a.get("attack_settings", {}))
         else:
             attack_spec = AttackSpec(dataset, arch, attack, poison_ratio, target, seed, preset.value)
             path = cache.get_path(attack_spec.key)
@@ -447,7 +466,8 @@ def _listing(what: Listing) -> list[dict]:
 
         return [
             {"name": n, "clean_label": c.clean_label, "training_controlled": c.training_controlled,
-             "settings": c().settings(), "paper": c.paper}
+             "settings": c().settings(), "quick": {**c.preset_settings.get("quick", {}),
+                                                   **c.preset_recipes.get("quick", {})}, "paper": c.paper}
             for n, c in ATTACKS.items()
         ]
     if what is Listing.models:

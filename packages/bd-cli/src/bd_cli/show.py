@@ -7,8 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bd_core.attacked import AttackSpec, fitted_trigger, training_subset
+from bd_core.attacked import AttackSpec, DataBundle, fitted_trigger, obtain_attacked_model, training_subset
 from bd_core.data import ImageSet
+from bd_core.paths import cache_root
+from bd_core.progress import log
+from bd_core.attacks import Trigger
+from bd_core.errors import InvalidRequest
+from bd_core.store import ModelCache, load_model
 from PIL import Image
 
 
@@ -19,13 +24,17 @@ def to_uint8(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> np.ndarr
 
 
 def attack_grid(attack_name: str, train: ImageSet, test: ImageSet, target: int = 0, count: int = 8, seed: int = 0,
-                scale: int = 4, preset: str = "quick") -> tuple[Image.Image, float]:
+                scale: int = 4, preset: str = "quick", settings: dict | None = None,
+                trigger: Trigger | None = None) -> tuple[Image.Image, float]:
     """(grid image, largest pixel difference). Rows: clean, poisoned, |difference| stretched to full range.
 
     The trigger is fitted on the preset's training images exactly as for training, and
-    expensive ones (LF) come from the same cache, so the picture shows the trained trigger."""
-    spec = AttackSpec(train.info.name, "preact-resnet18", attack_name, 0.1, target, seed, preset)
-    trigger = fitted_trigger(spec.build_attack(), training_subset(train, spec.recipe, seed), spec)
+    expensive ones (LF, SSBA) come from the same cache, so the picture shows the trained
+    trigger. A trigger trained together with the classifier (InputAware's generator) is
+    taken from the attacked model (10 % poisoning), which is trained first if not cached."""
+    if trigger is None:
+        spec = AttackSpec(train.info.name, "preact-resnet18", attack_name, 0.1, target, seed, preset, settings or {})
+        trigger = trained_trigger(spec, train, test)
     rows = (test.labels != target).nonzero().squeeze(1)[:count]
     mean, std = test.mean_std()
     clean = to_uint8(trigger.apply(test.images[rows], None, mean, std), mean, std)
@@ -41,8 +50,27 @@ def attack_grid(attack_name: str, train: ImageSet, test: ImageSet, target: int =
     return image, peak
 
 
-def save_attack_grid(path: Path, attack_name: str, train: ImageSet, test: ImageSet, target: int = 0) -> int:
-    image, peak = attack_grid(attack_name, train, test, target)
+def trained_trigger(spec: AttackSpec, train: ImageSet, test: ImageSet) -> Trigger:
+    attack = spec.build_attack()
+    if not attack.trigger_trained_with_model:
+        return fitted_trigger(attack, training_subset(train, spec.recipe, spec.seed), spec)
+    log(f"the {spec.attack} trigger is trained with the classifier: taking it from the attacked model")
+    attacked, _ = obtain_attacked_model(spec, DataBundle(train, test), ModelCache(cache_root() / "models"))
+    return attacked.trigger
+
+
+def save_attack_grid(path: Path, attack_name: str, train: ImageSet, test: ImageSet, target: int = 0, seed: int = 0,
+                     settings: dict | None = None, model_file: Path | None = None) -> int:
+    """Write the grid; with `model_file`, the trigger saved in that attacked model is drawn."""
+    trigger = None
+    if model_file is not None:
+        attacked = load_model(model_file)
+        size, channels = attacked.meta["image_size"], attacked.meta["in_channels"]
+        if (size, channels) != (test.image_size, test.channels):
+            raise InvalidRequest(f"{model_file} was trained on {channels}-channel {size} px images, but "
+                                 f"{test.info.name} has {test.channels}-channel {test.image_size} px; pass its --dataset")
+        trigger = attacked.trigger
+    image, peak = attack_grid(attack_name, train, test, target, seed=seed, settings=settings, trigger=trigger)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
     return peak

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from bd_core.attacks import canonical_attack, create_attack
+from bd_core.attacks import ATTACKS, canonical_attack, create_attack
 from bd_core.attacks.base import Attack, TrainingPlan, Trigger, augmented_batch, check_ratio
 from bd_core.data import Augment, ImageSet, canonical_dataset, load_dataset
 from bd_core.data.mitigation import stratified_index
@@ -54,7 +54,8 @@ class AttackSpec:
 
     @property
     def recipe(self) -> Recipe:
-        return preset(self.preset)
+        """The preset's recipe, with the attack's own changes for it (e.g. WaNet trains longer under quick)."""
+        return attack_recipe(self.attack, self.preset)
 
     def config(self) -> dict[str, Any]:
         """Everything that determines the trained model (the cache key hashes this)."""
@@ -74,6 +75,11 @@ class AttackSpec:
     @property
     def key(self) -> str:
         return config_key(self.config())
+
+
+def attack_recipe(attack: str, preset_name: str) -> Recipe:
+    changes = ATTACKS[canonical_attack(attack)].preset_recipes.get(preset_name, {})
+    return dataclasses.replace(preset(preset_name), **changes)
 
 
 @dataclass
@@ -133,10 +139,12 @@ def fitted_trigger(attack: Attack, train: ImageSet, spec: AttackSpec) -> Trigger
 
 
 def train_clean_model(
-    dataset: str, arch: str, data: DataBundle, preset_name: str = "quick", seed: int = 0, device: str = "cpu"
+    dataset: str, arch: str, data: DataBundle, preset_name: str = "quick", seed: int = 0, device: str = "cpu",
+    recipe: Recipe | None = None,
 ) -> tuple[torch.nn.Module, dict]:
-    """The same recipe without any poisoning: the reference for an attack's clean-accuracy cost."""
-    recipe = preset(preset_name)
+    """The same recipe without any poisoning: the reference for an attack's clean-accuracy cost
+    (`recipe` overrides the preset's, e.g. `AttackSpec.recipe` of an attack that trains longer)."""
+    recipe = recipe or preset(preset_name)
     train = training_subset(data.train, recipe, seed)
     augment = Augment.for_dataset(train.info)
     mean, std = train.mean_std()

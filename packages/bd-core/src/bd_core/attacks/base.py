@@ -163,6 +163,7 @@ class Attack:
     cache_trigger: ClassVar[bool] = False  # fitting is expensive (optimization, networks): keep the result
     trigger_trained_with_model: ClassVar[bool] = False  # the final trigger exists only after training
     preset_settings: ClassVar[dict[str, dict[str, Any]]] = {}  # e.g. CPU-sized settings under preset "quick"
+    preset_recipes: ClassVar[dict[str, dict[str, Any]]] = {}  # recipe changes per preset, e.g. more quick epochs
 
     def fit(self, train: ImageSet, seed: int, target: int = 0) -> Trigger:  # pragma: no cover - abstract
         """The trigger for this training set (patterns, grids, optimized perturbations, networks)."""
