@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from bd_core.attacked import AttackSpec, DataBundle, fitted_trigger, obtain_attacked_model, training_subset
+from bd_core.attacks import Trigger
 from bd_core.data import ImageSet
+from bd_core.errors import InvalidRequest
 from bd_core.paths import cache_root
 from bd_core.progress import log
-from bd_core.attacks import Trigger
-from bd_core.errors import InvalidRequest
 from bd_core.store import ModelCache, load_model
 from PIL import Image
 
