@@ -67,8 +67,10 @@ def save_attack_grid(path: Path, attack_name: str, train: ImageSet, test: ImageS
         attacked = load_model(model_file)
         size, channels = attacked.meta["image_size"], attacked.meta["in_channels"]
         if (size, channels) != (test.image_size, test.channels):
-            raise InvalidRequest(f"{model_file} was trained on {channels}-channel {size} px images, but "
-                                 f"{test.info.name} has {test.channels}-channel {test.image_size} px; pass its --dataset")
+            raise InvalidRequest(
+                f"{model_file} was trained on {channels}-channel {size} px images, but {test.info.name} has "
+                f"{test.channels}-channel {test.image_size} px; pass its --dataset"
+            )
         trigger = attacked.trigger
     image, peak = attack_grid(attack_name, train, test, target, seed=seed, settings=settings, trigger=trigger)
     path.parent.mkdir(parents=True, exist_ok=True)
