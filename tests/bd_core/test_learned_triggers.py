@@ -143,3 +143,25 @@ def test_inputaware_backdoor_is_learned_on_a_tiny_task(gray):
         poisoned = trig.apply(victims, torch.ones(len(victims), dtype=torch.bool), mean, std)
         asr = (model(poisoned).argmax(1) == 0).float().mean()
     assert asr > 0.8
+
+
+def test_a_tampered_generator_in_a_model_file_is_refused(tmp_path, gray, inputaware):
+    from bd_core.errors import UnsafeModelFile
+    from bd_core.store import load_model, save_model
+    from bd_core.store.safefile import load_tensors, save_tensors
+
+    _, trig = inputaware
+    meta = {"arch": "preact-resnet18", "num_classes": 4, "in_channels": 1, "image_size": 28, "width": 0.125}
+    save_model(tmp_path / "m.safetensors", create_model("preact-resnet18", 4, 1, 28, 0.125), meta, trig)
+    restored = load_model(tmp_path / "m.safetensors").trigger
+    mean, std = gray.mean_std()
+    rows = torch.ones(8, dtype=torch.bool)
+    assert torch.equal(restored.apply(gray.images[:8], rows, mean, std), trig.apply(gray.images[:8], rows, mean, std))
+    tensors, metadata = load_tensors(tmp_path / "m.safetensors")
+    key = next(k for k in tensors if k.startswith("trigger.generators.pattern") and k.endswith("weight"))
+    for name, change in (("missing", lambda t: t.pop(key)), ("reshaped", lambda t: t.update({key: t[key][:1]}))):
+        bad = dict(tensors)
+        change(bad)
+        save_tensors(tmp_path / f"{name}.safetensors", bad, metadata)
+        with pytest.raises(UnsafeModelFile, match="inputaware trigger is incomplete or malformed"):
+            load_model(tmp_path / f"{name}.safetensors")

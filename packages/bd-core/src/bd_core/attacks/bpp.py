@@ -83,6 +83,8 @@ class BPP(Attack):
     name = "bpp"
     paper = "Wang, Zhai & Ma, BppAttack: Stealthy and Efficient Trojan Attacks via Image Quantization (CVPR 2022)"
     training_controlled = True
+    # on Fashion-MNIST 5 quick epochs reach 2 % ASR at 10 %, 15 reach 57 %, 30 reach 87 % (docs/attacks.md)
+    preset_recipes = {"quick": {"epochs": 30}}
     squeeze: int = 8
     dithering: bool = True
     neg_ratio: float = 0.1

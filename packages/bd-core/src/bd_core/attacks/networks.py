@@ -10,6 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from bd_core.models.state import load_checked_state
+
 
 def conv_block(cin: int, cout: int, relu: bool = True) -> nn.Sequential:
     """3x3 convolution, batch norm, ReLU (InputAware's Conv2dBlock, StegaStamp's conv layers)."""
@@ -73,15 +75,7 @@ def module_tensors(prefix: str, module: nn.Module) -> dict[str, Tensor]:
 def load_module_tensors(module: nn.Module, artifacts: dict[str, Tensor], prefix: str) -> nn.Module:
     """Load `<prefix>.*` tensors into `module`, refusing missing, extra or mis-shaped ones."""
     state = {k[len(prefix) + 1 :]: v for k, v in artifacts.items() if k.startswith(prefix + ".")}
-    expected = module.state_dict()
-    if set(state) != set(expected):
-        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        raise ValueError(f"{prefix}: tensors do not match the network (missing {missing[:3]}, unexpected {extra[:3]})")
-    for k, v in state.items():
-        if v.shape != expected[k].shape or v.dtype != expected[k].dtype:
-            raise ValueError(f"{prefix}.{k} is {tuple(v.shape)} {v.dtype}, expected {tuple(expected[k].shape)}")
-    module.load_state_dict(state)
-    return module.eval()
+    return load_checked_state(module, state, prefix).eval()
 
 
 def frozen(module: nn.Module) -> nn.Module:

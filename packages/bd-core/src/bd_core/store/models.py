@@ -20,6 +20,7 @@ import torch.nn as nn
 from bd_core.attacks.base import Trigger
 from bd_core.errors import UnsafeModelFile
 from bd_core.models import create_model
+from bd_core.models.state import load_checked_state
 from bd_core.store.safefile import load_tensors, metadata_json, save_tensors
 
 MODEL_FILE = "model.safetensors"
@@ -58,14 +59,10 @@ def load_model(path: Path, need_trigger: bool = True) -> AttackedModel:
             raise UnsafeModelFile(f"{path}: metadata field {key!r} missing or not {kind.__name__}")
     model = create_model(meta["arch"], meta["num_classes"], meta["in_channels"], meta["image_size"], meta["width"])
     state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    expected = model.state_dict()
-    if set(state) != set(expected):
-        missing, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        raise UnsafeModelFile(f"{path}: tensors do not match {meta['arch']} (missing {missing[:3]}, unexpected {extra[:3]})")
-    for k, v in state.items():
-        if v.shape != expected[k].shape or v.dtype != expected[k].dtype:
-            raise UnsafeModelFile(f"{path}: tensor {k} is {tuple(v.shape)} {v.dtype}, expected {tuple(expected[k].shape)}")
-    model.load_state_dict(state)
+    try:
+        load_checked_state(model, state, f"{path} ({meta['arch']})")
+    except ValueError as e:
+        raise UnsafeModelFile(str(e)) from None
     model.eval()
     trigger = None
     if need_trigger or "bd_trigger" in metadata:
