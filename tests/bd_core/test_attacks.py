@@ -169,3 +169,15 @@ def test_lf_trigger_is_low_frequency_bounded_and_targeted():
     assert low / spectrum.sum() > 0.999  # all the energy sits in the low frequencies
     torch.testing.assert_close(low_pass(delta, window), delta, atol=1e-5, rtol=0)
 
+
+
+def test_quick_preset_resizes_some_attacks_and_the_key_says_so():
+    from bd_core.attacked import AttackSpec
+
+    quick = AttackSpec("synthetic", "preact-resnet18", "wanet", 0.1, preset="quick")
+    paper = AttackSpec("synthetic", "preact-resnet18", "wanet", 0.1, preset="paper")
+    assert quick.recipe.epochs == 15 and paper.recipe.epochs == 100  # WaNet trains longer than quick's 5
+    assert AttackSpec("synthetic", "preact-resnet18", "badnets", 0.1).recipe.epochs == 5
+    ssba = AttackSpec("synthetic", "preact-resnet18", "ssba", 0.1, preset="quick")
+    shorter = AttackSpec("synthetic", "preact-resnet18", "ssba", 0.1, preset="quick", attack_settings={"steps": "10"})
+    assert ssba.config()["attack_settings"]["code_bits"] == 32 and ssba.key != shorter.key
