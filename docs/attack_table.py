@@ -96,7 +96,8 @@ QUICK_RECIPE_NOTES = {
     "and only on the garment (the black background stays black), and the negative samples forbid any other small "
     "perturbation; measured at 10 %: 5 epochs 2.0 % ASR, 15 epochs 57 %, 30 epochs 87 %.",
     "ssba": "the code encoder is trained for 1 500 steps with a 32-bit code (paper preset: 15 000 steps, 100 bits).",
-    "inputaware": "3 clean epochs for the mask network instead of the paper's 25.",
+    "inputaware": "15 epochs instead of 5 (5 epochs reached 72 % ASR at 10 %, 60 % at 5 %), and 3 clean epochs "
+    "for the mask network instead of the paper's 25.",
 }
 
 # Why an attack can fall short under the quick preset (shown only when it does).
