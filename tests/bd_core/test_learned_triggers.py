@@ -72,6 +72,9 @@ def test_inputaware_triggers_differ_across_inputs(gray, inputaware):
     residual = (poisoned - clean).flatten(1)
     assert (residual.abs().sum(1) > 0).all()
     assert not torch.allclose(residual[0], residual[1], atol=1e-3)
+    cross = trig.apply_cross(gray.images[:8], gray.images[:8].roll(1, dims=0), mean, std)  # another image's trigger
+    assert not torch.allclose(cross, poisoned, atol=1e-3)
+    torch.testing.assert_close(trig.apply_cross(gray.images[:8], gray.images[:8], mean, std), poisoned)
 
 
 def test_inputaware_mask_training_makes_masks_sparse_and_diverse(gray):

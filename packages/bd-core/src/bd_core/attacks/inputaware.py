@@ -93,6 +93,14 @@ class InputAwareTrigger(Trigger):
             x[rows] = self.nets.stamp(x[rows])
         return x
 
+    @torch.no_grad()
+    def apply_cross(self, images: Tensor, sources: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+        """Cross-trigger inputs: each image carries the trigger made for the matching `sources` image.
+        The backdoor should not fire on them (the authors' cross-trigger test)."""
+        self.nets.to(images.device).eval()
+        x, s = (normalized_batch(b, mean, std, None, 0, None) for b in (images, sources))
+        return self.nets.stamp(x, source=s)
+
     def artifacts(self) -> dict[str, Tensor]:
         return module_tensors("generators", self.nets)
 
