@@ -185,6 +185,13 @@ def write(args, rows: list[Row]) -> None:
                   + ", ".join(f"{acc:.1%} of cases at {ratio:.0%}" for ratio, acc in sorted(CROSS.items()))
                   + " (the authors report 88 % on CIFAR-10)."]
     lines += ["", "Training times are wall-clock on the 2-core VM; some rows shared the CPU with other jobs."]
+    lines += ["", "Each trigger's defining property is a test (tests/bd_core/test_attacks.py, "
+              "test_learned_triggers.py): BadNets' pixels are set exactly; Blended is the convex combination; SIG has "
+              "amplitude 40 and 6 cycles; LF's energy is inside the low-frequency window; SSBA's residual is bounded "
+              "in L-infinity and differs per sample; InputAware's patterns and masks differ across inputs, with "
+              "attack, cross-trigger and clean rows in every batch; BPP has at most 8 levels per channel; WaNet's "
+              "displacement is bounded by s. Every saved trigger rebuilds the identical poisoned test set in a new "
+              "process."]
     lines += ["", "Trigger galleries (`bd show`): clean row, poisoned row, amplified difference:", ""]
     lines += [f"![{n}](img/{n}-{args.dataset}.png)" for n in ATTACKS]
     OUT.write_text("\n".join(lines) + "\n")
