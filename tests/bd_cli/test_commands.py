@@ -81,3 +81,19 @@ def test_grid_dry_run_counts_units(tmp_path):
     assert summary["units"] == 2 * len(benchmarked_defenses()) * 2 * 3 and summary["attacked_models"] == 2 and summary["to_run"] == summary["units"]
     bad = bd("grid", "--set", "epochs=2", "--dry-run")
     assert bad.exit_code == 2 and "defense.key=value" in bad.output
+
+
+def test_every_result_names_the_quick_preset_sizes_of_its_attack():
+    from bd_cli.experiment import ExperimentSpec, approximations
+    from bd_core.attacked import AttackSpec, DataBundle
+    from bd_core.data import make_synthetic
+
+    data = DataBundle(make_synthetic("train", n_train=20), make_synthetic("test", n_test=10))
+    ssba = approximations(ExperimentSpec(AttackSpec("synthetic", "preact-resnet18", "ssba"), "ft", 10, 0), data)
+    assert any("ssba trigger sized for preset quick: code_bits 32 (paper 100), steps 1500 (paper 15000)" in n
+               for n in ssba)
+    wanet = approximations(ExperimentSpec(AttackSpec("synthetic", "preact-resnet18", "wanet"), "ft", 10, 0), data)
+    assert any("15 epochs" in n for n in wanet) and not any("sized" in n for n in wanet)
+    own = AttackSpec("synthetic", "preact-resnet18", "ssba", attack_settings={"code_bits": "64"})
+    notes = approximations(ExperimentSpec(own, "ft", 10, 0), data)
+    assert any("steps 1500" in n and "code_bits" not in n for n in notes)  # the user's own setting is not listed

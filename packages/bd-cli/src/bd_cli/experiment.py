@@ -15,6 +15,7 @@ from typing import Any
 import bd_core
 import torch
 from bd_core.attacked import AttackSpec, DataBundle, obtain_attacked_model
+from bd_core.attacks import ATTACKS
 from bd_core.data import load_dataset, mitigation_set
 from bd_core.data.imageset import as_unlabeled
 from bd_core.data.mitigation import check_mitigation_request
@@ -82,6 +83,12 @@ def approximations(spec: ExperimentSpec, data: DataBundle) -> list[str]:
             f"preset {spec.attack.preset}: width x{r.width}, {r.train_limit or 'all'} training images, "
             f"{r.epochs} epochs (paper: full width, all images, 100 epochs)"
         )
+    sized = {k: v for k, v in ATTACKS[spec.attack.attack].preset_settings.get(spec.attack.preset, {}).items()
+             if k not in spec.attack.attack_settings}  # the user's --attack-set is not an approximation
+    if sized:
+        paper = ATTACKS[spec.attack.attack]()
+        changes = ", ".join(f"{k} {v} (paper {getattr(paper, k)})" for k, v in sized.items())
+        notes.append(f"{spec.attack.attack} trigger sized for preset {spec.attack.preset}: {changes}")
     return notes
 
 
