@@ -63,6 +63,11 @@ class Trigger:
     def settings(self) -> dict[str, Any]:
         return {"kind": self.kind}
 
+    def bake_rows(self, images: Tensor, poisoned: Tensor) -> tuple[Tensor, Tensor | None]:
+        """For a fixed poisoned set: (images, flags) to hand to `apply` batch by batch. A trigger
+        that can poison uint8 rows ahead of time does it here once and returns no flags."""
+        return images, poisoned
+
     @classmethod
     def from_saved(cls, artifacts: dict[str, Tensor], settings: dict[str, Any]) -> Trigger:  # pragma: no cover
         raise NotImplementedError
@@ -121,6 +126,9 @@ class PixelTrigger(Trigger):
         for part in rows.split(chunk):
             out[part] = self.poison_pixels(images[part])
         return out
+
+    def bake_rows(self, images: Tensor, poisoned: Tensor) -> tuple[Tensor, Tensor | None]:
+        return self.poison_rows(images, poisoned), None  # once, not in every epoch
 
     def apply(self, images, poisoned, mean, std, crop_offsets=None, padding=0, flip=None) -> Tensor:
         if poisoned is not None and bool(poisoned.any()):
@@ -210,9 +218,7 @@ class Attack:
         if not self.clean_label:
             labels[poisoned] = target
         mean, std = train.mean_std()
-        images, flags = train.images.to(device), poisoned.to(device)
-        if isinstance(trigger, PixelTrigger):  # poison the fixed rows once, not in every epoch
-            images, flags = trigger.poison_rows(images, flags), None
+        images, flags = trigger.bake_rows(train.images.to(device), poisoned.to(device))
 
         def make_batch(idx: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
             offsets, flip = augment.draw(len(idx), g)

@@ -100,7 +100,7 @@ class BPP(Attack):
                          augment: Augment, device: str) -> BatchFn:
         mean, std = train.mean_std()
         images = train.images.to(device)
-        squeezed = squeeze(train.images, trigger.levels, trigger.dithering).to(device)  # once, not per batch
+        squeezed = trigger.poison_rows(images, torch.ones(len(images), dtype=torch.bool))  # once, not per batch
         residual = squeezed.to(torch.int16) - images.to(torch.int16)
 
         def make_batch(idx: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:

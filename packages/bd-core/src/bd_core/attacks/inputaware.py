@@ -138,10 +138,8 @@ class InputAware(Attack):
             raise ValueError(f"invalid InputAware settings: {self}")
 
     def fit(self, train: ImageSet, seed: int, target: int = 0) -> InputAwareTrigger:
-        """Stage 1: train the mask network; G starts untrained and learns with the classifier."""
-        if train.image_size % 2 ** generator_shape(train.channels)[1]:
-            raise ValueError(f"InputAware's generators need an image side divisible by "
-                             f"{2 ** generator_shape(train.channels)[1]}, got {train.image_size}")
+        """Stage 1: train the mask network; G starts untrained and learns with the classifier.
+        (The generators refuse image sides their pooling cannot halve, on the first batch.)"""
         torch.manual_seed(seed)
         mean, std = train.mean_std()
         nets = Generators(train.channels, mean, std)
