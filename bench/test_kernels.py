@@ -1,8 +1,9 @@
 """bd_kernels micro-benchmarks: every compiled op against its baseline in the same run.
 
 Groups: apply_trigger (reference = baseline), channel_stats (torch's separate
-mean/var/amin/amax = baseline), masked_conv2d forward+backward (eager conv * mask + bias
-= baseline) on PreAct-ResNet18's conv layers. Memory-bound ops report GB/s next to the
+mean/var/amin/amax = baseline), masked_conv2d forward+backward on PreAct-ResNet18's conv
+layers, against eager conv * mask + bias and against the plain convolution the masking
+defenses start from (both baselines; the plain one sets the 10 % overhead budget). Memory-bound ops report GB/s next to the
 machine's copy bandwidth, measured here too. On a GPU the same file runs on cuda.
 """
 
@@ -151,6 +152,19 @@ def test_masked_conv2d_compiled(benchmark, layer, weights):
 def test_masked_conv2d_eager_baseline(benchmark, layer, weights):
     benchmark.group = f"masked_conv2d fwd+bwd {layer} weights {weights}"
     run(benchmark, fwd_bwd(reference.masked_conv2d, conv_inputs(*LAYERS[layer], weights == "trained")), 15)
+
+
+def plain_conv(x, w, b, *_masks_and_layout):
+    """The layer a masking defense starts from: convolution plus bias, nothing else."""
+    return torch.nn.functional.conv2d(x, w, b, 1, 1)
+
+
+@pytest.mark.parametrize("layer", list(LAYERS))
+@pytest.mark.parametrize("weights", ["frozen", "trained"])
+def test_plain_conv_baseline(benchmark, layer, weights):
+    """What a masked layer must cost at most 10 % more than (issue 18): the plain convolution."""
+    benchmark.group = f"masked_conv2d fwd+bwd {layer} weights {weights}"
+    run(benchmark, fwd_bwd(plain_conv, conv_inputs(*LAYERS[layer], weights == "trained")), 15)
 
 
 PEAK = textwrap.dedent(

@@ -4,22 +4,30 @@
 
 TORCH_LIBRARY_FRAGMENT(bd_kernels, m) {
   m.def(
-      "apply_trigger(Tensor images, Tensor? poisoned, Tensor? pattern, Tensor? mask, int mode, float alpha, "
+      "apply_trigger(Tensor images, Tensor? poisoned, Tensor? pattern, Tensor? mask, str mode, float alpha, "
       "Tensor mean, Tensor std, Tensor? crop_offsets, int padding, Tensor? flip, ScalarType out_dtype, "
       "bool channels_last) -> Tensor");
 }
 
 namespace bd_kernels {
 
+int64_t trigger_mode(c10::string_view mode) {
+  if (mode == "replace") return kReplace;
+  if (mode == "blend") return kBlend;
+  TORCH_CHECK(mode == "add", "apply_trigger: mode must be replace, blend or add, got ", mode);
+  return kAdd;
+}
+
 PreparedTrigger prepare_trigger(const at::Tensor& images, const std::optional<at::Tensor>& poisoned,
                                 const std::optional<at::Tensor>& pattern, const std::optional<at::Tensor>& mask,
-                                int64_t mode, double alpha, const at::Tensor& mean, const at::Tensor& std,
+                                c10::string_view mode, double alpha, const at::Tensor& mean, const at::Tensor& std,
                                 const std::optional<at::Tensor>& crop_offsets, int64_t padding,
                                 const std::optional<at::Tensor>& flip, at::ScalarType out_dtype, bool channels_last,
                                 bool check_offsets) {
   TORCH_CHECK(images.scalar_type() == at::kByte && images.dim() == 4, "apply_trigger: images must be uint8 [N,C,H,W]");
-  TORCH_CHECK(mode >= kReplace && mode <= kAdd, "apply_trigger: mode must be 0 (replace), 1 (blend) or 2 (add)");
-  TORCH_CHECK(padding >= 0, "apply_trigger: padding must be >= 0");
+  const int64_t mode_code = trigger_mode(mode);
+  TORCH_CHECK(padding >= 0 && padding <= kMaxPadding, "apply_trigger: padding must be in [0, ", kMaxPadding, "], got ",
+              padding);
   TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kHalf || out_dtype == at::kBFloat16 || out_dtype == at::kDouble,
               "apply_trigger: out_dtype must be a floating type");
   PreparedTrigger p;
@@ -36,7 +44,7 @@ PreparedTrigger prepare_trigger(const at::Tensor& images, const std::optional<at
   auto norm = normalization(mean, std);
   a.images = img.data_ptr<uint8_t>();
   a.N = N; a.C = C; a.H = H; a.W = W;
-  a.mode = mode; a.alpha = static_cast<float>(alpha); a.padding = padding;
+  a.mode = mode_code; a.alpha = static_cast<float>(alpha); a.padding = padding;
   a.scale = keep(norm.first).data_ptr<float>();
   a.shift = keep(norm.second).data_ptr<float>();
   if (poisoned && pattern) {

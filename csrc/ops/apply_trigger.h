@@ -14,6 +14,10 @@
 
 namespace bd_kernels {
 
+// Largest padding accepted: far beyond any augmentation, small enough that no index computed
+// from it (offsets lie in [0, 2 * padding]) can overflow int64.
+constexpr int64_t kMaxPadding = int64_t{1} << 20;
+
 struct TriggerArgs {
   const uint8_t* images = nullptr;  // [N,C,H,W] contiguous
   const bool* poisoned = nullptr;   // [N] or null (no row poisoned)
@@ -46,10 +50,11 @@ struct PreparedTrigger {
 };
 
 // check_offsets reads the offsets' range on the host: done on CPU only (on CUDA it would sync;
-// out-of-range offsets are harmless there, they only read padding).
+// there the kernel clamps each offset into [-1, 2 * padding + 1], where an out-of-range offset
+// only reads black padding).
 PreparedTrigger prepare_trigger(const at::Tensor& images, const std::optional<at::Tensor>& poisoned,
                                 const std::optional<at::Tensor>& pattern, const std::optional<at::Tensor>& mask,
-                                int64_t mode, double alpha, const at::Tensor& mean, const at::Tensor& std,
+                                c10::string_view mode, double alpha, const at::Tensor& mean, const at::Tensor& std,
                                 const std::optional<at::Tensor>& crop_offsets, int64_t padding,
                                 const std::optional<at::Tensor>& flip, at::ScalarType out_dtype, bool channels_last,
                                 bool check_offsets);

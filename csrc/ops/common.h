@@ -6,7 +6,7 @@
 
 namespace bd_kernels {
 
-// Trigger modes of apply_trigger (same order as bd_kernels.reference.TRIGGER_MODES).
+// Trigger modes of apply_trigger; the schema takes their names (replace, blend, add).
 enum TriggerMode : int64_t { kReplace = 0, kBlend = 1, kAdd = 2 };
 
 // Per-channel affine normalization: out = pixel * scale[c] + shift[c],
@@ -22,9 +22,4 @@ inline bool is_channels_last_only(const at::Tensor& t) {
   return t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
 
-}  // namespace bd_kernels
-
-namespace bd_kernels {
-void check_epilogue(const at::Tensor& z, const at::Tensor& scale, const at::Tensor& shift);
-at::Tensor activations_layout(const at::Tensor& z);
 }  // namespace bd_kernels

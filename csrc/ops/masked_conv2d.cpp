@@ -3,7 +3,7 @@
 //   forward : y = z * scale[c] + shift[c]            (scale = m + d, shift = b * (mb + db))
 //   backward: grad_z = gy * scale[c],  grad_scale[c] = sum(gy * z),  grad_shift[c] = sum(gy)
 // each in one pass over the activations.
-#include "common.h"
+#include "masked_conv2d.h"
 
 TORCH_LIBRARY_FRAGMENT(bd_kernels, m) {
   m.def("masked_conv2d_epilogue(Tensor z, Tensor scale, Tensor shift) -> Tensor");

@@ -51,9 +51,15 @@ def extension_modules():
     sources = [os.path.relpath(s, HERE) for s in sources]
     version = torch.__version__.split("+")[0]
     cxx = ["-O3", "-fopenmp-simd", f'-DBD_TORCH_VERSION="{version}"']
+    link = []
+    if os.environ.get("BD_KERNELS_SANITIZE") == "address":  # `make asan`: AddressSanitizer build of the CPU ops
+        cxx = ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer", "-fopenmp-simd",
+               f'-DBD_TORCH_VERSION="{version}"']
+        link = ["-fsanitize=address"]
     with_cuda = os.environ.get("FORCE_CUDA") == "1" or (cuda_home() is not None and os.environ.get("BD_KERNELS_CPU_ONLY") != "1")
     if not with_cuda:
-        ext = cpp_extension.CppExtension("bd_kernels._C", sources, extra_compile_args={"cxx": cxx})
+        ext = cpp_extension.CppExtension("bd_kernels._C", sources, extra_compile_args={"cxx": cxx},
+                                         extra_link_args=link)
         return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
 
     archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")

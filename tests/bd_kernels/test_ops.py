@@ -166,7 +166,7 @@ def test_masked_conv2d_without_bias_and_frozen_weights():
 def test_opcheck_every_op():
     images, poisoned, pattern, mask, mean, std, offsets, flip = trigger_case((3, 3, 16, 16), "blend", False, "1", "cpu")
     torch.library.opcheck(torch.ops.bd_kernels.apply_trigger.default,
-                          (images, poisoned, pattern, mask, 1, 0.2, mean, std, offsets, 4, flip, torch.float32, False))
+                          (images, poisoned, pattern, mask, "blend", 0.2, mean, std, offsets, 4, flip, torch.float32, False))
     torch.library.opcheck(torch.ops.bd_kernels.channel_stats.default, (torch.randn(4, 3, 5, 5),))
     z = torch.randn(2, 6, 9, 9, requires_grad=True)
     scale, shift = torch.rand(6, requires_grad=True), torch.randn(6, requires_grad=True)

@@ -12,6 +12,8 @@
 namespace bd_kernels {
 namespace {
 
+inline int64_t clamp_to(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
+
 template <typename out_t>
 void run(const TriggerArgs& a, out_t* out, int64_t sN, int64_t sC, int64_t sH, int64_t sW) {
   const int64_t rows = a.N * a.C * a.H;
@@ -31,12 +33,14 @@ void run(const TriggerArgs& a, out_t* out, int64_t sN, int64_t sC, int64_t sH, i
         for (int64_t j = 0; j < a.W; ++j) dst[j * sW] = black;
         continue;
       }
-      // in-bounds output columns: source column sc = (flipped ? W-1-j : j) + dx - padding in [0, W)
+      // in-bounds output columns [j_lo, j_hi): source column sc = (flipped ? W-1-j : j) + dx - padding
+      // lies in [0, W). Both ends are clamped into [0, W], so no offset or padding, however large,
+      // makes a loop below leave the row.
       const int64_t shift_cols = dx - a.padding;
-      const int64_t j_lo = flipped ? std::max<int64_t>(0, shift_cols) : std::max<int64_t>(0, -shift_cols);
-      const int64_t j_hi = flipped ? std::min<int64_t>(a.W, a.W + shift_cols) : std::min<int64_t>(a.W, a.W - shift_cols);
+      const int64_t j_lo = clamp_to(flipped ? shift_cols : -shift_cols, 0, a.W);
+      const int64_t j_hi = std::max(j_lo, clamp_to(flipped ? a.W + shift_cols : a.W - shift_cols, 0, a.W));
       for (int64_t j = 0; j < j_lo; ++j) dst[j * sW] = black;
-      for (int64_t j = std::max(j_hi, j_lo); j < a.W; ++j) dst[j * sW] = black;
+      for (int64_t j = j_hi; j < a.W; ++j) dst[j * sW] = black;
       const uint8_t* src = a.images + ((n * a.C + c) * a.H + sr) * a.W;
       const bool poisoned = a.poisoned && a.poisoned[n] && a.pattern;
       if (!poisoned) {
@@ -70,7 +74,7 @@ void run(const TriggerArgs& a, out_t* out, int64_t sN, int64_t sC, int64_t sH, i
 
 at::Tensor apply_trigger_cpu(const at::Tensor& images, const std::optional<at::Tensor>& poisoned,
                              const std::optional<at::Tensor>& pattern, const std::optional<at::Tensor>& mask,
-                             int64_t mode, double alpha, const at::Tensor& mean, const at::Tensor& std,
+                             c10::string_view mode, double alpha, const at::Tensor& mean, const at::Tensor& std,
                              const std::optional<at::Tensor>& crop_offsets, int64_t padding,
                              const std::optional<at::Tensor>& flip, at::ScalarType out_dtype, bool channels_last) {
   auto p = prepare_trigger(images, poisoned, pattern, mask, mode, alpha, mean, std, crop_offsets, padding, flip,

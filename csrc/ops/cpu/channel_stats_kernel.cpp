@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -15,6 +16,10 @@
 
 namespace bd_kernels {
 namespace {
+
+// The shift K_c: the channel's first value, or 0 when that is inf/NaN (an infinite shift would
+// turn every finite value into inf - inf = NaN).
+inline double finite_or_zero(double v) { return std::isfinite(v) ? v : 0.0; }
 
 struct Partial {
   double s1 = 0, s2 = 0;
@@ -102,10 +107,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> channel_s
   }
   std::vector<Partial> acc(C);
   std::vector<double> K(C);
+  std::vector<char> has_nan(C, 0);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "channel_stats_cpu", [&] {
     const scalar_t* p = x.data_ptr<scalar_t>();
-    for (int64_t c = 0; c < C; ++c) K[c] = static_cast<double>(p[c * inner]);
+    for (int64_t c = 0; c < C; ++c) K[c] = finite_or_zero(static_cast<double>(p[c * inner]));
     accumulate<scalar_t>(p, outer, C, inner, K.data(), acc.data());
+    // NaN propagates as in torch (mean, M2, min and max all NaN). A NaN makes the sums NaN,
+    // but so do +inf and -inf together; only those channels are scanned for a real NaN.
+    for (int64_t c = 0; c < C; ++c) {
+      if (!std::isnan(acc[c].s1) && !std::isnan(acc[c].s2)) continue;
+      for (int64_t o = 0; o < outer && !has_nan[c]; ++o)
+        for (int64_t i = 0; i < inner; ++i)
+          if (std::isnan(static_cast<double>(p[(o * C + c) * inner + i]))) {
+            has_nan[c] = 1;
+            break;
+          }
+    }
   });
   auto opts = at::TensorOptions().dtype(at::kDouble);
   auto count = at::full({C}, per_channel, at::TensorOptions().dtype(at::kLong));
@@ -115,9 +132,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> channel_s
   const double n = static_cast<double>(per_channel);
   for (int64_t c = 0; c < C; ++c) {
     mean_a[c] = K[c] + acc[c].s1 / n;
-    m2_a[c] = std::max(0.0, acc[c].s2 - acc[c].s1 * acc[c].s1 / n);
-    lo_a[c] = acc[c].lo;
-    hi_a[c] = acc[c].hi;
+    const double m2_c = acc[c].s2 - acc[c].s1 * acc[c].s1 / n;
+    m2_a[c] = m2_c < 0.0 ? 0.0 : m2_c;  // rounding can make it slightly negative; NaN stays NaN
+    lo_a[c] = has_nan[c] ? std::numeric_limits<double>::quiet_NaN() : acc[c].lo;
+    hi_a[c] = has_nan[c] ? std::numeric_limits<double>::quiet_NaN() : acc[c].hi;
   }
   return {count, mean, m2, lo, hi};
 }

@@ -6,7 +6,7 @@
 
 #include <vector>
 
-#include "../common.h"
+#include "../masked_conv2d.h"
 
 namespace bd_kernels {
 namespace {
@@ -114,6 +114,7 @@ at::Tensor epilogue_cpu(const at::Tensor& z_in, const at::Tensor& scale, const a
   check_epilogue(z_in, scale, shift);
   const auto z = activations_layout(z_in);
   auto y = at::empty_like(z);
+  if (z.numel() == 0) return y;  // also C == 0, which the per-row arithmetic below divides by
   const auto s = scale.to(z.scalar_type()).contiguous(), t = shift.to(z.scalar_type()).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "masked_conv2d_epilogue_cpu",
                                   [&] { forward_kernel<scalar_t>(z, s, t, y); });
@@ -126,7 +127,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> epilogue_backward_cpu(const at::T
   const auto z = activations_layout(z_in);
   const auto gy = grad_y.contiguous(z.suggest_memory_format());
   auto gz = at::empty_like(z);
-  auto grad_scale = at::empty({z.size(1)}, z.options()), grad_shift = at::empty({z.size(1)}, z.options());
+  auto grad_scale = at::zeros({z.size(1)}, z.options()), grad_shift = at::zeros({z.size(1)}, z.options());
+  if (z.numel() == 0) return {gz, grad_scale, grad_shift};
   const auto s = scale.to(z.scalar_type()).contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, z.scalar_type(), "masked_conv2d_epilogue_backward_cpu",
                                   [&] { backward_kernel<scalar_t>(gy, z, s, gz, grad_scale, grad_shift); });

@@ -18,8 +18,11 @@ __global__ void apply_trigger_kernel(TriggerArgs a, out_t* out, int64_t sN, int6
     } else {
       j = idx % a.W; t = idx / a.W; i = t % a.H; t /= a.H; c = t % a.C; n = t / a.C;
     }
-    const int64_t dy = a.offsets ? a.offsets[2 * n] : a.padding;
-    const int64_t dx = a.offsets ? a.offsets[2 * n + 1] : a.padding;
+    // offsets are not range-checked on the host (that would sync); clamping keeps every index
+    // below in range and free of overflow, an out-of-range offset reading only black padding
+    const int64_t lim = 2 * a.padding + 1;
+    const int64_t dy = a.offsets ? max(int64_t(-1), min(a.offsets[2 * n], lim)) : a.padding;
+    const int64_t dx = a.offsets ? max(int64_t(-1), min(a.offsets[2 * n + 1], lim)) : a.padding;
     const bool flipped = a.flip && a.flip[n];
     const int64_t sr = i + dy - a.padding;
     const int64_t sc = (flipped ? a.W - 1 - j : j) + dx - a.padding;
@@ -38,7 +41,7 @@ __global__ void apply_trigger_kernel(TriggerArgs a, out_t* out, int64_t sN, int6
 
 at::Tensor apply_trigger_cuda(const at::Tensor& images, const std::optional<at::Tensor>& poisoned,
                               const std::optional<at::Tensor>& pattern, const std::optional<at::Tensor>& mask,
-                              int64_t mode, double alpha, const at::Tensor& mean, const at::Tensor& std,
+                              c10::string_view mode, double alpha, const at::Tensor& mean, const at::Tensor& std,
                               const std::optional<at::Tensor>& crop_offsets, int64_t padding,
                               const std::optional<at::Tensor>& flip, at::ScalarType out_dtype, bool channels_last) {
   const c10::cuda::CUDAGuard guard(images.device());

@@ -3,7 +3,7 @@
 // read on the device (no host sync).
 #include <ATen/Dispatch.h>
 
-#include <cfloat>
+#include <math_constants.h>
 
 #include "../common.h"
 #include "cuda_utils.cuh"
@@ -11,19 +11,24 @@
 namespace bd_kernels {
 namespace {
 
+// As torch: a NaN anywhere makes the statistic NaN (fmin/fmax would drop it).
+__device__ inline double nan_min(double a, double b) { return (isnan(a) || isnan(b)) ? CUDART_NAN : fmin(a, b); }
+__device__ inline double nan_max(double a, double b) { return (isnan(a) || isnan(b)) ? CUDART_NAN : fmax(a, b); }
+__device__ inline double finite_or_zero(double v) { return isfinite(v) ? v : 0.0; }
+
 template <typename scalar_t>
 __global__ void partial_kernel(const scalar_t* x, int64_t per_channel, int64_t C, int64_t inner, double* partial) {
   __shared__ double shared[32];
   const int64_t c = blockIdx.y, slices = gridDim.x;
-  const double k = static_cast<double>(x[channel_element(0, c, C, inner)]);
-  double s1 = 0, s2 = 0, lo = DBL_MAX, hi = -DBL_MAX;
+  const double k = finite_or_zero(static_cast<double>(x[channel_element(0, c, C, inner)]));
+  double s1 = 0, s2 = 0, lo = CUDART_INF, hi = -CUDART_INF;
   for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < per_channel; e += (int64_t)blockDim.x * slices) {
     const double v = static_cast<double>(x[channel_element(e, c, C, inner)]);
     const double d = v - k;
     s1 += d;
     s2 += d * d;
-    lo = fmin(lo, v);
-    hi = fmax(hi, v);
+    lo = nan_min(lo, v);
+    hi = nan_max(hi, v);
   }
   s1 = block_sum(s1, shared);
   s2 = block_sum(s2, shared);
@@ -40,10 +45,10 @@ __global__ void merge_kernel(const scalar_t* x, const double* partial, int64_t s
                              int64_t inner, double* mean, double* m2, double* lo, double* hi) {
   __shared__ double shared[32];
   const int64_t c = blockIdx.x;
-  double s1 = 0, s2 = 0, mn = DBL_MAX, mx = -DBL_MAX;
+  double s1 = 0, s2 = 0, mn = CUDART_INF, mx = -CUDART_INF;
   for (int64_t s = threadIdx.x; s < slices; s += blockDim.x) {
     const double* p = partial + (c * slices + s) * 4;
-    s1 += p[0]; s2 += p[1]; mn = fmin(mn, p[2]); mx = fmax(mx, p[3]);
+    s1 += p[0]; s2 += p[1]; mn = nan_min(mn, p[2]); mx = nan_max(mx, p[3]);
   }
   s1 = block_sum(s1, shared);
   s2 = block_sum(s2, shared);
@@ -51,9 +56,10 @@ __global__ void merge_kernel(const scalar_t* x, const double* partial, int64_t s
   mx = block_extreme<double, true>(mx, shared);
   if (threadIdx.x == 0) {
     const double n = static_cast<double>(per_channel);
-    const double k = static_cast<double>(x[channel_element(0, c, C, inner)]);
+    const double k = finite_or_zero(static_cast<double>(x[channel_element(0, c, C, inner)]));
     mean[c] = k + s1 / n;
-    m2[c] = fmax(0.0, s2 - s1 * s1 / n);
+    const double m2_c = s2 - s1 * s1 / n;
+    m2[c] = m2_c < 0.0 ? 0.0 : m2_c;  // NaN stays NaN, as in torch
     lo[c] = mn;
     hi[c] = mx;
   }
@@ -66,6 +72,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> channel_s
   const int64_t C = input.size(1);
   const int64_t per_channel = C ? input.numel() / C : 0;
   TORCH_CHECK(per_channel > 0, "channel_stats needs at least one value per channel");
+  TORCH_CHECK(C <= 65535, "channel_stats on CUDA supports at most 65535 channels, got ", C);
   const bool rows = input.dim() == 2 || is_channels_last_only(input);
   const at::Tensor x = rows ? (input.dim() == 2 ? input.contiguous() : input) : input.contiguous();
   const int64_t inner = rows ? 1 : input.size(2) * input.size(3);

@@ -34,7 +34,8 @@ __device__ inline T block_sum(T v, T* shared) {
 
 template <typename T, bool kMax>
 __device__ inline T block_extreme(T v, T* shared) {
-  auto pick = [](T a, T b) { return kMax ? (a > b ? a : b) : (a < b ? a : b); };
+  // NaN wins, as in torch's amin/amax
+  auto pick = [](T a, T b) { return (a != a || b != b) ? (a != a ? a : b) : (kMax ? (a > b ? a : b) : (a < b ? a : b)); };
   for (int off = warpSize / 2; off > 0; off /= 2) v = pick(v, __shfl_down_sync(0xffffffff, v, off));
   const int lane = threadIdx.x % warpSize, warp = threadIdx.x / warpSize;
   if (lane == 0) shared[warp] = v;

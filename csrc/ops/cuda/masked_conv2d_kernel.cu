@@ -4,7 +4,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 
-#include "../common.h"
+#include "../masked_conv2d.h"
 #include "cuda_utils.cuh"
 
 namespace bd_kernels {
@@ -92,6 +92,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> epilogue_backward_cuda(const at::
   auto grad_scale = at::zeros({z.size(1)}, z.options()), grad_shift = at::zeros({z.size(1)}, z.options());
   const int64_t C = z.size(1), per_channel = C ? z.numel() / C : 0;
   if (per_channel == 0) return {gz, grad_scale, grad_shift};
+  TORCH_CHECK(C <= 65535, "masked_conv2d on CUDA supports at most 65535 output channels, got ", C);
   const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(512, (per_channel + kThreads * 8 - 1) / (kThreads * 8)));
   auto partial = at::empty({C, slices, 2}, z.options().dtype(at::kDouble));
   auto stream = at::cuda::getCurrentCUDAStream();

@@ -15,15 +15,16 @@ from torch import Tensor
 
 from bd_kernels import reference
 
-MODES = {name: i for i, name in enumerate(reference.TRIGGER_MODES)}
+MAX_PADDING = 1 << 20  # as csrc/ops/apply_trigger.h: no index derived from it can overflow
 
 try:
     from bd_kernels import _C  # noqa: F401  (registers torch.ops.bd_kernels.*)
 
     _BUILD: dict = dict(_C.build_info())
-except ImportError as _e:  # not built: the reference path serves every op
+    _LOAD_ERROR = ""
+except ImportError as _e:  # not built, or built against another torch: the reference path serves every op
     _BUILD = {}
-    _IMPORT_ERROR = str(_e)
+    _LOAD_ERROR = str(_e).splitlines()[0] if str(_e) else type(_e).__name__
 
 _warned = False
 
@@ -40,7 +41,8 @@ def build_info() -> dict:
 
 def _compiled_for(t: Tensor) -> bool:
     if not _BUILD:
-        _fallback("the extension is not built (pip install --no-build-isolation packages/bd-kernels)")
+        why = f"the compiled extension did not load ({_LOAD_ERROR})" if _LOAD_ERROR else "the extension is not built"
+        _fallback(f"{why}; rebuild it with pip install --no-build-isolation packages/bd-kernels")
         return False
     if t.device.type == "cpu" or (t.device.type == "cuda" and _BUILD.get("cuda")):
         return True
@@ -83,15 +85,17 @@ def apply_trigger(
     """
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise ValueError(f"images must be uint8 [N,C,H,W], got {images.dtype} {tuple(images.shape)}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {tuple(MODES)}, got {mode!r}")
+    if mode not in reference.TRIGGER_MODES:
+        raise ValueError(f"mode must be one of {reference.TRIGGER_MODES}, got {mode!r}")
+    if not 0 <= int(padding) <= MAX_PADDING:
+        raise ValueError(f"padding must be in [0, {MAX_PADDING}], got {padding}")
     if poisoned is not None and poisoned.dtype != torch.bool:
         flags = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
         flags[poisoned.long()] = True
         poisoned = flags
     if _compiled_for(images):
         return torch.ops.bd_kernels.apply_trigger(
-            images, poisoned, pattern, mask, MODES[mode], float(alpha), mean, std, crop_offsets, int(padding), flip,
+            images, poisoned, pattern, mask, mode, float(alpha), mean, std, crop_offsets, int(padding), flip,
             out_dtype, channels_last,
         )
     out = reference.apply_trigger(
@@ -104,7 +108,9 @@ def apply_trigger(
 
 
 def channel_stats(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Per-channel (count int64, mean, M2, min, max float64) in one pass over [N,C,H,W] or [N,C]."""
+    """Per-channel (count int64, mean, M2, min, max float64) in one pass over [N,C,H,W] or [N,C].
+    As torch's reductions, a NaN in a channel makes all its statistics NaN."""
+    reference.check_channel_stats_input(x)
     if _compiled_for(x):
         return tuple(torch.ops.bd_kernels.channel_stats(x))
     return reference.channel_stats(x)
@@ -171,10 +177,10 @@ def masked_conv2d(
     per-channel scaling is one fused epilogue pass, and its backward gives the gradients
     of the activations, masks and perturbations in one pass, never forming W * m.
     """
-    z = F.conv2d(x, weight, None, stride, padding, dilation, groups)
     if not _compiled_for(x):
-        y = z * (mask + perturb).view(1, -1, 1, 1)
-        return y if bias is None else y + (bias * (bias_mask + bias_perturb)).view(1, -1, 1, 1)
+        return reference.masked_conv2d(x, weight, bias, mask, perturb, bias_mask, bias_perturb, stride, padding,
+                                       dilation, groups)
+    z = F.conv2d(x, weight, None, stride, padding, dilation, groups)
     scale = mask + perturb
     shift = bias * (bias_mask + bias_perturb) if bias is not None else torch.zeros_like(scale)
     return torch.ops.bd_kernels.masked_conv2d_epilogue(z, scale, shift)

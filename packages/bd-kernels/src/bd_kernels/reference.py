@@ -46,6 +46,8 @@ def apply_trigger(
     if mode not in TRIGGER_MODES:
         raise ValueError(f"mode must be one of {TRIGGER_MODES}, got {mode!r}")
     n, c, h, w = images.shape
+    if n == 0:  # nothing to poison, crop or flip
+        return torch.empty(images.shape, dtype=out_dtype, device=images.device)
     x = images.to(torch.float32)
     if poisoned is not None and pattern is not None and bool(poisoned.any()):
         rows = poisoned.nonzero().squeeze(1)
@@ -89,14 +91,23 @@ def channel_stats(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
 
     M2 is the sum of squared deviations from the mean (variance = M2 / count).
     """
-    if x.dim() not in (2, 4):
-        raise ValueError(f"channel_stats expects [N,C] or [N,C,H,W], got shape {tuple(x.shape)}")
+    check_channel_stats_input(x)
     c = x.shape[1]
     flat = x.transpose(0, 1).reshape(c, -1).to(torch.float64)
     count = torch.full((c,), flat.shape[1], dtype=torch.int64, device=x.device)
     mean = flat.mean(dim=1)
     m2 = ((flat - mean[:, None]) ** 2).sum(dim=1)
     return count, mean, m2, flat.amin(dim=1), flat.amax(dim=1)
+
+
+def check_channel_stats_input(x: Tensor) -> None:
+    """Statistics need a floating [N,C] or [N,C,H,W] tensor with at least one value per channel."""
+    if x.dim() not in (2, 4):
+        raise ValueError(f"channel_stats expects [N,C] or [N,C,H,W], got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"channel_stats expects a floating tensor, got {x.dtype}")
+    if x.shape[1] == 0 or x.numel() == 0:
+        raise ValueError(f"channel_stats needs at least one value per channel, got shape {tuple(x.shape)}")
 
 
 def masked_conv2d(
@@ -112,9 +123,12 @@ def masked_conv2d(
     dilation: int | tuple[int, int] = 1,
     groups: int = 1,
 ) -> Tensor:
-    """y = conv(x, W) * (m + d) + b * (mb + db), per output channel."""
+    """y = conv(x, W) * (m + d) + b * (mb + db), per output channel.
+
+    The result has the convolution's dtype (that of x and W): masks, perturbations and the
+    bias are cast to it, as a BatchNorm's affine parameters are under mixed precision."""
     y = F.conv2d(x, weight, None, stride, padding, dilation, groups)
-    y = y * (mask + perturb).view(1, -1, 1, 1)
+    y = y * (mask + perturb).to(y.dtype).view(1, -1, 1, 1)
     if bias is not None:
-        y = y + (bias * (bias_mask + bias_perturb)).view(1, -1, 1, 1)
+        y = y + (bias * (bias_mask + bias_perturb)).to(y.dtype).view(1, -1, 1, 1)
     return y
