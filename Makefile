@@ -4,23 +4,33 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.bd-installed
+TOOLS  := $(VENV)/.bd-test-tools
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PKGS   := packages/bd-kernels packages/bd-core packages/bd-defenses packages/bd-cli
+CSRC   := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
 
-.PHONY: setup data demo test bench clean
+.PHONY: setup data demo test lint bench asan test-isa clean
 
 setup: $(STAMP)
 
+# What the demo needs: torch, the four packages, and the kernels compiled for the CPU only
+# (CUDA code cannot run on a machine without a GPU; the test setup below compiles it too).
 $(STAMP): $(foreach p,$(PKGS),$(p)/pyproject.toml) packages/bd-kernels/setup.py Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
-	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q ninja pytest pytest-benchmark pytest-timeout "ray>=2.60"
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 ninja
 	# bd-kernels compiles against the torch installed above
-	$(BIN)/pip install -q --no-build-isolation -e packages/bd-kernels
+	BD_KERNELS_CPU_ONLY=1 $(BIN)/pip install -q --no-build-isolation -e packages/bd-kernels
 	$(BIN)/pip install -q --no-build-isolation -e packages/bd-core -e packages/bd-defenses -e packages/bd-cli
 	touch $(STAMP)
+
+# What the tests need besides: test tools, Ray, and the kernels built again with their CUDA
+# sources whenever a CUDA toolkit is present, so that the CUDA code always compiles.
+$(TOOLS): $(STAMP) $(CSRC)
+	$(BIN)/pip install -q pytest pytest-benchmark pytest-timeout hypothesis ruff "ray>=2.60"
+	$(BIN)/pip install -q --no-build-isolation -e packages/bd-kernels
+	touch $(TOOLS)
 
 data: $(FMNIST)
 
@@ -32,12 +42,34 @@ $(FMNIST):
 demo: setup data
 	$(BIN)/bd run --dataset fashion-mnist --arch preact-resnet18 --attack badnets --poison-ratio 0.1 --defense ft --spc 10 --preset quick
 
-test: setup data
+test: $(TOOLS) data
 	$(BIN)/python -m pytest -q tests
 
-bench: setup data
+# bd's conventions, executable: ruff (configured in pyproject.toml); the one-way package order is
+# a test (tests/e2e/test_packaging.py).
+lint: $(TOOLS)
+	$(BIN)/ruff check packages tests docs bench
+
+bench: $(TOOLS) data
 	$(BIN)/python -m pytest -q bench -p no:cacheprovider --benchmark-only --benchmark-json=bench/last.json
 	$(BIN)/python bench/report.py bench/last.json
+
+# The CPU kernels built with AddressSanitizer, fuzzed against their reference (any out-of-bounds
+# access aborts with a report). Not part of `make test`: it builds a second copy of the extension.
+ASAN_LIB = $(shell gcc -print-file-name=libasan.so)
+asan: $(TOOLS)
+	rm -rf build/asan && mkdir -p build/asan
+	cd packages/bd-kernels && BD_KERNELS_CPU_ONLY=1 BD_KERNELS_SANITIZE=address ../../$(BIN)/python setup.py -q \
+		build_ext --build-lib ../../build/asan --build-temp ../../build/asan-obj
+	cp packages/bd-kernels/src/bd_kernels/*.py build/asan/bd_kernels/
+	LD_PRELOAD=$(ASAN_LIB) ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 PYTHONPATH=build/asan BD_FUZZ_EXAMPLES=300 \
+		$(BIN)/python -m pytest -q -p no:cacheprovider tests/bd_kernels/test_fuzz.py tests/bd_kernels/test_ops.py
+
+# Tests that assert on learned outcomes, run with other CPU code paths than this machine's own
+# (ATen's vector ISA and oneDNN's), as on a CPU without AVX-512 or one of another vendor.
+test-isa: $(TOOLS) data
+	ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 $(BIN)/python -m pytest -q -p no:cacheprovider -m learned tests
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest -q -p no:cacheprovider -m learned tests
 
 clean:
 	rm -rf $(VENV) build packages/*/build packages/*/src/*.egg-info

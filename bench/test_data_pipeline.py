@@ -12,11 +12,10 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms as T
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-
 from bd_core.attacks import BadNets
 from bd_core.data import Augment, make_synthetic
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 
 N, BATCH = 4096, 128
 train = make_synthetic("train", n_train=N, size=32, channels=3)

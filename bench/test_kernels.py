@@ -13,10 +13,9 @@ import subprocess
 import sys
 import textwrap
 
+import bd_kernels
 import pytest
 import torch
-
-import bd_kernels
 from bd_kernels import apply_trigger, channel_stats, masked_conv2d, reference
 
 DEVICE = "cuda" if torch.cuda.is_available() and bd_kernels.build_info().get("cuda") else "cpu"

@@ -53,10 +53,11 @@ def test_attack_then_defend_the_saved_model_then_report(tmp_path):
     out = tmp_path / "report"
     rep = bd("report", "--store", store, "--out", str(out), "--no-pdf", "--where", "attack=blended")
     assert rep.exit_code == 0, rep.output
-    for name in ("fig3_box.png", "fig4_scatter.png", "fig5_medians.png", "fig6_spc.png", "fig10_poison_ratio.png",
-                 "results.csv", "summary.csv", "summary.md"):
+    for name in ("fig3_box-synthetic.png", "fig4_scatter-synthetic.png", "fig5_medians-synthetic.png",
+                 "fig6_spc-synthetic.png", "fig10_poison_ratio-synthetic.png", "fig9_dataset.png",
+                 "results.csv", "results.parquet", "summary.csv", "summary.md", "summary.tex"):
         assert (out / name).stat().st_size > 0, name
-    assert re.search(r"\| bnp \| 1 \|", (out / "summary.md").read_text())
+    assert re.search(r"\| BNP† \| 1 \|", (out / "summary.md").read_text())
 
 
 def test_defend_without_a_model_says_how_to_get_one(tmp_path):

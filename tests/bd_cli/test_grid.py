@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from bd_cli.grid import GridSpec, local_runner, run_grid
+from bd_cli.grid import GridSpec, bind_units, local_runner, run_grid
 from bd_core.store import ResultStore
 
 MINI = """
@@ -76,7 +76,7 @@ def test_local_backend_runs_every_unit_once_and_resumes(grid_file, cache_dir, tm
     grid = GridSpec.from_toml(grid_file)
     with ResultStore(tmp_path / "r.sqlite") as store:
         report = run_grid(grid, store, cache_dir, local_runner(2), threads=1)
-        assert (report.total, report.ok, report.failed, report.attacks_trained) == (32, 32, 0, 2)
+        assert (report.total, report.ok, report.failed, report.attacks_trained) == (32, 32, 0, 2), report.failures
         again = run_grid(grid, store, cache_dir, local_runner(2), threads=1)
         assert (again.skipped, again.ok, again.attacks_trained) == (32, 0, 0)
     rows = keys_in(tmp_path / "r.sqlite")
@@ -95,7 +95,7 @@ def test_ray_backend_streams_the_same_units_into_the_store(grid_file, cache_dir,
         assert report.ok == 32 and len(seen) == 32
     finally:
         ray.shutdown()
-    local = {u.key for u in grid.units()}
+    local = {u.key for u in bind_units(grid.units(), None)}  # keys carry the data's fingerprint
     assert {k for k, _ in keys_in(tmp_path / "ray.sqlite")} == local
 
 

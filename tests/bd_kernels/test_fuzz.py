@@ -135,7 +135,7 @@ def stats_inputs(draw):
 def test_channel_stats_fuzz(x):
     got, want = channel_stats(x), reference.channel_stats(x)
     assert torch.equal(got[0], want[0])
-    for name, g, w in zip(("mean", "m2", "min", "max"), got[1:], want[1:]):
+    for name, g, w in zip(("mean", "m2", "min", "max"), got[1:], want[1:], strict=True):
         scale = w.abs().nan_to_num(posinf=0, neginf=0).max().clamp_min(1.0)
         torch.testing.assert_close(g, w, atol=1e-9 * float(scale) * x.shape[0], rtol=1e-7, equal_nan=True,
                                    msg=lambda m, name=name: f"{name}: {m}")
@@ -184,7 +184,7 @@ def test_masked_conv2d_fuzz(call):
     gy = torch.randn(got.shape, generator=torch.Generator().manual_seed(1)).to(got.dtype)
     grads = torch.autograd.grad(got, leaves, gy, allow_unused=True)
     grads_ref = torch.autograd.grad(want, ref_leaves, gy, allow_unused=True)
-    for gr, r in zip(grads, grads_ref):
+    for gr, r in zip(grads, grads_ref, strict=True):
         if r is None or gr is None:
             assert (gr is None or not gr.any()) and (r is None or not r.any())
             continue

@@ -99,7 +99,7 @@ def test_channel_stats_matches_reference(device, shape, layout, dtype):
     got = channel_stats(x)
     want = reference.channel_stats(x)
     assert torch.equal(got[0].cpu(), want[0].cpu())
-    for g, w in zip(got[1:], want[1:]):
+    for g, w in zip(got[1:], want[1:], strict=True):
         torch.testing.assert_close(g.cpu(), w.cpu(), atol=1e-9, rtol=1e-9)
 
 
@@ -143,7 +143,7 @@ def test_masked_conv2d_forward_backward_match_reference(device, stride, padding,
     gy = torch.randn_like(y_ref)
     grads = torch.autograd.grad(y, args, gy)
     grads_ref = torch.autograd.grad(y_ref, ref_args, gy)
-    for name, g, r in zip("x w b m d mb db".split(), grads, grads_ref):
+    for name, g, r in zip("x w b m d mb db".split(), grads, grads_ref, strict=True):
         torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4, msg=name)
 
 

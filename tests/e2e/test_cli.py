@@ -108,7 +108,7 @@ def test_show_writes_the_trigger_grid(tmp_path, attack):
     result = bd("show", "--attack", attack, "--dataset", "synthetic", "--out", str(out), *SHOW_SETTINGS.get(attack, []))
     assert result.exit_code == 0, result.output
     image = Image.open(out)
-    assert image.size == (8 * 32 * 4, 3 * 32 * 4)  # 8 samples x (clean, poisoned, difference), 4x upscaled
+    assert image.size == (170 + 8 * 32 * 4, 24 + 3 * 32 * 4)  # labels + 8 samples x (clean, poisoned, difference) at 4x
     assert "largest change" in result.stdout
 
 
@@ -127,7 +127,7 @@ def test_show_draws_the_trigger_saved_in_a_model_file(tmp_path):
     result = bd("show", "--attack", "inputaware", "--dataset", "synthetic", "--model", str(tmp_path / "m.safetensors"),
                 "--out", str(out))
     assert result.exit_code == 0, result.output
-    assert Image.open(out).size == (8 * 32 * 4, 3 * 32 * 4)
+    assert Image.open(out).size == (170 + 8 * 32 * 4, 24 + 3 * 32 * 4)
     gray = {**meta, "in_channels": 1, "image_size": 28}
     badnets = BadNets().fit(make_synthetic("train", n_train=8, size=28, channels=1), seed=0)
     save_model(tmp_path / "gray.safetensors", create_model("preact-resnet18", 10, 1, 28, 0.125), gray, badnets)

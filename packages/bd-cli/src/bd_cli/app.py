@@ -15,6 +15,27 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+
+def _no_type_for_flags() -> None:
+    """Typer's rich help prints `<bool>` beside every on/off flag, --help included; a flag takes no
+    value, so its type column is left empty."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self, ctx):  # noqa: ANN001, ANN202
+        return None if self.is_flag else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich
+
+
+_no_type_for_flags()
+
+
+from bd_cli import quiet_library_warnings  # noqa: E402
+
+quiet_library_warnings()
+
 app = typer.Typer(
     name="bd",
     help="Tell whether a backdoor defense actually repairs a compromised image classifier.",
@@ -43,13 +64,26 @@ AttackSettings = Annotated[
 ]
 
 
+# the defender's images given explicitly, e.g. the same D_m another toolkit used
+MitigationIndices = Annotated[
+    Path | None,
+    typer.Option(help="file of training-split row indices to use as the mitigation set (integers separated by "
+                      "spaces, commas or newlines, or a JSON list); replaces --spc/--partition's random draw"),
+]
+
+
 def fail(message: str, code: int = 2) -> None:
     err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
 def resolve_device(device: str) -> str:
+    """The device to compute on; on the CPU, this process also takes its share of the cores
+    (bd_core.threads: $BD_THREADS overrides)."""
     import torch
+    from bd_core.threads import share_cores
+
+    share_cores()
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -85,6 +119,7 @@ def run(
     preset: Annotated[Preset, typer.Option(help="quick: CPU-sized training; paper: BackdoorBench's recipe (GPU)")] = Preset.quick,
     set_: Annotated[list[str] | None, typer.Option("--set", help="defense hyperparameter override key=value (repeatable)")] = None,
     attack_set: AttackSettings = None,
+    mitigation_indices: MitigationIndices = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N]")] = "auto",
     store: Annotated[Path | None, typer.Option(help="SQLite results file [default: ~/.cache/bd/results.sqlite]")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="dataset root (default: $BD_DATA, then Debian's /usr/share/datasets)")] = None,
@@ -95,6 +130,7 @@ def run(
     """Backdoor a model (or reuse the cached one), apply a defense, and report the survey's metrics."""
     from bd_core.attacked import AttackSpec, load_data
     from bd_core.config import parse_assignments
+    from bd_core.data.mitigation import read_indices
     from bd_core.errors import BdError
     from bd_core.paths import cache_root
     from bd_core.store import ModelCache, ResultStore
@@ -104,7 +140,8 @@ def run(
     try:
         attack_spec = AttackSpec(dataset, arch, attack, poison_ratio, target, seed, preset.value,
                                  parse_assignments(attack_set))
-        spec = ExperimentSpec(attack_spec, defense, spc, partition, parse_assignments(set_))
+        indices = read_indices(mitigation_indices) if mitigation_indices else None
+        spec = ExperimentSpec(attack_spec, defense, spc, partition, parse_assignments(set_), indices)
         dev = resolve_device(device)
         data = load_data(attack_spec.dataset, data_dir, download)
         with ResultStore(store or default_store()) as results:
@@ -135,6 +172,8 @@ def print_result(r: dict) -> None:
     out.print(f"defense time {r['defense_seconds']:.1f} s; what it did: {json.dumps(details.get('defense', {}))}")
     for note in details.get("approximations", []):
         out.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
+    for warning in details.get("warnings", []):
+        err.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True, highlight=False)
     out.print(f"stored as {r['key']} in {r.get('store', '')}{' (already there; not rerun)' if r.get('skipped') else ''}", soft_wrap=True)
 
 
@@ -195,7 +234,7 @@ def attack(
     format: Annotated[Format, typer.Option(help="table or json")] = Format.table,
 ) -> None:
     """Train an attacked model (or find it in the cache) and report its ACC, ASR and RA."""
-    from bd_core.attacked import AttackSpec, load_data, obtain_attacked_model
+    from bd_core.attacked import AttackSpec, load_data, obtain_attacked_model, weak_attack_warning
     from bd_core.config import parse_assignments
     from bd_core.errors import BdError
     from bd_core.paths import cache_root
@@ -208,8 +247,10 @@ def attack(
         attacked, hit = obtain_attacked_model(spec, load_data(spec.dataset, data_dir, download), cache, dev)
     except BdError as e:
         fail(str(e))
-    info = {"key": spec.key, "model_file": str(cache.path(spec.key)), "cached_before": hit, **attacked.meta["metrics"],
-            "train_seconds": attacked.meta.get("training", {}).get("train_seconds")}
+    key = attacked.meta["cache_key"]
+    warning = weak_attack_warning(attacked.meta["metrics"]["asr"])
+    info = {"key": key, "model_file": str(cache.path(key)), "cached_before": hit, **attacked.meta["metrics"],
+            "train_seconds": attacked.meta.get("training", {}).get("train_seconds"), "warning": warning}
     if format is Format.json:
         out.print_json(json.dumps(info))
         return
@@ -217,6 +258,8 @@ def attack(
               f"ACC {info['acc']:.2%}  ASR {info['asr']:.2%}  RA {info['ra']:.2%}", highlight=False)
     out.print(f"{'found in' if hit else 'saved to'} {info['model_file']}  (bd defend --model {info['model_file']})",
               soft_wrap=True, highlight=False)
+    if warning:
+        err.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True, highlight=False)
 
 
 @app.command(
@@ -237,6 +280,7 @@ def defend(
     spc: Annotated[int, typer.Option(help="clean mitigation images per class")] = 10,
     partition: Annotated[int, typer.Option(help="which random mitigation set")] = 0,
     set_: Annotated[list[str] | None, typer.Option("--set", help="defense hyperparameter key=value (repeatable)")] = None,
+    mitigation_indices: MitigationIndices = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N]")] = "auto",
     store: Annotated[Path | None, typer.Option(help="SQLite results file")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="dataset root")] = None,
@@ -246,6 +290,7 @@ def defend(
     """Apply a defense to an attacked model that already exists (never trains one)."""
     from bd_core.attacked import AttackSpec, load_data
     from bd_core.config import parse_assignments
+    from bd_core.data.mitigation import read_indices
     from bd_core.errors import BdError
     from bd_core.paths import cache_root
     from bd_core.store import ModelCache, ResultStore
@@ -259,18 +304,24 @@ def defend(
             if not model.exists():
                 fail(f"--model {model}: no such file (bd attack prints where models are saved)")
             attacked = load_model(model)
-            a = attacked.meta["attack"]
-            attack_spec = AttackSpec(a["dataset"], a["arch"], a["attack"], a["poison_ratio"], a["target"], a["seed"],
-                                     a["preset"], a.get("attack_settings", {}))
+            if not isinstance(attacked.meta.get("attack"), dict):
+                fail(f"--model {model}: its metadata has no 'attack' section, so bd cannot tell which backdoor to "
+                     "measure; use a file written by `bd attack` or `bd import`")
+            try:
+                attack_spec = AttackSpec.from_config(attacked.meta["attack"])
+            except BdError as e:
+                fail(f"--model {model}: {e}")
         else:
             attack_spec = AttackSpec(dataset, arch, attack, poison_ratio, target, seed, preset.value)
+            attack_spec = attack_spec.for_data(load_data(attack_spec.dataset, data_dir))
             path = cache.get_path(attack_spec.key)
             if path is None:
                 fail(f"no cached attacked model for {attack_spec.attack} on {attack_spec.dataset}/{attack_spec.arch} "
                      f"({attack_spec.poison_ratio:.0%}, preset {attack_spec.preset}); train it with `bd attack` "
                      "with the same options, or pass --model FILE")
             attacked = load_model(path)
-        spec = ExperimentSpec(attack_spec, defense, spc, partition, parse_assignments(set_))
+        indices = read_indices(mitigation_indices) if mitigation_indices else None
+        spec = ExperimentSpec(attack_spec, defense, spc, partition, parse_assignments(set_), indices)
         dev = resolve_device(device)
         data = load_data(attack_spec.dataset, data_dir)
         with ResultStore(store or default_store()) as results:
@@ -287,42 +338,131 @@ def defend(
 
 
 @app.command(
+    "import",
+    epilog="Examples:\n\n"
+    "  bd import ../BackdoorBenchmark/record/badnet_preactresnet18_pratio_0.1 --data-dir ~/data\n\n"
+    "  bd import record/blended_vgg/attack_result.pt --out blended-vgg.safetensors\n\n"
+    "  bd defend --model imported.safetensors --defense clp --mitigation-indices index.txt",
+)
+def import_(
+    record: Annotated[Path, typer.Argument(help="BackdoorBench record folder, or its attack_result.pt")],
+    output: Annotated[Path | None, typer.Option("--out", help="bd model file to write [default: ~/.cache/bd/imported/<sha>/model.safetensors]")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="root holding the dataset the record was made on (its test set is evaluated)")] = None,
+    resource_dir: Annotated[Path | None, typer.Option(help="the tool's resource/ folder, where BadNets/Blended trigger files are [default: next to record/]")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N]")] = "auto",
+    format: Annotated[Format, typer.Option(help="table or json")] = Format.table,
+) -> None:
+    """Turn an attacked model made by BackdoorBench (or the survey's fork) into a bd model file.
+
+    Nothing in the record is executed: its pickles are read with an allowlist of tensors, arrays,
+    images and plain values. The state dict is loaded strictly into bd's architecture, the trigger is
+    the record's own, and bd's ACC/ASR/RA are printed next to the values the record reports."""
+    from bd_core.errors import BdError
+    from bd_core.interop.importer import import_record
+    from bd_core.paths import cache_root
+
+    try:
+        dev = resolve_device(device)
+        if output is None:
+            from bd_core.interop.backdoorbench import RESULT_FILE, file_sha256
+
+            source = record / RESULT_FILE if record.is_dir() else record
+            digest = file_sha256(source)[:16] if source.is_file() else "missing"
+            output = cache_root() / "imported" / digest / "model.safetensors"
+        done = import_record(record, output, data_dir, resource_dir, dev)
+    except BdError as e:
+        fail(str(e))
+    info = {"model_file": str(done.path), "arch": done.meta["arch"], "attack": done.meta["attack"]["attack"],
+            "dataset": done.meta["attack"]["dataset"], "trigger": done.trigger_source, **done.metrics.as_dict(),
+            "reported": done.record.reported}
+    if format is Format.json:
+        out.print_json(json.dumps(info))
+        return
+    table = Table(title=f"imported {done.record.model_name} ({done.record.attack}) from {done.record.path}",
+                  title_justify="left")
+    table.add_column("metric")
+    table.add_column("measured by bd", justify="right")
+    table.add_column("reported by the record", justify="right")
+    for name in ("acc", "asr", "ra"):
+        reported = done.record.reported.get(name)
+        table.add_row(name.upper(), f"{info[name]:.2%}", "-" if reported is None else f"{reported:.2%}")
+    out.print(table)
+    out.print(f"trigger: {done.trigger_source}", soft_wrap=True, highlight=False)
+    gaps = [n for n in ("acc", "asr", "ra") if n in done.record.reported and abs(info[n] - done.record.reported[n]) > 0.01]
+    if gaps:
+        out.print(f"[yellow]warning:[/yellow] {', '.join(g.upper() for g in gaps)} differ from the record by more than "
+                  "1 point: is --data-dir the data the record was made on?", soft_wrap=True)
+    out.print(f"saved to {done.path}  (bd defend --model {done.path} --defense ...)", soft_wrap=True, highlight=False)
+
+
+@app.command(
     epilog="Examples:\n\n"
     "  bd report --out report/\n\n"
-    "  bd report --where dataset=cifar10 --where spc=2,10 --no-pdf",
+    "  bd report --where dataset=cifar10 --where spc=2,10 --no-pdf\n\n"
+    "  bd report --pool   (one set of figures over all datasets)",
 )
 def report(
-    output: Annotated[Path, typer.Option("--out", help="folder for PNG/PDF figures, CSV and summary.md")] = Path("bd-report"),
+    output: Annotated[Path, typer.Option("--out", help="folder for figures (PNG, PDF), results.csv/.parquet and summary tables (.md, .csv, .tex)")] = Path("bd-report"),
     store: Annotated[Path | None, typer.Option(help="SQLite results file [default: ~/.cache/bd/results.sqlite]")] = None,
     where: Annotated[list[str] | None, typer.Option(help="filter column=value[,value] (repeatable)")] = None,
     pdf: Annotated[bool, typer.Option(help="also write PDF figures")] = True,
+    pool: Annotated[bool, typer.Option(help="draw each figure over all datasets together instead of one per dataset")] = False,
 ) -> None:
-    """Draw the survey's figures (3-10) and write summary tables from stored results."""
+    """Draw the survey's figures (3-10) and write summary tables from stored results (read-only)."""
+    from bd_core.errors import BdError
     from bd_core.store import ResultStore
 
     from bd_cli.report import draw_figures, parse_filters, select, write_tables
 
     path = store or default_store()
-    if not path.exists():
-        fail(f"no results at {path}; run `bd run` or `bd grid` first, or pass --store")
     try:
         filters = parse_filters(where)
-    except ValueError as e:
+        with ResultStore(path, readonly=True) as results:
+            frame = select(results.to_frame(status=None), filters)
+    except (ValueError, BdError) as e:
         fail(str(e))
-    with ResultStore(path) as results:
-        rows = select(results.query(), filters)
-    ok = [r for r in rows if r["status"] == "ok"]
-    if not ok:
+    ok, failed = frame[frame.status == "ok"], frame[frame.status != "ok"]
+    if ok.empty:
         fail(f"no successful results in {path} match {where or 'the store'}")
-    written = write_tables(ok, [r for r in rows if r["status"] != "ok"], output)
-    written += draw_figures(ok, output, pdf)
-    out.print(f"{len(ok)} results ({len({r['defense'] for r in ok})} defenses) -> {len(written)} files in {output}/",
-              highlight=False)
+    with _progress_line(f"drawing figures of {len(ok)} results"):
+        written = write_tables(ok, failed, output)
+        written += draw_figures(ok, output, pdf, pool)
+    out.print(f"{len(ok)} results ({ok.defense.nunique()} defenses, {ok.dataset.nunique()} datasets) -> "
+              f"{len(written)} files in {output}/", highlight=False)
     out.print((output / "summary.md").read_text(), highlight=False, soft_wrap=True)
+
+
+def _progress_line(message: str):
+    """A status line for work without steps to count (rich's spinner; silent with BD_PROGRESS=0)."""
+    from contextlib import nullcontext
+
+    from bd_core.progress import enabled
+
+    return err.status(message) if enabled() else nullcontext()
 
 
 def _split(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _numbers(option: str, value: str | None, kind: type, example: str) -> list | None:
+    """A comma list of numbers from the command line; one clear error for anything else."""
+    items = _split(value)
+    if items is None:
+        return None
+    try:
+        return [kind(v) for v in items]
+    except ValueError:
+        bad = next(v for v in items if not _parses(kind, v))
+        fail(f"{option} {value!r}: {bad!r} is not {'an integer' if kind is int else 'a number'} ({example})")
+
+
+def _parses(kind: type, value: str) -> bool:
+    try:
+        kind(value)
+        return True
+    except ValueError:
+        return False
 
 
 class Backend(str, Enum):
@@ -365,7 +505,7 @@ def grid(
     from bd_core.progress import make_progress
     from bd_core.store import ResultStore
 
-    from bd_cli.grid import GridSpec, local_runner, ray_runner, run_grid
+    from bd_cli.grid import GridSpec, bind_units, local_runner, ray_runner, run_grid
 
     settings: dict[str, dict[str, str]] = {}
     for item in set_ or []:
@@ -374,12 +514,14 @@ def grid(
         if not eq or not dot:
             fail(f"--set {item!r}: grid overrides are defense.key=value, e.g. ft.epochs=20")
         settings.setdefault(name.strip(), {})[key.strip()] = value.strip()
+    if partitions is not None and partitions < 1:
+        fail(f"--partitions {partitions}: give the number of mitigation partitions, at least 1 (survey: 10)")
     flags = {
         "datasets": _split(dataset), "archs": _split(arch), "attacks": _split(attack),
-        "poison_ratios": [float(x) for x in _split(poison_ratio)] if poison_ratio else None,
-        "defenses": _split(defense), "spc": [int(x) for x in _split(spc)] if spc else None,
+        "poison_ratios": _numbers("--poison-ratio", poison_ratio, float, "e.g. 0.01,0.05,0.1"),
+        "defenses": _split(defense), "spc": _numbers("--spc", spc, int, "e.g. 2,10,100"),
         "partitions": list(range(partitions)) if partitions is not None else None,
-        "seeds": [int(x) for x in _split(seed)] if seed else None, "preset": preset.value if preset else None,
+        "seeds": _numbers("--seed", seed, int, "e.g. 0,1,2"), "preset": preset.value if preset else None,
     }
     try:
         if config:
@@ -396,13 +538,22 @@ def grid(
         units = spec.units()
         dev = resolve_device(device)
         path = store or default_store()
+        if dry_run:  # reads the store if there is one, creates and changes nothing
+            units = bind_units(units, data_dir)
+            done = 0
+            if path.exists():
+                with ResultStore(path, readonly=True) as results:
+                    done = sum(results.has(u.key) for u in units)
+            summary = {"units": len(units), "stored": done, "to_run": len(units) - done,
+                       "attacked_models": len({u.attack.key for u in units}), "store": str(path)}
+            if format is Format.json:
+                out.print_json(json.dumps(summary))
+            else:
+                out.print(f"{summary['units']} units ({summary['attacked_models']} attacked models): "
+                          f"{summary['stored']} already stored in {path}, {summary['to_run']} to run", highlight=False)
+            return
         with ResultStore(path) as results:
-            done = sum(results.has(u.key) for u in units)
-            if dry_run:
-                summary = {"units": len(units), "stored": done, "to_run": len(units) - done,
-                           "attacked_models": len({u.attack.key for u in units}), "store": str(path)}
-                out.print_json(json.dumps(summary)) if format is Format.json else out.print(summary)
-                return
+            done = sum(results.has(u.key) for u in bind_units(units, data_dir))
             cores = os.cpu_count() or 1
             if backend is Backend.ray:
                 runner, threads = ray_runner(address), 1
@@ -424,11 +575,15 @@ def grid(
     summary = {**report.__dict__, "store": str(path)}
     if format is Format.json:
         out.print_json(json.dumps(summary))
-        return
-    out.print(f"{report.total} units: {report.ok} ran, {report.skipped} already stored, {report.failed} failed; "
-              f"{report.attacks_trained} attacked models trained; results in {path}", soft_wrap=True)
-    for line in report.failures[:20]:
-        out.print(f"[red]failed:[/red] {line}", soft_wrap=True, highlight=False)
+    if format is not Format.json:
+        out.print(f"{report.total} units: {report.ok} ran, {report.skipped} already stored, {report.failed} failed; "
+                  f"{report.attacks_trained} attacked models trained; results in {path}", soft_wrap=True)
+        for line in report.failures[:20]:
+            out.print(f"[red]failed:[/red] {line}", soft_wrap=True, highlight=False)
+        for line in report.weak_attacks:
+            out.print(f"[yellow]warning:[/yellow] {line}", soft_wrap=True, highlight=False)
+    if report.failed:
+        raise typer.Exit(1)  # the other units ran and are stored; the exit status says not all did
 
 
 class Listing(str, Enum):

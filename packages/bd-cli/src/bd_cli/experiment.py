@@ -14,12 +14,12 @@ from typing import Any
 
 import bd_core
 import torch
-from bd_core.attacked import AttackSpec, DataBundle, obtain_attacked_model
+from bd_core.attacked import AttackSpec, DataBundle, obtain_attacked_model, weak_attack_warning
 from bd_core.attacks import ATTACKS
 from bd_core.data import load_dataset, mitigation_set
-from bd_core.data.imageset import as_unlabeled
-from bd_core.data.mitigation import check_mitigation_request
-from bd_core.errors import BdError
+from bd_core.data.imageset import ImageSet, as_unlabeled
+from bd_core.data.mitigation import check_mitigation_request, indices_digest, mitigation_from_indices
+from bd_core.errors import BdError, InvalidRequest
 from bd_core.metrics import Metrics, arr, evaluate, rdr
 from bd_core.progress import log
 from bd_core.store import ModelCache, ResultStore, config_key
@@ -37,20 +37,26 @@ class UnitFailed(Exception):
 class ExperimentSpec:
     attack: AttackSpec
     defense: str
-    spc: int = 10
+    spc: int | None = 10  # None when `mitigation_indices` gives the set
     partition: int = 0
     defense_settings: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    # the defender's images as rows of the training split (e.g. the same D_m as another tool's run)
+    mitigation_indices: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "defense", canonical_defense(self.defense))
-        check_mitigation_request(self.spc, self.partition)
+        if self.mitigation_indices is None:
+            check_mitigation_request(self.spc, self.partition)
+        else:
+            object.__setattr__(self, "spc", None)
+            check_mitigation_request(1, self.partition)
         self.build_defense()  # validate overrides early, before any training
 
     def build_defense(self):
         return create_defense(self.defense, self.defense_settings)
 
     def config(self) -> dict[str, Any]:
-        return {
+        config = {
             "format": RESULT_FORMAT,
             "attack": self.attack.config(),
             "defense": self.defense,
@@ -58,6 +64,21 @@ class ExperimentSpec:
             "spc": self.spc,
             "partition": self.partition,
         }
+        if self.mitigation_indices is not None:
+            config["mitigation"] = {"indices": len(self.mitigation_indices),
+                                    "sha256": indices_digest(self.mitigation_indices)}
+        return config
+
+    def for_data(self, data: DataBundle) -> ExperimentSpec:
+        """This experiment bound to its data: the data's fingerprint enters the key."""
+        bound = self.attack.for_data(data)
+        return self if bound is self.attack else dataclasses.replace(self, attack=bound)
+
+    def mitigation(self, train: ImageSet) -> ImageSet:
+        """The defender's clean images: the given rows, or SPC per class of this partition."""
+        if self.mitigation_indices is not None:
+            return mitigation_from_indices(train, self.mitigation_indices)
+        return mitigation_set(train, self.spc, self.partition)
 
     @property
     def key(self) -> str:
@@ -77,6 +98,9 @@ def approximations(spec: ExperimentSpec, data: DataBundle) -> list[str]:
     notes = []
     if data.train.info.note:
         notes.append(f"dataset: {data.train.info.note}")
+    if spec.attack.imported:
+        notes.append(f"attacked model imported (bd import), not trained by bd: source sha256 {spec.attack.source[:16]}")
+        return notes
     if spec.attack.preset != "paper":
         r = spec.attack.recipe
         notes.append(
@@ -109,20 +133,33 @@ def execute(
 
     Request errors (BdError: impossible mitigation set, missing data) are raised, not
     recorded: they are the caller's to fix, not results."""
+    spec = spec.for_data(data)
+    if not 0 <= spec.attack.target < data.train.num_classes:  # a request error: checked before any work
+        raise InvalidRequest(f"target class {spec.attack.target} is not a class of {spec.attack.dataset} "
+                             f"(0..{data.train.num_classes - 1})")
     row: dict[str, Any] = {**spec.columns(), "config": spec.config(), "bd_version": bd_core.__version__}
     try:
-        clean = mitigation_set(data.train, spec.spc, spec.partition)  # refuse impossible sets before training
+        clean = spec.mitigation(data.train)  # refuse impossible sets before training
         if attacked is None:
             attacked, cache_hit = obtain_attacked_model(spec.attack, data, cache, device)
         else:
             attacked.model.to(device)
             cache_hit = True
+        original, data = data, data.for_model(attacked.meta)
         pre = Metrics(**attacked.meta["metrics"])
+        warning = weak_attack_warning(pre.asr)
+        if warning:
+            log(f"[yellow]warning:[/yellow] {warning}")
         defense = spec.build_defense()
         ctx = Context(device=device, seed=spec.attack.seed + spec.partition)
         model = copy.deepcopy(attacked.model).to(device)
         torch.manual_seed(ctx.seed)
-        log(f"applying {defense.name} with {len(clean)} clean images (spc {spec.spc}, partition {spec.partition})")
+        if data is not original:  # the model's own normalization: draw the same rows from the renormalized split
+            clean = spec.mitigation(data.train)
+        if spec.mitigation_indices is not None:  # the store's spc column: images per class of the given set
+            per_class = clean.class_counts().float()
+            row["spc"] = round(float(per_class.mean()))
+        log(f"applying {defense.name} with {len(clean)} clean images (spc {row['spc']}, partition {spec.partition})")
         started = time.perf_counter()
         repaired = defense(model, MitigationData(clean, unlabeled_data(defense, data, spec)), ctx)
         seconds = time.perf_counter() - started
@@ -144,6 +181,7 @@ def execute(
             "attacked_model": attacked.meta.get("cache_key"),
             "attacked_model_cached": cache_hit,
             "approximations": approximations(spec, data),
+            **({"warnings": [warning]} if warning else {}),
         },
     )
     return row
@@ -160,14 +198,15 @@ def run_experiment(
 ) -> dict[str, Any]:
     """Run one unit and store it; a finished key is returned from the store unless `force`.
     A unit that fails is stored as failed and its error raised."""
+    spec = spec.for_data(data)
     key = spec.key
     if store.has(key) and not force:
         log(f"experiment {key} already in {store.path}; skipping (pass --force to run it again)")
         return {**store.get(key), "skipped": True}
     row = execute(spec, data, cache, device, attacked)
-    if force:
-        store.delete(key)
-    store.put(row)
+    # --force replaces a stored row only with a successful rerun: a failure never overwrites a good row
+    written = store.put(row, replace=force and row["status"] == "ok")
     if row["status"] != "ok":
-        raise UnitFailed(f"{spec.defense} failed (recorded as {key} in {store.path}): {row['error']}")
+        where = f"recorded as {key} in {store.path}" if written else f"the stored result {key} was kept"
+        raise UnitFailed(f"{spec.defense} failed ({where}): {row['error']}")
     return {**row, "skipped": False}

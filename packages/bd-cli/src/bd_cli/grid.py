@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import tomllib
-from bd_core.attacked import AttackSpec, DataBundle, load_data, obtain_attacked_model
+from bd_core.attacked import AttackSpec, DataBundle, load_data, obtain_attacked_model, weak_attack_warning
 from bd_core.errors import InvalidRequest
-from bd_core.store import ModelCache, ResultStore
+from bd_core.store import ModelCache, ResultStore, load_model
 from bd_core.train import PRESETS, Recipe
 
 from bd_cli.experiment import ExperimentSpec, execute
@@ -112,6 +112,9 @@ class WorkerSetup:
 def _prepare(setup: WorkerSetup) -> None:
     import torch
 
+    from bd_cli import quiet_library_warnings
+
+    quiet_library_warnings()
     if setup.threads:
         torch.set_num_threads(setup.threads)
     for name, recipe in setup.presets.items():
@@ -198,6 +201,13 @@ class GridReport:
     failed: int = 0
     attacks_trained: int = 0
     failures: list[str] = field(default_factory=list)
+    weak_attacks: list[str] = field(default_factory=list)  # attacked models whose backdoor did not take
+
+
+def bind_units(units: list[ExperimentSpec], data_dir: Path | None) -> list[ExperimentSpec]:
+    """Every unit bound to its dataset's content fingerprint (each dataset loaded once here)."""
+    bundles = {name: _data(name, str(data_dir) if data_dir else None) for name in {u.attack.dataset for u in units}}
+    return [u.for_data(bundles[u.attack.dataset]) for u in units]
 
 
 def run_grid(
@@ -211,7 +221,7 @@ def run_grid(
     threads: int = 0,
     on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> GridReport:
-    units = grid.units()
+    units = bind_units(grid.units(), data_dir)
     report = GridReport(total=len(units))
     todo = [u for u in units if not store.has(u.key)]
     report.skipped = len(units) - len(todo)
@@ -233,6 +243,14 @@ def run_grid(
             ready.append(unit)
     for row in runner(defense_unit, ready, setup):
         _record(store, row, report, on_result)
+    for attack in {u.attack.key: u.attack for u in units}.values():
+        path = cache.get_path(attack.key)
+        if path is not None:
+            warning = weak_attack_warning(float(load_model(path).meta["metrics"]["asr"]),
+                                          f"{attack.attack} on {attack.dataset}/{attack.arch} "
+                                          f"({attack.poison_ratio:.0%}, seed {attack.seed})")
+            if warning:
+                report.weak_attacks.append(warning)
     return report
 
 

@@ -45,9 +45,29 @@ def attack_grid(attack_name: str, train: ImageSet, test: ImageSet, target: int =
     tiles = np.concatenate([np.concatenate(list(r), axis=1) for r in (clean, poisoned, amplified)], axis=0)
     if tiles.shape[-1] == 1:
         tiles = tiles[..., 0]
-    image = Image.fromarray(tiles)
+    image = Image.fromarray(tiles).convert("RGB")
     image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-    return image, peak
+    row_names = ["clean", f"poisoned ({attack_name})",
+                 f"|difference| x{255 / max(peak, 1):.0f}"]
+    column_names = [test.info.classes[int(test.labels[r])] for r in rows]
+    return labelled(image, row_names, column_names), peak
+
+
+def labelled(grid: Image.Image, row_names: list[str], column_names: list[str]) -> Image.Image:
+    """The grid with its row names on the left and column names on top, drawn into the PNG."""
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=14)
+    left, top = 170, 24
+    out = Image.new("RGB", (grid.width + left, grid.height + top), "white")
+    out.paste(grid, (left, top))
+    draw = ImageDraw.Draw(out)
+    cell_h, cell_w = grid.height // len(row_names), grid.width // len(column_names)
+    for i, name in enumerate(row_names):
+        draw.text((6, top + i * cell_h + cell_h // 2), name, fill="black", font=font, anchor="lm")
+    for j, name in enumerate(column_names):
+        draw.text((left + j * cell_w + cell_w // 2, top // 2), name[:14], fill="black", font=font, anchor="mm")
+    return out
 
 
 def trained_trigger(spec: AttackSpec, train: ImageSet, test: ImageSet) -> Trigger:

@@ -8,7 +8,9 @@ shared trainer, measures its clean/backdoor metrics, and caches model + trigger.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,15 +22,17 @@ from bd_core.attacks import ATTACKS, canonical_attack, create_attack
 from bd_core.attacks.base import Attack, TrainingPlan, Trigger, augmented_batch, check_ratio
 from bd_core.data import Augment, ImageSet, canonical_dataset, load_dataset
 from bd_core.data.mitigation import stratified_index
+from bd_core.errors import InvalidRequest
 from bd_core.metrics import evaluate
 from bd_core.models import canonical_model, create_model
 from bd_core.paths import cache_root
 from bd_core.progress import log
+from bd_core.safefile import load_tensors, save_tensors
 from bd_core.store.models import AttackedModel, ModelCache, config_key
-from bd_core.store.safefile import load_tensors, save_tensors
 from bd_core.train import Recipe, fit, preset
 
 MODEL_FORMAT = 1
+IMPORTED = "imported"  # the preset name of models made by another tool
 
 
 @dataclass(frozen=True)
@@ -41,13 +45,45 @@ class AttackSpec:
     seed: int = 0
     preset: str = "quick"
     attack_settings: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    # sha256 of the file an imported model came from (`bd import`); None for models bd trains
+    source: str | None = None
+    # content fingerprint of the data (DataBundle.fingerprint): two folders holding different images
+    # under one dataset name never share a model or a result; "" until bound with `for_data`
+    data: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dataset", canonical_dataset(self.dataset))
         object.__setattr__(self, "arch", canonical_model(self.arch))
         object.__setattr__(self, "attack", canonical_attack(self.attack))
         check_ratio(self.poison_ratio)
-        preset(self.preset)
+        if self.imported:
+            if self.preset != IMPORTED:
+                raise InvalidRequest(f"an imported model's preset is {IMPORTED!r}, got {self.preset!r}")
+        else:
+            preset(self.preset)
+
+    def for_data(self, bundle: DataBundle) -> AttackSpec:
+        """This spec bound to the data it runs on (the fingerprint enters every key)."""
+        fingerprint = bundle.fingerprint
+        if self.data and self.data != fingerprint:
+            raise InvalidRequest(f"the {self.dataset} data changed since this experiment was defined "
+                                 f"(fingerprint {self.data} -> {fingerprint}); define it again on the data at hand")
+        return self if self.data == fingerprint else dataclasses.replace(self, data=fingerprint)
+
+    @property
+    def imported(self) -> bool:
+        """Trained by another tool and brought in with `bd import` (bd cannot retrain it)."""
+        return self.source is not None
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> AttackSpec:
+        """The spec whose `config()` this is (as stored in a model file's metadata)."""
+        try:
+            return cls(config["dataset"], config["arch"], config["attack"], float(config["poison_ratio"]),
+                       int(config["target"]), int(config["seed"]), str(config["preset"]),
+                       dict(config.get("attack_settings") or {}), config.get("source"), str(config.get("data", "")))
+        except (KeyError, TypeError, ValueError) as e:
+            raise InvalidRequest(f"attack description is incomplete or malformed ({type(e).__name__}: {e})") from None
 
     def build_attack(self) -> Attack:
         return create_attack(self.attack, self.attack_settings, self.preset)
@@ -59,7 +95,13 @@ class AttackSpec:
 
     def config(self) -> dict[str, Any]:
         """Everything that determines the trained model (the cache key hashes this)."""
+        data = {"data": self.data} if self.data else {}
+        if self.imported:  # the model is the file: its hash stands for how it was made
+            return {"format": MODEL_FORMAT, "dataset": self.dataset, "arch": self.arch, "attack": self.attack,
+                    "poison_ratio": self.poison_ratio, "target": self.target, "seed": self.seed,
+                    "preset": self.preset, "source": self.source, **data}
         return {
+            **data,
             "format": MODEL_FORMAT,
             "dataset": self.dataset,
             "arch": self.arch,
@@ -77,6 +119,27 @@ class AttackSpec:
         return config_key(self.config())
 
 
+def weak_attack_threshold() -> float:
+    """Below this ASR an attacked model is flagged: its backdoor did not take, so defending it
+    measures little. $BD_WEAK_ASR overrides the default 0.5."""
+    try:
+        value = float(os.environ.get("BD_WEAK_ASR", "0.5"))
+    except ValueError:
+        raise InvalidRequest(f"BD_WEAK_ASR must be a number in [0, 1], got {os.environ['BD_WEAK_ASR']!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise InvalidRequest(f"BD_WEAK_ASR must be in [0, 1], got {value}")
+    return value
+
+
+def weak_attack_warning(asr: float, what: str = "the attacked model") -> str | None:
+    """A sentence for results whose attacked model has too low an ASR, else None."""
+    threshold = weak_attack_threshold()
+    if asr >= threshold:
+        return None
+    return (f"{what} has ASR {asr:.1%}, below {threshold:.0%} (BD_WEAK_ASR): the backdoor did not take, so a "
+            "defense result on it says little; train longer or poison more")
+
+
 def attack_recipe(attack: str, preset_name: str) -> Recipe:
     changes = ATTACKS[canonical_attack(attack)].preset_recipes.get(preset_name, {})
     return dataclasses.replace(preset(preset_name), **changes)
@@ -86,6 +149,21 @@ def attack_recipe(attack: str, preset_name: str) -> Recipe:
 class DataBundle:
     train: ImageSet  # the full training split (mitigation sets are drawn from it)
     test: ImageSet
+
+    @property
+    def fingerprint(self) -> str:
+        """Content fingerprint of both splits (see ImageSet.digest)."""
+        return hashlib.sha256(f"{self.train.digest()}:{self.test.digest()}".encode()).hexdigest()[:16]
+
+    def for_model(self, meta: dict[str, Any]) -> DataBundle:
+        """The data as the model expects it: a model imported from another tool carries that
+        tool's normalization constants, which replace the dataset's."""
+        norm = meta.get("normalization")
+        if not norm:
+            return self
+        why = f"normalized as the imported model expects (mean {tuple(norm['mean'])}, std {tuple(norm['std'])})"
+        return DataBundle(self.train.normalized_as(tuple(norm["mean"]), tuple(norm["std"]), why),
+                          self.test.normalized_as(tuple(norm["mean"]), tuple(norm["std"]), why))
 
 
 def load_data(dataset: str, root: Path | None = None, download: bool = False) -> DataBundle:
@@ -105,7 +183,7 @@ def training_subset(train: ImageSet, recipe: Recipe, seed: int) -> ImageSet:
 def train_attacked_model(spec: AttackSpec, data: DataBundle, device: str = "cpu") -> tuple[torch.nn.Module, Trigger, dict]:
     recipe, attack = spec.recipe, spec.build_attack()
     if not 0 <= spec.target < data.train.num_classes:
-        raise ValueError(f"target class {spec.target} outside 0..{data.train.num_classes - 1}")
+        raise InvalidRequest(f"target class {spec.target} outside 0..{data.train.num_classes - 1}")
     train = training_subset(data.train, recipe, spec.seed)
     g = torch.Generator().manual_seed(spec.seed)
     trigger = fitted_trigger(attack, train, spec)
@@ -126,7 +204,8 @@ def fitted_trigger(attack: Attack, train: ImageSet, spec: AttackSpec) -> Trigger
     if not attack.cache_trigger:
         return attack.fit(train, spec.seed, spec.target)
     key = config_key({"trigger": attack.settings(), "attack": spec.attack, "dataset": spec.dataset,
-                      "train_images": len(train), "seed": spec.seed, "target": spec.target, "format": MODEL_FORMAT})
+                      "train_images": len(train), "data": train.digest(), "seed": spec.seed, "target": spec.target,
+                      "format": MODEL_FORMAT})
     path = cache_root() / "triggers" / f"{spec.attack}-{key}.safetensors"
     if path.exists():
         tensors, metadata = load_tensors(path)
@@ -178,6 +257,10 @@ def obtain_attacked_model(
     spec: AttackSpec, data: DataBundle, cache: ModelCache, device: str = "cpu"
 ) -> tuple[AttackedModel, bool]:
     """The attacked model for `spec` from the cache, or trained and cached; bool: cache hit."""
+    spec = spec.for_data(data)
+    if not 0 <= spec.target < data.train.num_classes:
+        raise InvalidRequest(f"target class {spec.target} is not a class of {spec.dataset} "
+                             f"(0..{data.train.num_classes - 1})")
     key = spec.key
     hit = cache.get(key)
     if hit is not None:

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from bd_core.errors import InvalidRequest
 from bd_core.progress import make_progress
+from bd_core.threads import rebalance
 
 BatchFn = Callable[[Tensor, torch.Generator], tuple[Tensor, Tensor]]
 StepFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
@@ -108,5 +109,6 @@ def fit(
                 progress.update(task, advance=1, status=f"epoch {epoch + 1}/{epochs} loss {total / count:.3f}")
             sched.step()
             losses.append(total / count)
+            rebalance()  # other bd processes may have started or ended: take this one's share again
     model.eval()
     return losses

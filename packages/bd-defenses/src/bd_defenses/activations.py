@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from bd_core.data import ImageSet
+from bd_core.attacks.base import augmented_batch
+from bd_core.data import Augment, ImageSet
 from bd_kernels import ChannelStats, apply_trigger
 
 
@@ -18,9 +19,11 @@ def layers_statistics(
     device: str = "cpu",
     batch_size: int = 256,
     inputs: bool = False,
+    augment: Augment | None = None,
+    generator: torch.Generator | None = None,
 ) -> list[ChannelStats]:
     """Per-channel count/mean/M2/min/max of each layer's output (or input) over `data`, in
-    eval mode, in one pass over the data."""
+    eval mode, in one pass over the data (through `augment`'s random crop/flip when given)."""
     stats = [ChannelStats() for _ in layers]
 
     def hook_for(s: ChannelStats):
@@ -29,13 +32,17 @@ def layers_statistics(
 
         return hook
 
-    handles = [layer.register_forward_hook(hook_for(s)) for layer, s in zip(layers, stats)]
+    handles = [layer.register_forward_hook(hook_for(s)) for layer, s in zip(layers, stats, strict=True)]
     was_training = model.training
     model.eval()
     mean, std = (t.to(device) for t in data.mean_std())
     try:
         for batch in data.images.split(batch_size):
-            model(apply_trigger(batch.to(device), mean=mean, std=std))
+            batch = batch.to(device)
+            if augment is None:
+                model(apply_trigger(batch, mean=mean, std=std))
+            else:
+                model(augmented_batch(batch, augment, generator or torch.Generator(), mean, std))
     finally:
         for h in handles:
             h.remove()

@@ -1,10 +1,20 @@
-"""BNP (Zheng et al., ECCV 2022, "Data-free backdoor removal based on channel Lipschitzness"'s
-sibling: "Pre-activation distributions expose backdoor neurons", NeurIPS 2022).
+"""BNP, BatchNorm Pruning (Zheng et al., "Pre-activation Distributions Expose Backdoor Neurons",
+NeurIPS 2022).
 
-For each BN that normalizes a conv, compare the Gaussian N(mu_bn, sigma_bn) of its tracked
-running statistics (biased by the poisoned training data) with N(mu_m, sigma_m) of the
-pre-activations the defender's clean data produce; prune channels whose KL divergence
-exceeds the layer's mean + lambda * std (survey Sec. 3.1.2, Eq. 2; lambda = 3).
+A backdoored model's BatchNorm layers track statistics of the poisoned training data. For every
+BN, the distribution of its input on the defender's clean data, N(mu_c, var_c), is compared
+with the tracked one, N(mu_r, var_r), per channel, by the authors' divergence
+
+    K = log(var_r / var_c) + (var_c + (mu_c - mu_r)^2) / (2 var_r) - 1/2
+
+(the authors' code and the survey's fork; a KL(clean || running) with the log term counted
+twice), and channels with K above the layer's mean + u * std are pruned: the BN's weight and
+bias are zeroed, so the channel outputs 0 (survey Sec. 3.1.2, Eq. 2; u = 3).
+As in that code: every BatchNorm2d is considered, the clean data pass through the training
+augmentation (the tracked statistics were gathered on augmented batches), and the variance is
+the unbiased one. Unlike it, the statistics cover the whole mitigation set, not only the last
+batch of the loader (the same at SPC 2 and 10; at SPC 100 the last batch holds 232 of 1 000),
+and both variances get the BN's eps (see below).
 """
 
 from __future__ import annotations
@@ -13,19 +23,18 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from bd_core.models import anatomy
 from torch import Tensor
 
 from bd_defenses.activations import layers_statistics
 from bd_defenses.base import Context, Defense, MitigationData, check_between
 from bd_defenses.pruning import layer_outliers, outlier_report
 from bd_defenses.registry import register
-from bd_defenses.surgery import zero_channels
+from bd_defenses.surgery import zero_bn_channels
 
 
-def gaussian_kl(mu_p: Tensor, var_p: Tensor, mu_q: Tensor, var_q: Tensor) -> Tensor:
-    """KL(N(mu_p, var_p) || N(mu_q, var_q)), elementwise."""
-    return 0.5 * (torch.log(var_q / var_p) + (var_p + (mu_p - mu_q) ** 2) / var_q - 1)
+def bnp_divergence(mu_r: Tensor, var_r: Tensor, mu_c: Tensor, var_c: Tensor) -> Tensor:
+    """The authors' per-channel divergence of the clean (c) from the tracked (r) statistics."""
+    return torch.log(var_r / var_c) + (var_c + (mu_c - mu_r) ** 2) / (2 * var_r) - 0.5
 
 
 @register("bnp", family="pruning", paper="Zheng et al., Pre-activation Distributions Expose Backdoor Neurons (NeurIPS 2022)")
@@ -37,15 +46,19 @@ class BNP(Defense):
         check_between("u", self.u, -10.0, 100.0)
 
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
-        pairs = anatomy(model).conv_bn
-        clean = layers_statistics(model, [bn for _, _, _, bn in pairs], data.clean, ctx.device, inputs=True)
+        bns = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+        clean = layers_statistics(model, [bn for _, bn in bns], data.clean, ctx.device, inputs=True,
+                                  augment=data.augment(), generator=ctx.generator(15))
         pruned = {}
-        for (conv_name, conv, _, bn), stats in zip(pairs, clean):
-            eps = bn.eps
-            kl = gaussian_kl(bn.running_mean.double(), bn.running_var.double() + eps,
-                             stats.mean.to(bn.running_mean.device), stats.var.to(bn.running_mean.device) + eps)
-            outliers = layer_outliers(kl, self.u)
-            zero_channels(conv, outliers.nonzero().squeeze(1), bn)
-            pruned[conv_name] = outliers.cpu()
+        for (name, bn), stats in zip(bns, clean, strict=True):
+            dev = bn.running_mean.device
+            var_c = (stats.m2 / (stats.count.to(torch.float64) - 1).clamp_min(1)).to(dev)
+            # + eps, as the BN's own normalisation: a channel silent on clean data (variance 0) then
+            # scores high, where the authors' code gets inf and a NaN threshold that prunes nothing
+            divergence = bnp_divergence(bn.running_mean.double(), bn.running_var.double() + bn.eps,
+                                        stats.mean.to(dev), var_c + bn.eps)
+            outliers = layer_outliers(divergence, self.u)
+            zero_bn_channels(bn, outliers.nonzero().squeeze(1))
+            pruned[name] = outliers.cpu()
         ctx.report(**outlier_report(pruned))
         return model

@@ -33,6 +33,7 @@ class FP(Defense):
     epochs: int = 100  # fine-tuning after pruning
     batch_size: int = 256
     lr: float = 0.01
+    channels: int = -1  # >= 0: prune exactly this many channels instead of choosing by the rule
 
     def __post_init__(self) -> None:
         check_between("acc_ratio", self.acc_ratio, 0.0, 1.0)
@@ -53,7 +54,7 @@ class FP(Defense):
         mask = mask_feature_channels(model, feature_name, keep)
         step = max(1, math.ceil(channels * self.prune_step))
         pruned, last_acc = 0, base
-        for n in range(step, channels, step):
+        for n in (range(step, channels, step) if self.channels < 0 else []):
             trial = torch.ones(channels)
             trial[order[:n]] = 0
             mask.keep.copy_(trial)
@@ -61,9 +62,13 @@ class FP(Defense):
             if acc < (1 - self.acc_ratio) * base:
                 break
             pruned, last_acc = n, acc
+        if self.channels >= 0:  # a count given by the user (e.g. another tool's choice, to compare algorithms)
+            pruned, rule = min(self.channels, channels), f"{self.channels} channels given"
         final = torch.ones(channels)
         final[order[:pruned]] = 0
         mask.keep.copy_(final)
+        if self.channels >= 0:
+            last_acc = accuracy(model, check_pixels)
         losses = finetune(model, data.clean, ctx, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                           description="FP fine-tuning") if self.epochs else []
         ctx.report(

@@ -96,14 +96,15 @@ class IBAU(Defense):
                     hit[torch.randperm(len(y), generator=g)[: max(1, int(len(y) * self.portion))].to(xn.device)] = True
 
                     def inner_loss(d: Tensor) -> Tensor:
-                        return -F.cross_entropy(model(xn + d), y) + self.penalty * d.pow(2).sum()
+                        # the closures are called by hypergradient below, within this iteration
+                        return -F.cross_entropy(model(xn + d), y) + self.penalty * d.pow(2).sum()  # noqa: B023
 
                     def inner_map(d: Tensor) -> Tensor:
                         (grad,) = torch.autograd.grad(inner_loss(d), d, create_graph=True)
                         return d - self.inner_step * grad
 
                     def outer_loss(d: Tensor) -> Tensor:
-                        return F.cross_entropy(model(torch.where(hit.view(-1, 1, 1, 1), xn + d, xn)), y)
+                        return F.cross_entropy(model(torch.where(hit.view(-1, 1, 1, 1), xn + d, xn)), y)  # noqa: B023
 
                     grads = hypergradient(delta, params, self.K, inner_map, outer_loss)
                     opt.zero_grad(set_to_none=True)

@@ -81,7 +81,7 @@ def masked_model(model: nn.Module) -> dict[str, MaskedConv2d]:
 @torch.no_grad()
 def clip_masks(wrapped: dict[str, MaskedConv2d], low: float | list[float] = 0.0, high: float = 1.0) -> None:
     lows = low if isinstance(low, list) else [low] * len(wrapped)
-    for m, lo in zip(wrapped.values(), lows):
+    for m, lo in zip(wrapped.values(), lows, strict=True):
         m.mask.clamp_(lo, high)
 
 

@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
 from bd_defenses.activations import layers_statistics
+from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
 from bd_defenses.bounds import install_bounds, layer_moments, train_bounds
 from bd_defenses.pixels import Pixels
 from bd_defenses.registry import register
@@ -48,7 +48,7 @@ class MMBD(Defense):
             reference = model.eval()(pixels.normalize(pixels.x))
         bounds = install_bounds(model, pixels.normalize(pixels.x[:1]))
         with torch.no_grad():
-            for b, stats in zip(bounds, layers_statistics(model, bounds, data.clean, ctx.device)):
+            for b, stats in zip(bounds, layers_statistics(model, bounds, data.clean, ctx.device), strict=True):
                 b.bound.fill_(layer_moments(stats)[0])
         report = train_bounds(
             model, bounds, pixels, ctx,

@@ -101,7 +101,8 @@ class NC(Defense):
             task = progress.add_task(f"NC reverse-engineering {num_classes} classes", total=num_classes * self.epochs)
             for first in range(0, num_classes, self.class_chunk):
                 targets = torch.arange(first, min(first + self.class_chunk, num_classes), device=pixels.x.device)
-                m, p, s = self.reverse_chunk(model, pixels, targets, g, lambda: progress.update(task, advance=len(targets)))
+                chunk = len(targets)
+                m, p, s = self.reverse_chunk(model, pixels, targets, g, lambda n=chunk: progress.update(task, advance=n))
                 masks.append(m), patterns.append(p), success.append(s)
         return ReversedTriggers(torch.cat(masks), torch.cat(patterns), torch.cat(success))
 

@@ -116,7 +116,7 @@ class NPD(Defense):
                     probs = adv_logits.softmax(1)
                     top2 = probs.topk(2, dim=1).indices
                     wrong = torch.where(top2[:, 0] == y, top2[:, 1], top2[:, 0])
-                    not_class = lambda cls: -torch.log(1.0001 - probs.gather(1, cls[:, None]) + 1e-12).mean()  # noqa: E731
+                    not_class = lambda cls, probs=probs: -torch.log(1.0001 - probs.gather(1, cls[:, None]) + 1e-12).mean()  # noqa: E731
                     loss = (self.lambda1 * F.cross_entropy(clean_logits, y)
                             + self.lambda2 * F.cross_entropy(adv_logits, own)
                             + self.lambda3 * not_class(wrong)

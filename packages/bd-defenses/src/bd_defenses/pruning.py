@@ -8,9 +8,12 @@ from torch import Tensor
 
 
 def layer_outliers(scores: Tensor, u: float) -> Tensor:
-    """Boolean mask of channels with score > mean + u * std (population std, as the papers' code)."""
+    """Boolean mask of channels with score > mean + u * std (torch's unbiased std, as the papers'
+    code: `kl_div.std()`, `channel_lips.std()`)."""
     scores = scores.double()
-    return scores > scores.mean() + u * scores.std(unbiased=False)
+    if scores.numel() < 2:
+        return torch.zeros_like(scores, dtype=torch.bool)
+    return scores > scores.mean() + u * scores.std()
 
 
 def outlier_report(pruned: dict[str, Tensor]) -> dict[str, object]:

@@ -76,7 +76,7 @@ class RNP(Defense):
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.unlearn_epochs)
         g = ctx.generator(2)
         acc, epoch = 1.0, 0
-        for epoch in range(1, self.unlearn_epochs + 1):
+        for epoch in range(1, self.unlearn_epochs + 1):  # noqa: B007 (the epoch reached is recorded)
             correct = 0
             for _, x, y in pixels.batches(self.batch_size, g):
                 logits = model(pixels.normalize(x))

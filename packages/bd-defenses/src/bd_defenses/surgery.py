@@ -22,7 +22,7 @@ def fold_batchnorm(model: nn.Module, image_size: int = 32) -> nn.Module:
     semantics) and replace the BN by Identity. The function computed in eval mode is
     unchanged; each conv output channel is then one neuron with weight w and bias b, the
     unit the masking defenses' equations (survey Eq. 5-13) multiply by m."""
-    for conv_name, conv, bn_name, bn in anatomy(model, image_size=image_size).conv_bn:
+    for _conv_name, conv, bn_name, bn in anatomy(model, image_size=image_size).conv_bn:
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
         conv.weight.mul_(scale.view(-1, 1, 1, 1))
@@ -46,6 +46,15 @@ def zero_channels(conv: nn.Conv2d, channels: Tensor, bn: nn.BatchNorm2d | None =
     if bn is not None:
         bn.weight[channels] = 0
         bn.bias[channels] = 0
+
+
+@torch.no_grad()
+def zero_bn_channels(bn: nn.BatchNorm2d, channels: Tensor) -> None:
+    """Prune channels at a BatchNorm: weight and bias 0, so in eval mode each outputs exactly 0
+    (how BNP's and CLP's authors prune)."""
+    channels = channels.to(bn.weight.device)
+    bn.weight[channels] = 0
+    bn.bias[channels] = 0
 
 
 class ChannelMask(nn.Module):

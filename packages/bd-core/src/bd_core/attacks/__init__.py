@@ -12,6 +12,7 @@ from bd_core.attacks.inputaware import InputAware, InputAwareTrigger
 from bd_core.attacks.lf import LF
 from bd_core.attacks.sig import SIG
 from bd_core.attacks.ssba import SSBA, SSBATrigger
+from bd_core.attacks.stored import StoredTrigger
 from bd_core.attacks.wanet import WaNet, WarpTrigger
 from bd_core.config import build_dataclass
 from bd_core.errors import BdError
@@ -42,5 +43,5 @@ def create_attack(name: str, overrides: dict[str, Any] | None = None, preset: st
 
 
 __all__ = ["ATTACKS", "BPP", "LF", "SIG", "SSBA", "Attack", "BadNets", "Blended", "InputAware", "InputAwareTrigger",
-           "PatternTrigger", "PixelTrigger", "SSBATrigger", "SqueezeTrigger", "Trigger", "WaNet", "WarpTrigger",
+           "PatternTrigger", "PixelTrigger", "SSBATrigger", "SqueezeTrigger", "StoredTrigger", "Trigger", "WaNet", "WarpTrigger",
            "canonical_attack", "create_attack"]

@@ -14,14 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+import torch
+from torch import Tensor
 
 from bd_core.data import formats
-from bd_core.data.imageset import DatasetInfo, ImageSet
+from bd_core.data.imageset import DatasetInfo, ImageSet, content_fingerprint
 from bd_core.data.synthetic import make_synthetic
 from bd_core.errors import BdError, DataNotFound
 from bd_core.paths import cache_root, data_root
+from bd_core.progress import log
+from bd_core.safefile import load_tensors, save_tensors
 
 SPLITS = ("train", "test")
 CACHE_FORMAT = 1
@@ -215,25 +217,35 @@ def load_dataset(
     if folder is None:
         hint = " or pass --download" if spec.download else ""
         raise DataNotFound(f"{name} not found: put {spec.layout}{hint}")
-    images, labels, classes = _read_cached(spec, folder, split == "train")
+    images, labels, classes, fingerprint = _read_cached(spec, folder, split == "train")
     info = DatasetInfo(name, tuple(classes), spec.mean, spec.std, spec.hflip, spec.note)
-    return ImageSet(images, labels, info, split)
+    try:
+        return ImageSet(images, labels, info, split, fingerprint=fingerprint)
+    except ValueError as e:
+        raise BdError(f"{name} in {folder} is malformed: {e}") from None
 
 
-def _read_cached(spec: DatasetSpec, folder: Path, train: bool):
+def _read_cached(spec: DatasetSpec, folder: Path, train: bool) -> tuple[Tensor, Tensor, list[str], str]:
+    """(images, labels, class names, content fingerprint): decoded once into the cache, where the
+    fingerprint is kept too; a damaged cache file is rebuilt from the source files."""
     if not spec.cached:
-        return spec.read(folder, train)
+        images, labels, classes = spec.read(folder, train)
+        return images, labels, classes, content_fingerprint(images, labels)
     split = "train" if train else "test"
     stamp = hashlib.sha256(f"{CACHE_FORMAT}:{folder.resolve()}:{folder.stat().st_mtime_ns}".encode()).hexdigest()[:12]
     path = cache_root() / "datasets" / f"{spec.name}-{split}-{stamp}.safetensors"
     if path.exists():
-        tensors = load_file(str(path))
-        with safe_open(str(path), "pt") as f:
-            classes = json.loads(f.metadata()["classes"])
-        return tensors["images"], tensors["labels"], classes
+        try:
+            tensors, metadata = load_tensors(path)
+            images, labels = tensors["images"], tensors["labels"]
+            classes, fingerprint = json.loads(metadata["classes"]), metadata["fingerprint"]
+            if images.dtype != torch.uint8 or images.dim() != 4 or labels.shape != (len(images),):
+                raise ValueError("unexpected tensor shapes")
+            return images, labels, classes, fingerprint
+        except (BdError, KeyError, ValueError, TypeError) as e:
+            log(f"the cached {spec.name} {split} set {path} is damaged ({str(e)[:80]}); decoding it again from {folder}")
     images, labels, classes = spec.read(folder, train)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"images": images.contiguous(), "labels": labels}, str(tmp), metadata={"classes": json.dumps(classes)})
-    tmp.replace(path)
-    return images, labels, classes
+    fingerprint = content_fingerprint(images, labels)
+    save_tensors(path, {"images": images, "labels": labels},
+                 {"classes": json.dumps(classes), "fingerprint": fingerprint})
+    return images, labels, classes, fingerprint

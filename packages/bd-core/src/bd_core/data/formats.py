@@ -11,6 +11,7 @@ import csv
 import gzip
 import pickle
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from bd_core.errors import BdError
+from bd_core.errors import BdError, DataNotFound
 
 # ---------------------------------------------------------------- idx (MNIST family)
 
@@ -28,8 +29,15 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 def read_idx(path: Path) -> np.ndarray:
     """Read an idx file (gzipped or not): magic 0x0000 <dtype> <ndim>, big-endian dims, data."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except EOFError:
+        raise BdError(f"{path} is truncated (the gzip stream ends early); download or copy it again") from None
+    except (gzip.BadGzipFile, zlib.error) as e:
+        raise BdError(f"{path} is not a valid .gz file ({e}); download or copy it again") from None
+    except OSError as e:
+        raise BdError(f"cannot read {path}: {e.strerror or e}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise BdError(f"{path} is not an idx file (bad magic number)")
     ndim = raw[3]
@@ -71,11 +79,7 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 
 def read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
     """One CIFAR-10 python batch: dict with b'data' (N x 3072 uint8, RGB planes) and b'labels'."""
-    with open(path, "rb") as f:
-        try:
-            batch = _ArrayOnlyUnpickler(f, encoding="bytes").load()
-        except (pickle.UnpicklingError, EOFError, ValueError) as e:
-            raise BdError(f"{path} is not a CIFAR-10 python batch: {e}") from None
+    batch = _load_cifar_pickle(path, "batch")
     data = batch.get(b"data", batch.get("data"))
     labels = batch.get(b"labels", batch.get("labels"))
     if data is None or labels is None:
@@ -84,6 +88,24 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
     if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
         raise BdError(f"{path}: expected N x 3072 pixels and N labels, got {data.shape} and {len(labels)}")
     return data, list(labels)
+
+
+def _load_cifar_pickle(path: Path, what: str) -> dict:
+    """One CIFAR-10 pickle through the array-only unpickler; every failure is one BdError line."""
+    if not path.is_file():
+        raise DataNotFound(f"{path} is missing: CIFAR-10's cifar-10-batches-py/ needs data_batch_1..5, test_batch "
+                           "and batches.meta (re-extract cifar-10-python.tar.gz, or pass --download)")
+    try:
+        with open(path, "rb") as f:
+            content = _ArrayOnlyUnpickler(f, encoding="bytes").load()
+    except OSError as e:
+        raise BdError(f"cannot read {path}: {e.strerror or e}") from None
+    except Exception as e:  # any way a damaged or hostile pickle fails: refused, nothing of it ran
+        raise BdError(f"{path} is not a CIFAR-10 python {what} ({type(e).__name__}: {str(e)[:120]}); "
+                      "re-extract the dataset") from None
+    if not isinstance(content, dict):
+        raise BdError(f"{path} is not a CIFAR-10 python {what} (holds a {type(content).__name__}, not a dict)")
+    return content
 
 
 def read_cifar10(folder: Path, train: bool) -> tuple[Tensor, Tensor, list[str]]:
@@ -99,10 +121,11 @@ def _cifar_class_names(meta: Path) -> list[str]:
     default = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     if not meta.exists():
         return default
-    with open(meta, "rb") as f:
-        d = _ArrayOnlyUnpickler(f, encoding="bytes").load()
-    names = d.get(b"label_names", d.get("label_names", default))
-    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    content = _load_cifar_pickle(meta, "metadata file")
+    names = content.get(b"label_names", content.get("label_names", default))
+    if not isinstance(names, (list, tuple)) or len(names) != 10:
+        raise BdError(f"{meta}: label_names must list the 10 CIFAR-10 classes; re-extract the dataset")
+    return [n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in names]
 
 
 # ---------------------------------------------------------------- image folders (GTSRB, Tiny-ImageNet)
@@ -110,11 +133,14 @@ def _cifar_class_names(meta: Path) -> list[str]:
 
 def decode_image(path: Path, size: int) -> np.ndarray:
     """Decode one image file to RGB uint8 [3,size,size] (bilinear resize when needed)."""
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        if im.size != (size, size):
-            im = im.resize((size, size), Image.BILINEAR)
-        return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise BdError(f"cannot decode image {path} ({type(e).__name__}); replace or remove it") from None
 
 
 def decode_images(paths: list[Path], size: int, progress_label: str) -> Tensor:
@@ -132,7 +158,10 @@ def read_gtsrb_csv(path: Path) -> list[tuple[str, int]]:
         rows = list(csv.DictReader(f, delimiter=";"))
     if not rows or "Filename" not in rows[0] or "ClassId" not in rows[0]:
         raise BdError(f"{path} is not a GTSRB annotation file (needs Filename and ClassId columns)")
-    return [(r["Filename"], int(r["ClassId"])) for r in rows]
+    try:
+        return [(r["Filename"], int(r["ClassId"])) for r in rows]
+    except (TypeError, ValueError):
+        raise BdError(f"{path}: a ClassId is not an integer; the annotation file is damaged") from None
 
 
 def read_gtsrb(train_dir: Path | None, test_dir: Path | None, test_csv: Path | None, train: bool, size: int = 32):
@@ -145,6 +174,9 @@ def read_gtsrb(train_dir: Path | None, test_dir: Path | None, test_csv: Path | N
             if csvs:
                 entries = read_gtsrb_csv(csvs[0])
             else:  # torchvision's layout has no per-class CSV: the folder is the class
+                if not class_dir.name.isdigit():
+                    raise BdError(f"{class_dir}: a GTSRB class folder is named by its class number (e.g. 00012); "
+                                  "move or remove this folder")
                 entries = [(p.name, int(class_dir.name)) for p in sorted(class_dir.glob("*.ppm"))]
             paths += [class_dir / name for name, _ in entries]
             labels += [cid for _, cid in entries]

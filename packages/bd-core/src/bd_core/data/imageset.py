@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 
 import torch
@@ -24,6 +26,14 @@ class DatasetInfo:
         return len(self.classes)
 
 
+def content_fingerprint(images: Tensor, labels: Tensor) -> str:
+    """sha256 (first 16 hex digits) of a split's pixels, labels and shape."""
+    digest = hashlib.sha256(str(tuple(images.shape)).encode())
+    digest.update(images.contiguous().numpy().tobytes())
+    digest.update(labels.to(torch.int64).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 @dataclass
 class ImageSet:
     """uint8 images [N,C,H,W], int64 labels [N], the dataset's info and the split name.
@@ -37,6 +47,7 @@ class ImageSet:
     info: DatasetInfo
     split: str
     source_index: Tensor | None = field(default=None, repr=False)
+    fingerprint: str = field(default="", repr=False)  # content hash (see `digest`); "" until computed
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -53,6 +64,12 @@ class ImageSet:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def digest(self) -> str:
+        """Content fingerprint of the images and labels (computed once; loaders keep it in the cache)."""
+        if not self.fingerprint:
+            self.fingerprint = content_fingerprint(self.images, self.labels)
+        return self.fingerprint
 
     @property
     def channels(self) -> int:
@@ -76,6 +93,15 @@ class ImageSet:
             split or self.split,
             self.source_index[index],
         )
+
+    def normalized_as(self, mean: tuple[float, ...], std: tuple[float, ...], why: str) -> ImageSet:
+        """The same images with other normalization constants (a model trained elsewhere expects its
+        own); `why` is added to the dataset note so every result shows it."""
+        if len(mean) != self.channels or len(std) != self.channels or min(std) <= 0:
+            raise ValueError(f"normalization needs {self.channels} means and positive stds, got {mean} / {std}")
+        note = f"{self.info.note}; {why}" if self.info.note else why
+        info = dataclasses.replace(self.info, mean=tuple(mean), std=tuple(std), note=note)
+        return ImageSet(self.images, self.labels, info, self.split, self.source_index, self.fingerprint)
 
     def class_counts(self) -> Tensor:
         return torch.bincount(self.labels, minlength=self.num_classes)

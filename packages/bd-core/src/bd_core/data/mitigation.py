@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import re
+from pathlib import Path
 
 import torch
 
@@ -52,3 +54,58 @@ def stratified_index(labels: torch.Tensor, num_classes: int, per_class: int, gen
         members = (labels == c).nonzero().squeeze(1)
         chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
     return torch.cat(chosen).sort().values
+
+
+MAX_INDEX_FILE = 16 * 1024 * 1024
+
+
+def read_indices(path: Path) -> tuple[int, ...]:
+    """Row indices into the training split from a file: integers separated by whitespace or commas
+    (as `np.savetxt` writes them), or a JSON list."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidRequest(f"mitigation indices file {path} does not exist")
+    if path.stat().st_size > MAX_INDEX_FILE:
+        raise InvalidRequest(f"mitigation indices file {path} is larger than {MAX_INDEX_FILE // 2**20} MiB")
+    text = path.read_text(errors="replace").strip()
+    if text.startswith("["):
+        text = text.strip("[]")
+    values = [v for v in re.split(r"[\s,]+", text) if v]
+    try:
+        parsed = [float(v) for v in values]
+    except ValueError:
+        bad = next(v for v in values if not _is_number(v))
+        raise InvalidRequest(f"{path}: {bad[:40]!r} is not an integer index (expected integers separated by "
+                             "spaces, commas or newlines)") from None
+    if any(v != int(v) for v in parsed):
+        raise InvalidRequest(f"{path}: indices must be whole numbers")
+    if not parsed:
+        raise InvalidRequest(f"{path} lists no indices")
+    return tuple(int(v) for v in parsed)
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+        return True
+    except ValueError:
+        return False
+
+
+def mitigation_from_indices(train: ImageSet, indices: tuple[int, ...]) -> ImageSet:
+    """The defender's clean set given as rows of the training split (e.g. another tool's D_m)."""
+    if train.split != "train":
+        raise InvalidRequest(f"a mitigation set is drawn from the training split, not {train.split!r}")
+    index = torch.tensor(indices, dtype=torch.long)
+    if int(index.min()) < 0 or int(index.max()) >= len(train):
+        raise InvalidRequest(f"mitigation indices must be in 0..{len(train) - 1} (the training split), "
+                             f"got {int(index.min())}..{int(index.max())}")
+    if len(index.unique()) != len(index):
+        raise InvalidRequest("mitigation indices repeat an image; each index may appear once")
+    return train.subset(index.sort().values, split="mitigation")
+
+
+def indices_digest(indices: tuple[int, ...]) -> str:
+    """Order-free fingerprint of a set of indices, for experiment keys."""
+    joined = ",".join(str(i) for i in sorted(indices))
+    return hashlib.sha256(joined.encode()).hexdigest()[:16]

@@ -50,7 +50,8 @@ class PreActResNet18(nn.Module):
         "features": "avgpool",
         "classifier": "linear",
         "last_conv": "layer4.1.conv2",
-        "stages": ("layer1", "layer2", "layer3", "layer4"),
+        # NAD distils the last three (BackdoorBench: layer3, layer4 and the pooled map)
+        "stages": ("layer1", "layer2", "layer3", "layer4", "avgpool"),
     }
 
     def forward(self, x: Tensor) -> Tensor:

@@ -31,6 +31,10 @@ ALIASES = {
     "mobilenet": "mobilenetv3-large",
 }
 MIN_SIZE, MAX_SIZE = 28, 64
+MAX_CLASSES = 1000  # bounds what a model file can make bd allocate
+# constructor options beyond the common ones, with their allowed ranges (e.g. an imported
+# VGG19-BN keeps torchvision's 4096-wide head)
+OPTIONS: dict[str, dict[str, tuple[int, int]]] = {"vgg19-bn": {"hidden": (4, 8192)}}
 
 
 def canonical_model(name: str) -> str:
@@ -43,15 +47,25 @@ def canonical_model(name: str) -> str:
     raise BdError(f"unknown architecture {name!r}; valid: {', '.join(MODELS)} (aliases: vgg19, resnet18, mobilenet)")
 
 
-def create_model(name: str, num_classes: int, in_channels: int = 3, image_size: int = 32, width: float = 1.0) -> nn.Module:
+def create_model(
+    name: str, num_classes: int, in_channels: int = 3, image_size: int = 32, width: float = 1.0,
+    options: dict[str, int] | None = None,
+) -> nn.Module:
     """Build an untrained classifier for `in_channels` x `image_size`^2 inputs."""
     arch = canonical_model(name)
+    allowed = OPTIONS.get(arch, {})
+    for key, value in (options or {}).items():
+        if key not in allowed:
+            raise BdError(f"{arch} has no option {key!r}; valid: {', '.join(allowed) or '(none)'}")
+        low, high = allowed[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise BdError(f"{arch} option {key} must be an integer in {low}..{high}, got {value!r}")
     if in_channels not in (1, 3):
         raise BdError(f"in_channels must be 1 or 3, got {in_channels}")
     if not MIN_SIZE <= image_size <= MAX_SIZE:
         raise BdError(f"image_size must be within {MIN_SIZE}..{MAX_SIZE} px, got {image_size}")
     if not 0 < width <= 4:
         raise BdError(f"width must be in (0, 4], got {width}")
-    if num_classes < 2:
-        raise BdError(f"num_classes must be >= 2, got {num_classes}")
-    return MODELS[arch](num_classes=num_classes, in_channels=in_channels, width=width)
+    if not 2 <= num_classes <= MAX_CLASSES:
+        raise BdError(f"num_classes must be within 2..{MAX_CLASSES}, got {num_classes}")
+    return MODELS[arch](num_classes=num_classes, in_channels=in_channels, width=width, **(options or {}))

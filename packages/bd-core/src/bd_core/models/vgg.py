@@ -14,7 +14,7 @@ CONFIG_E = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 
 
 
 class VGG19BN(nn.Module):
-    def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0) -> None:
+    def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0, hidden: int | None = None) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c_in = in_channels
@@ -27,7 +27,7 @@ class VGG19BN(nn.Module):
                 c_in = c_out
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        hidden = max(4, round(512 * width))
+        hidden = hidden or max(4, round(512 * width))  # 4096 for torchvision's head (bd import)
         self.classifier = nn.Sequential(
             nn.Linear(c_in, hidden),
             nn.ReLU(inplace=True),

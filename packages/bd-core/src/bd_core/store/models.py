@@ -18,10 +18,10 @@ from typing import Any
 import torch.nn as nn
 
 from bd_core.attacks.base import Trigger
-from bd_core.errors import UnsafeModelFile
+from bd_core.errors import BdError, UnsafeModelFile
 from bd_core.models import create_model
 from bd_core.models.state import load_checked_state
-from bd_core.store.safefile import load_tensors, metadata_json, save_tensors
+from bd_core.safefile import load_tensors, metadata_json, save_tensors
 
 MODEL_FILE = "model.safetensors"
 REQUIRED = {"arch": str, "num_classes": int, "in_channels": int, "image_size": int, "width": float}
@@ -57,7 +57,14 @@ def load_model(path: Path, need_trigger: bool = True) -> AttackedModel:
     for key, kind in REQUIRED.items():
         if not isinstance(meta.get(key), (kind, int) if kind is float else kind):
             raise UnsafeModelFile(f"{path}: metadata field {key!r} missing or not {kind.__name__}")
-    model = create_model(meta["arch"], meta["num_classes"], meta["in_channels"], meta["image_size"], meta["width"])
+    options = meta.get("options") or {}
+    if not isinstance(options, dict):
+        raise UnsafeModelFile(f"{path}: metadata field 'options' is not a mapping")
+    try:
+        model = create_model(meta["arch"], meta["num_classes"], meta["in_channels"], meta["image_size"],
+                             meta["width"], options)
+    except BdError as e:
+        raise UnsafeModelFile(f"{path}: {e}") from None
     state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         load_checked_state(model, state, f"{path} ({meta['arch']})")

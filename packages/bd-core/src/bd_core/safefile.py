@@ -7,6 +7,7 @@ a message that says how to convert it.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -54,7 +55,21 @@ def save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.chmod(tmp, 0o666 & ~current_umask())  # safetensors writes 0600; a shared cache needs the umask's mode
     tmp.replace(path)
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux reports it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def metadata_json(metadata: dict[str, str], key: str, path: Path) -> dict:

@@ -1,0 +1,354 @@
+"""The same-model parity study of docs/parity.md: bd against the survey's own code.
+
+The survey's code is the BackdoorBench fork WhoDunnett/BackdoorBenchmark. It is fetched beside
+this project (never committed) and given its own Python environment; docs/parity_shim.py runs
+its scripts on current torch/NumPy on a CPU. This driver contains none of the fork's code: it
+prepares data, calls the fork's scripts, calls bd, and writes the table.
+
+    python docs/parity.py data   --fork ../fork/BackdoorBenchmark            # Fashion-MNIST in CIFAR-10's layout
+    python docs/parity.py attack --fork ... --fork-python ../fork/venv/bin/python   # BadNets, 1 epoch
+    python docs/parity.py import --fork ...                                 # bd import of that record
+    python docs/parity.py run    --fork ... --fork-python ... [--defenses clp,ft] [--partitions 0,1,2]
+    python docs/parity.py table                                             # docs/parity.md
+
+Every run keeps its outputs under --work (default ../fork/parity): the fork's log, the
+mitigation indices it drew, its timing, bd's JSON result. `run` skips finished pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import pickle
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RECORD = "parity_badnet_preactresnet18"
+TEST_PER_CLASS = 100  # 1 000 test images: the fork evaluates the test set every epoch of most defenses
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
+
+# The 19 benchmarked defenses, in the order they are run (cheapest first): bd's name -> the
+# fork's script and config, "fork": keys written over that config (schedules shortened for a
+# 2-core CPU, and cos_t_max so that the fork's cosine schedule, fixed at T_max 100 in its
+# code, anneals over the epochs actually run, as bd's does), "bd": the same in bd's settings.
+DEFENSES: dict[str, dict] = {
+    "clp": {"script": "clp.py", "config": "clp/cifar10.yaml"},
+    "bnp": {"script": "bnp.py", "config": "bnp/cifar10.yaml"},
+    "fst": {"script": "fst.py", "config": "fst/cifar10.yaml"},  # 15 epochs: its argparse default beats the config's 10
+    "ft": {"script": "ft.py", "config": "ft/default.yaml", "fork": {"epochs": 20, "cos_t_max": 20},
+           "bd": {"epochs": 20}},
+    "nad": {"script": "nad.py", "config": "nad/cifar10.yaml", "fork": {"cos_t_max": 10}},
+    "fp": {"script": "fp.py", "config": "fp/cifar10.yaml", "fork": {"epochs": 20, "cos_t_max": 20},
+           "bd": {"epochs": 20}},
+    "pbe": {"script": "pbe.py", "config": "pbe/default.yaml"},
+    "i-bau": {"script": "i-bau.py", "config": "i-bau/cifar10.yaml"},
+    "mm-bd": {"script": "mm-bd.py", "config": "mm-bd/default.yaml"},
+    "nft": {"script": "nft.py", "config": "nft/default.yaml", "fork": {"epochs": 20}, "bd": {"epochs": 20}},
+    "rnp": {"script": "rnp.py", "config": "rnp/default.yaml", "bd": {"unlearn_threshold": 0.2}},
+    "awm": {"script": "awn.py", "config": "awn/default.yaml"},
+    "npd": {"script": "npd.py", "config": "npd/cifar10_preactresnet18.yaml", "fork": {"epochs": 20, "cos_t_max": 20},
+            "bd": {"epochs": 20}, "full_test_sets": True},  # its final test is its own code, not the shared one
+    "sau": {"script": "sau.py", "config": "sau/cifar10.yaml", "fork": {"n_rounds": 20}, "bd": {"rounds": 20}},
+    "ft-sam": {"script": "ft-sam.py", "config": "ft-sam/cifar10.yaml", "fork": {"epochs": 20, "cos_t_max": 20},
+               "bd": {"epochs": 20}},
+    "nc": {"script": "nc.py", "config": "nc/cifar10.yaml", "fork": {"nc_epoch": 20, "epochs": 20, "cos_t_max": 20},
+           "bd": {"epochs": 20, "unlearn_epochs": 20}},
+    "bti-dbf": {"script": "btidbf-u.py", "config": "btidbf-u/cifar10.yaml",
+                "fork": {"preround": 20, "mround": 10, "uround": 10, "ul_round": 10, "nround": 3},
+                "bd": {"pretrain_epochs": 20, "mask_epochs": 10, "generator_epochs": 10, "unlearn_epochs": 10,
+                       "rounds": 3}},
+    "anp": {"script": "anp.py", "config": "anp/default.yaml", "fork": {"nb_iter": 500}, "bd": {"iterations": 500}},
+    "fmp": {"script": "fmp.py", "config": "fmp/default.yaml"},
+}
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def read_idx(path: Path) -> np.ndarray:
+    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def as_cifar_rows(images: np.ndarray) -> np.ndarray:
+    """28x28 grey -> 32x32 RGB (2 black pixels of padding, the grey value in every channel), as
+    CIFAR-10's rows of 3072 bytes (R plane, G plane, B plane)."""
+    padded = np.pad(images, ((0, 0), (2, 2), (2, 2)))
+    return np.repeat(padded[:, None], 3, axis=1).reshape(len(images), 3072)
+
+
+def write_data(fork: Path) -> Path:
+    """Fashion-MNIST in CIFAR-10's pickle layout at <fork>/data/cifar10/cifar-10-batches-py:
+    the first 50 000 training images in five batches, and 100 test images per class."""
+    folder = fork / "data" / "cifar10" / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    train_x = read_idx(FASHION / "train-images-idx3-ubyte.gz")[:50_000]
+    train_y = read_idx(FASHION / "train-labels-idx1-ubyte.gz")[:50_000]
+    test_x, test_y = read_idx(FASHION / "t10k-images-idx3-ubyte.gz"), read_idx(FASHION / "t10k-labels-idx1-ubyte.gz")
+    keep = np.sort(np.concatenate([np.flatnonzero(test_y == c)[:TEST_PER_CLASS] for c in range(10)]))
+    test_x, test_y = test_x[keep], test_y[keep]
+    batches = [(f"data_batch_{i + 1}", train_x[i * 10_000:(i + 1) * 10_000], train_y[i * 10_000:(i + 1) * 10_000])
+               for i in range(5)] + [("test_batch", test_x, test_y)]
+    for name, x, y in batches:
+        with open(folder / name, "wb") as f:
+            pickle.dump({"batch_label": name, "labels": [int(v) for v in y], "data": as_cifar_rows(x),
+                         "filenames": [f"{i}.png" for i in range(len(y))]}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": FASHION_CLASSES, "num_cases_per_batch": 10_000,
+                     "num_vis": 3072}, f)
+    print(f"wrote {folder}: 50 000 training and {len(test_y)} test images (Fashion-MNIST, padded to 32x32 RGB)")
+    return folder.parent
+
+
+# ----------------------------------------------------------------------------- running the two tools
+
+
+SHRUNK_TEST_IMAGES = 20  # the fork's logging-only test evaluations see this many images (docs/parity_shim.py)
+
+
+def fork_env(out: Path, threads: int, shrink: bool = False) -> dict[str, str]:
+    env = {**os.environ, "BD_PARITY_OUT": str(out), "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1",
+           "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": "",
+           "BD_PARITY_TEST_IMAGES": str(SHRUNK_TEST_IMAGES if shrink else 0)}
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+def run_logged(cmd: list[str], log: Path, env: dict[str, str], cwd: Path | None = None) -> tuple[int, float]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    with open(log, "w") as f:
+        code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    return code, time.perf_counter() - began
+
+
+def attack(args: argparse.Namespace) -> None:
+    """Train the fork's BadNets PreAct-ResNet18: 1 epoch at full width on the 50 000 images."""
+    record = args.fork / "record" / RECORD
+    if (record / "attack_result.pt").exists():
+        print(f"{record} exists")
+        return
+    record.parent.mkdir(exist_ok=True)  # a fresh clone of the fork has no record/ folder
+    cmd = [str(args.fork_python), str(HERE / "parity_shim.py"), str(args.fork / "attack" / "badnet.py"),
+           "--yaml_path", "../config/attack/prototype/cifar10.yaml",
+           "--bd_yaml_path", "../config/attack/badnet/default.yaml",
+           "--save_folder_name", RECORD, "--epochs", str(args.epochs), "--device", "cpu", "--num_workers", "0",
+           "--dataset_path", "../data/cifar10", "--random_seed", "0", "--amp", "False", "--pin_memory", "False"]
+    code, seconds = run_logged(cmd, args.work / "attack.log", fork_env(args.work / "attack", args.threads))
+    print(f"fork attack exit {code} after {seconds:.0f} s; log {args.work / 'attack.log'}")
+
+
+def import_model(args: argparse.Namespace) -> Path:
+    model = args.work / "model.safetensors"
+    cmd = [sys.executable, "-m", "bd_cli.app", "import", str(args.fork / "record" / RECORD), "--out", str(model),
+           "--data-dir", str(args.fork / "data" / "cifar10"), "--device", "cpu", "--format", "json"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=bd_env(args.threads))
+    print(result.stdout or result.stderr)
+    (args.work / "import.json").write_text(result.stdout)
+    return model
+
+
+def bd_env(threads: int) -> dict[str, str]:
+    return {**os.environ, "BD_PROGRESS": "0", "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def fork_choice(defense: str, out: Path) -> dict | None:
+    """The value the fork's selection rule chose, as a bd setting: bd then runs the same algorithm
+    with that value, so the algorithm and the selection rule are judged separately."""
+    log = (out / "fork.log").read_text(errors="replace") if (out / "fork.log").exists() else ""
+    if defense == "fp":  # "End prune. Pruned N/512": the fork masks seq_sort[0:N-1], N-1 channels
+        found = re.findall(r"End prune\. Pruned (\d+)/", log)
+        return {"channels": max(0, int(found[-1]) - 1)} if found else None
+    return None
+
+
+FINAL = re.compile(r"Final test_acc:\s*([0-9.eE+-]+)\s+test_asr:\s*([0-9.eE+-]+)\s+test_ra:\s*([0-9.eE+-]+)")
+
+
+def fork_config(args: argparse.Namespace, defense: str, out: Path) -> Path:
+    """The fork's config for `defense` with the parity study's keys written over it (a copy in
+    the run's folder; the fork's own files stay as fetched)."""
+    import yaml  # the fork's environment has PyYAML; bd's gets it with ray
+
+    spec = DEFENSES[defense]
+    config = yaml.safe_load((args.fork / "config" / "defense" / spec["config"]).read_text())
+    config.update(spec.get("fork", {}))
+    path = out / "fork-config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def accepted_flags(args: argparse.Namespace, script: str) -> set[str]:
+    """The command-line flags a fork script defines (its --help, read once)."""
+    cache = args.work / "help" / f"{script}.txt"
+    if not cache.exists():
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run([str(args.fork_python), str(HERE / "parity_shim.py"), str(args.fork / "defense" / script),
+                                 "--help"], capture_output=True, text=True, env=fork_env(cache.parent, args.threads))
+        cache.write_text(result.stdout)
+    return set(re.findall(r"(--[a-zA-Z_]+)", cache.read_text()))
+
+
+def run_fork(args: argparse.Namespace, defense: str, partition: int, out: Path) -> dict:
+    spec = DEFENSES[defense]
+    wanted = {"--yaml_path": str(fork_config(args, defense, out)), "--model": "preactresnet18", "--spc": "10",
+              "--random_seed": str(partition), "--result_base": "../record", "--result_file": RECORD,
+              "--dataset": "cifar10", "--dataset_path": "../data/cifar10", "--device": "cpu", "--num_workers": "0"}
+    flags = accepted_flags(args, spec["script"])
+    # the fork's scripts let an argparse default win over the config file: a shortened schedule
+    # goes on the command line wherever the script defines the flag
+    wanted.update({f"--{key}": str(value) for key, value in spec.get("fork", {}).items()})
+    cmd = [str(args.fork_python), str(HERE / "parity_shim.py"), str(args.fork / "defense" / spec["script"])]
+    for flag, value in wanted.items():
+        if flag in flags:  # e.g. CLP is data-free and takes no --spc
+            cmd += [flag, value]
+    for stale in ("final.json", "timing.json", "indices.json"):
+        (out / stale).unlink(missing_ok=True)
+    shrink = not spec.get("full_test_sets", False)
+    code, seconds = run_logged(cmd, out / "fork.log", fork_env(out, args.threads, shrink))
+    timing = json.loads((out / "timing.json").read_text()) if (out / "timing.json").exists() else {}
+    result = {"exit": code, "process_seconds": round(seconds, 1), **timing}
+    if shrink and (out / "final.json").exists():  # the final test, on the full test sets
+        result.update(json.loads((out / "final.json").read_text()))
+    elif not shrink:
+        found = FINAL.findall((out / "fork.log").read_text(errors="replace"))
+        if found:
+            acc, asr, ra = (float(v) for v in found[-1])
+            result.update(acc=acc, asr=asr, ra=ra)
+    return result
+
+
+def mitigation_rows(out: Path) -> list[int] | None:
+    """The training rows the fork drew as D_m (train and validation parts), or None for a
+    data-free defense that drew none."""
+    if not (out / "indices.json").exists():
+        return None
+    drawn = json.loads((out / "indices.json").read_text())
+    return sorted(drawn["train"] + drawn["val"])
+
+
+def run_bd(args: argparse.Namespace, defense: str, partition: int, out: Path, extra: dict | None = None) -> dict:
+    spec = DEFENSES[defense]
+    settings = {**spec.get("bd", {}), **(extra or {})}
+    cmd = [sys.executable, "-m", "bd_cli.app", "defend", "--model", str(args.work / "model.safetensors"),
+           "--defense", defense, "--partition", str(partition),
+           "--data-dir", str(args.fork / "data" / "cifar10"), "--device", "cpu", "--store",
+           str(args.work / "bd-results.sqlite"), "--format", "json", "--force"]
+    rows = mitigation_rows(out)
+    if rows is not None:
+        (out / "mitigation.txt").write_text("\n".join(str(i) for i in rows) + "\n")
+        cmd += ["--mitigation-indices", str(out / "mitigation.txt")]
+    for key, value in settings.items():
+        cmd += ["--set", f"{key}={value}"]
+    began = time.perf_counter()
+    result = subprocess.run(cmd, capture_output=True, text=True, env=bd_env(args.threads))
+    seconds = time.perf_counter() - began
+    log = "bd-extra.log" if extra else "bd.log" if str(partition) == out.name else f"bd-seed-{partition}.log"
+    (out / log).write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        return {"exit": result.returncode, "process_seconds": round(seconds, 1)}
+    row = json.loads(result.stdout)
+    return {"exit": 0, "process_seconds": round(seconds, 1), "defense_seconds": row["defense_seconds"],
+            "acc": row["acc_post"], "asr": row["asr_post"], "ra": row["ra_post"], "settings": settings,
+            "details": row["details"]["defense"]}
+
+
+def run(args: argparse.Namespace) -> None:
+    names = list(DEFENSES) if args.defenses == "all" else [d.strip() for d in args.defenses.split(",")]
+    for partition in [int(p) for p in args.partitions.split(",")]:  # every defense once before any twice
+        for defense in names:
+            out = args.work / "runs" / defense / str(partition)
+            result_file = out / "result.json"
+            if args.bd_only:  # bd changed: run it again against the fork's stored run
+                if not result_file.exists():
+                    continue
+                fork = json.loads(result_file.read_text())["fork"]
+            else:
+                if result_file.exists() and not args.force:
+                    continue
+                out.mkdir(parents=True, exist_ok=True)
+                print(f"{defense} partition {partition}: fork ...", flush=True)
+                fork = run_fork(args, defense, partition, out)
+                print(f"  fork {fork}", flush=True)
+            if "acc" not in fork:
+                result_file.write_text(json.dumps({"fork": fork, "bd": None}, indent=1))
+                continue
+            print(f"{defense} partition {partition}: bd ...", flush=True)
+            bd = run_bd(args, defense, partition, out)
+            print(f"  bd {bd}", flush=True)
+            result = {"fork": fork, "bd": bd}
+            choice = fork_choice(defense, out)
+            if choice is not None:  # the same algorithm, at the value the fork's rule chose
+                result["bd_at_fork_choice"] = run_bd(args, defense, partition, out, choice)
+                print(f"  bd at the fork's choice {choice}: {result['bd_at_fork_choice']}", flush=True)
+            result_file.write_text(json.dumps(result, indent=1))
+
+
+SEED_OFFSETS = (100, 200)  # bd's run-to-run spread: the same D_m, other seeds of the defense's own randomness
+
+
+def noise(args: argparse.Namespace) -> None:
+    """For every pair more than 5 points apart in ACC or ASR, run bd twice more on the same
+    mitigation images with other seeds (the seed is base seed + partition, so partition p + 100
+    and p + 200 name the same images with other randomness): is the gap within bd's own spread?"""
+    names = list(DEFENSES) if args.defenses == "all" else [d.strip() for d in args.defenses.split(",")]
+    for defense in names:
+        for result_file in sorted((args.work / "runs" / defense).glob("*/result.json")):
+            result = json.loads(result_file.read_text())
+            fork, bd = result["fork"], result.get("bd") or {}
+            if "acc" not in fork or "acc" not in bd or "bd_seeds" in result and not args.force:
+                continue
+            if max(abs(fork["acc"] - bd["acc"]), abs(fork["asr"] - bd["asr"])) <= 0.05:
+                continue
+            partition = int(result_file.parent.name)
+            runs = [run_bd(args, defense, partition + offset, result_file.parent) for offset in SEED_OFFSETS]
+            result["bd_seeds"] = [{k: r.get(k) for k in ("acc", "asr", "ra", "defense_seconds")} for r in runs]
+            print(f"{defense} p{partition}: bd over seeds {result['bd_seeds']}", flush=True)
+            result_file.write_text(json.dumps(result, indent=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", choices=["data", "attack", "import", "run", "noise", "table"])
+    parser.add_argument("--fork", type=Path, default=ROOT.parent / "fork" / "BackdoorBenchmark")
+    parser.add_argument("--fork-python", type=Path, default=ROOT.parent / "fork" / "venv" / "bin" / "python")
+    parser.add_argument("--work", type=Path, default=ROOT.parent / "fork" / "parity")
+    parser.add_argument("--defenses", default="all")
+    parser.add_argument("--partitions", default="0,1,2")
+    parser.add_argument("--epochs", type=int, default=1, help="attack training epochs of the fork")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--force", action="store_true", help="run again even where a result is stored")
+    parser.add_argument("--bd-only", action="store_true", help="rerun only bd, against the stored fork runs")
+    args = parser.parse_args()
+    args.fork, args.work = args.fork.resolve(), args.work.resolve()
+    args.work.mkdir(parents=True, exist_ok=True)
+    if args.step == "data":
+        write_data(args.fork)
+    elif args.step == "attack":
+        attack(args)
+    elif args.step == "import":
+        import_model(args)
+    elif args.step == "run":
+        run(args)
+    elif args.step == "noise":
+        noise(args)
+    else:
+        from parity_table import write_table  # noqa: PLC0415  (docs/parity_table.py)
+
+        write_table(args.work, HERE / "parity.md", DEFENSES)
+
+
+if __name__ == "__main__":
+    main()

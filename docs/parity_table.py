@@ -1,0 +1,103 @@
+"""The tables of docs/parity.md, from the runs docs/parity.py left under its work folder.
+
+Each defense ran in both tools on the same imported model and the same mitigation images
+(the fork's own SPC 10 draw for random seeds 0-2, given to bd with --mitigation-indices).
+The summary table shows medians over the partitions and the largest per-partition gap; the
+detail table every partition. Text between the markers is replaced, the rest of the file kept.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+BEGIN, END = "<!-- parity-table -->", "<!-- /parity-table -->"
+DETAIL_BEGIN, DETAIL_END = "<!-- parity-detail -->", "<!-- /parity-detail -->"
+TOLERANCE = 0.05  # 5 points of ASR or ACC
+
+
+def load_runs(work: Path, order: list[str]) -> dict[str, dict[int, dict]]:
+    runs: dict[str, dict[int, dict]] = {}
+    for defense in order:
+        folder = work / "runs" / defense
+        for result in sorted(folder.glob("*/result.json")) if folder.exists() else []:
+            runs.setdefault(defense, {})[int(result.parent.name)] = json.loads(result.read_text())
+    return runs
+
+
+def pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def seconds(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+
+
+def median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def summary_rows(runs: dict[str, dict[int, dict]], defenses: dict[str, dict]) -> list[str]:
+    rows = []
+    for defense, parts in runs.items():
+        pairs = [(r["fork"], r["bd"]) for r in parts.values() if r.get("bd") and "acc" in r["fork"] and "acc" in r["bd"]]
+        if not pairs:
+            failed = next(iter(parts.values()))
+            why = "fork failed" if "acc" not in failed["fork"] else "bd failed"
+            rows.append(f"| {defense} | {why} |" + " |" * 12)
+            continue
+        cell = {side: {m: median([p[i][m] for p in pairs]) for m in ("acc", "asr", "ra")} for i, side in enumerate(("fork", "bd"))}
+        gap = {m: max(abs(f[m] - b[m]) for f, b in pairs) for m in ("acc", "asr")}
+        fork_s = median([f.get("defense_seconds") for f, _ in pairs if f.get("defense_seconds") is not None])
+        bd_s = median([b["defense_seconds"] for _, b in pairs])
+        ratio = f"{fork_s / bd_s:.1f}x" if fork_s and bd_s else "–"
+        within = gap["acc"] <= TOLERANCE and gap["asr"] <= TOLERANCE
+        shortened = ", ".join(f"{k} {v}" for k, v in defenses[defense].get("bd", {}).items()) or "defaults"
+        rows.append(
+            f"| {defense} | {pct(cell['fork']['acc'])} | {pct(cell['bd']['acc'])} | {pct(cell['fork']['asr'])} | "
+            f"{pct(cell['bd']['asr'])} | {pct(cell['fork']['ra'])} | {pct(cell['bd']['ra'])} | "
+            f"{100 * gap['acc']:.1f} | {100 * gap['asr']:.1f} | {seconds(fork_s)} | {seconds(bd_s)} | {ratio} | "
+            f"{shortened} | {'within ±5' if within else 'see below'} |")
+    return rows
+
+
+def detail_rows(runs: dict[str, dict[int, dict]]) -> list[str]:
+    rows = []
+    for defense, parts in runs.items():
+        for partition, r in sorted(parts.items()):
+            f, b = r["fork"], r.get("bd") or {}
+            rows.append(f"| {defense} | {partition} | {pct(f.get('acc'))} / {pct(f.get('asr'))} / {pct(f.get('ra'))} | "
+                        f"{pct(b.get('acc'))} / {pct(b.get('asr'))} / {pct(b.get('ra'))} | "
+                        f"{seconds(f.get('defense_seconds'))} | {seconds(f.get('evaluation_seconds'))} | "
+                        f"{seconds(f.get('process_seconds'))} | {seconds(b.get('defense_seconds'))} | "
+                        f"{seconds(b.get('process_seconds'))} |")
+    return rows
+
+
+def replace_between(text: str, begin: str, end: str, body: str) -> str:
+    if begin not in text:
+        return text.rstrip() + f"\n\n{begin}\n{body}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    return f"{head}{begin}\n{body}\n{end}{rest.split(end, 1)[1]}"
+
+
+def write_table(work: Path, target: Path, defenses: dict[str, dict]) -> None:
+    runs = load_runs(work, list(defenses))
+    summary = [
+        "| defense | fork ACC | bd ACC | fork ASR | bd ASR | fork RA | bd RA | max ΔACC | max ΔASR | fork s | bd s | "
+        "fork/bd time | schedule (both tools) | parity |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *summary_rows(runs, defenses),
+    ]
+    detail = [
+        "| defense | partition | fork ACC / ASR / RA | bd ACC / ASR / RA | fork defense s | fork test-eval s | "
+        "fork process s | bd defense s | bd process s |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *detail_rows(runs),
+    ]
+    text = target.read_text() if target.exists() else "# Parity with the survey's code\n"
+    text = replace_between(text, BEGIN, END, "\n".join(summary))
+    text = replace_between(text, DETAIL_BEGIN, DETAIL_END, "\n".join(detail))
+    target.write_text(text)
+    print(f"wrote {target}: {len(runs)} defenses")
