@@ -71,8 +71,20 @@ def detail_rows(runs: dict[str, dict[int, dict]]) -> list[str]:
                         f"{pct(b.get('acc'))} / {pct(b.get('asr'))} / {pct(b.get('ra'))} | "
                         f"{seconds(f.get('defense_seconds'))} | {seconds(f.get('evaluation_seconds'))} | "
                         f"{seconds(f.get('process_seconds'))} | {seconds(b.get('defense_seconds'))} | "
-                        f"{seconds(b.get('process_seconds'))} |")
+                        f"{seconds(b.get('process_seconds'))} | {extra_runs(r)} |")
     return rows
+
+
+def extra_runs(result: dict) -> str:
+    """bd's further runs of a pair: other seeds on the same images, and the fork's chosen value."""
+    parts = []
+    if result.get("bd_seeds"):
+        parts.append("other seeds: " + ", ".join(f"{pct(r.get('acc'))}/{pct(r.get('asr'))}" for r in result["bd_seeds"]))
+    choice = result.get("bd_at_fork_choice")
+    if choice and "acc" in choice:
+        setting = ", ".join(f"{k} {v}" for k, v in (choice.get("settings") or {}).items())
+        parts.append(f"at the fork's choice ({setting}): {pct(choice['acc'])}/{pct(choice['asr'])}/{pct(choice['ra'])}")
+    return "; ".join(parts) or "–"
 
 
 def replace_between(text: str, begin: str, end: str, body: str) -> str:
@@ -92,8 +104,8 @@ def write_table(work: Path, target: Path, defenses: dict[str, dict]) -> None:
     ]
     detail = [
         "| defense | partition | fork ACC / ASR / RA | bd ACC / ASR / RA | fork defense s | fork test-eval s | "
-        "fork process s | bd defense s | bd process s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "fork process s | bd defense s | bd process s | bd further runs (ACC/ASR[/RA]) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *detail_rows(runs),
     ]
     text = target.read_text() if target.exists() else "# Parity with the survey's code\n"

@@ -54,11 +54,19 @@ def synthetic_data():
 
 @pytest.fixture(scope="session")
 def backdoored(synthetic_data, tiny_preset, tmp_path_factory):
-    """(spec, attacked model, cache hit) of BadNets on synthetic data, trained once per session."""
+    """(spec, attacked model, cache hit) of BadNets on synthetic data, trained once per session.
+
+    Twelve epochs on 2 000 tiny images plant the backdoor for most seeds, but training this small
+    is chaotic: another CPU's rounding acts like another seed, and seed 0 on one thread reached
+    ASR 0.83 where two threads reach 1.0. The tests below assume a backdoor that took, so the
+    fixture takes the first of seeds 0-2 whose model has ASR >= 0.95 (docs/decisions.md)."""
     from bd_core.attacked import AttackSpec, obtain_attacked_model
     from bd_core.store import ModelCache
 
-    spec = AttackSpec("synthetic", "preact-resnet18", "badnets", 0.1, preset=tiny_preset)
     cache = ModelCache(tmp_path_factory.mktemp("models"))
-    attacked, hit = obtain_attacked_model(spec, synthetic_data, cache)
+    for seed in (0, 1, 2):
+        spec = AttackSpec("synthetic", "preact-resnet18", "badnets", 0.1, seed=seed, preset=tiny_preset)
+        attacked, hit = obtain_attacked_model(spec, synthetic_data, cache)
+        if attacked.meta["metrics"]["asr"] >= 0.95:
+            break
     return spec, attacked, hit, cache

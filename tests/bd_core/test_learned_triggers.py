@@ -14,6 +14,8 @@ from bd_core.data import Augment, make_synthetic
 from bd_core.models import create_model
 from bd_core.train import fit
 
+pytestmark = pytest.mark.learned  # asserts on training outcomes: see docs/decisions.md
+
 
 @pytest.fixture(scope="module")
 def gray():
@@ -78,20 +80,23 @@ def test_inputaware_triggers_differ_across_inputs(gray, inputaware):
 
 
 def test_inputaware_mask_training_makes_masks_sparse_and_diverse(gray):
+    """Robust across CPUs: the mask training is chaotic (a different CPU's rounding acts like another
+    seed), so the margins are set from 12 seeds at these settings (docs/decisions.md): trained mask
+    mean 0.025-0.132, share of non-binary pixels <= 0.021, diversity loss 20-900x lower."""
     mean, std = gray.mean_std()
     x1 = (gray.images[:16].float() / 255 - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
     x2 = x1.roll(1, dims=0)
     torch.manual_seed(0)  # the initial networks of fit(seed=0)
     untrained = Generators(1, mean, std).eval()
-    trained = InputAware(mask_epochs=8, batch_size=8).fit(gray, seed=0).nets
+    trained = InputAware(mask_epochs=24, batch_size=8).fit(gray, seed=0).nets
     with torch.no_grad():
         m0, m1 = untrained.masks(x1), trained.masks(x1)
         div0 = diversity_loss(x1, x2, m0, untrained.masks(x2))
         div1 = diversity_loss(x1, x2, m1, trained.masks(x2))
-    assert 0.3 < m0.mean() < 0.7  # untrained: every pixel half open
-    assert m1.mean() < 0.1  # the density loss pulls towards mask_density (0.032)
-    assert ((m1 > 0.1) & (m1 < 0.9)).float().mean() < 0.05  # and the threshold makes masks near-binary
-    assert div1 < div0  # and different inputs get more different masks
+    assert m0.mean() > 0.1  # untrained: many pixels open
+    assert m1.mean() < 0.2  # the density loss pulls towards mask_density (0.032)
+    assert ((m1 > 0.1) & (m1 < 0.9)).float().mean() < 0.1  # and the threshold makes masks near-binary
+    assert div1 < div0 / 10  # and different inputs get far more different masks
 
 
 class Recorder(nn.Module):
@@ -132,26 +137,28 @@ def test_inputaware_training_step_has_attack_cross_and_clean_rows_and_trains_the
 
 
 def test_inputaware_backdoor_is_learned_on_a_tiny_task(gray):
-    """End to end through the shared trainer: the generator's triggers move inputs to the target."""
+    """End to end through the shared trainer: the generator's triggers move inputs to the target.
+    Robust across CPUs: learning on 64 images is chaotic, so half of each batch is poisoned and 24
+    epochs are run; over seeds 1-6 on 1 and 2 threads ASR was 0.79-1.0 (chance: 0.25)."""
     attack = InputAware(mask_epochs=2, batch_size=16, mask_density=0.1)
     trig = attack.fit(gray, seed=1)
-    plan = attack.training_plan(gray, trig, torch.zeros(64, dtype=torch.bool), 0.3, 0, Augment(0, False), "cpu", 1)
+    plan = attack.training_plan(gray, trig, torch.zeros(64, dtype=torch.bool), 0.5, 0, Augment(0, False), "cpu", 1)
     torch.manual_seed(1)
     model = create_model("preact-resnet18", 4, 1, 28, 0.25)
-    fit(model, plan.make_batch, 64, epochs=12, batch_size=16, lr=0.05, step=plan.step, after_step=plan.after_step,
+    fit(model, plan.make_batch, 64, epochs=24, batch_size=16, lr=0.05, step=plan.step, after_step=plan.after_step,
         seed=1)
     mean, std = gray.mean_std()
     victims = gray.images[gray.labels != 0]
     with torch.no_grad():
         poisoned = trig.apply(victims, torch.ones(len(victims), dtype=torch.bool), mean, std)
         asr = (model(poisoned).argmax(1) == 0).float().mean()
-    assert asr > 0.8
+    assert asr > 0.6
 
 
 def test_a_tampered_generator_in_a_model_file_is_refused(tmp_path, gray, inputaware):
     from bd_core.errors import UnsafeModelFile
+    from bd_core.safefile import load_tensors, save_tensors
     from bd_core.store import load_model, save_model
-    from bd_core.store.safefile import load_tensors, save_tensors
 
     _, trig = inputaware
     meta = {"arch": "preact-resnet18", "num_classes": 4, "in_channels": 1, "image_size": 28, "width": 0.125}

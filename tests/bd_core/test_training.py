@@ -8,7 +8,7 @@ from bd_core.attacked import AttackSpec, obtain_attacked_model, train_attacked_m
 from bd_core.attacks import BadNets, create_attack
 from bd_core.data import make_synthetic
 from bd_core.errors import BdError, InvalidRequest
-from bd_core.train import PRESETS, Recipe
+from bd_core.train import PRESETS, Recipe, fit
 
 
 def test_badnets_sets_exactly_the_patch_pixels():
@@ -40,10 +40,11 @@ def test_same_seed_same_model(synthetic_data, monkeypatch):
     b, _, rb = train_attacked_model(spec, synthetic_data)
     assert ra["train_images"] == 500
     assert ra["epoch_losses"] == rb["epoch_losses"]
-    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k
 
 
+@pytest.mark.learned
 def test_backdoor_is_learned_and_cached(backdoored, synthetic_data, tiny_preset):
     spec, first, hit, cache = backdoored
     assert not hit
@@ -55,3 +56,20 @@ def test_backdoor_is_learned_and_cached(backdoored, synthetic_data, tiny_preset)
     torch.testing.assert_close(again.model(x), first.model.eval()(x))
     other = AttackSpec("synthetic", "preact-resnet18", "badnets", 0.05, preset=tiny_preset)
     assert other.key != spec.key
+
+
+@pytest.mark.parametrize("schedule, total_lr", [("constant", 4.0), ("cosine", 1 + 0.5 * (1 + 0.5**0.5) + 0.5 + 0.5 * (1 - 0.5**0.5))])
+def test_fit_schedules_the_learning_rate_per_epoch(schedule, total_lr):
+    """A loss whose gradient is 1 moves the weight by the sum of the epochs' learning rates:
+    constant (NAD's student) or cosine-annealed over the run (every other fine-tuning)."""
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    fit(model, lambda idx, g: (torch.zeros(len(idx), 1), torch.zeros(len(idx))), 1, epochs=4, batch_size=1, lr=1.0,
+        momentum=0.0, weight_decay=0.0, step=lambda m, x, y: m.weight.sum(), schedule=schedule)
+    assert model.weight.item() == pytest.approx(-total_lr)
+
+
+def test_fit_refuses_an_unknown_schedule():
+    with pytest.raises(ValueError, match="schedule"):
+        fit(torch.nn.Linear(1, 1), lambda idx, g: (torch.zeros(1, 1), torch.zeros(1)), 1, epochs=1, batch_size=1, lr=0.1,
+            schedule="step")

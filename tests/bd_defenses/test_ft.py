@@ -11,6 +11,8 @@ from bd_core.errors import BdError
 from bd_core.metrics import evaluate
 from bd_defenses import Context, MitigationData, canonical_defense, create_defense, describe
 
+pytestmark = pytest.mark.learned  # asserts on training outcomes: see docs/decisions.md
+
 
 def test_names_and_description():
     assert canonical_defense("FT") == "ft"

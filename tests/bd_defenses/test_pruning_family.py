@@ -5,12 +5,13 @@ for the additive ones, its path) and keep clean accuracy within its tolerance.""
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
 from bd_core.data import make_synthetic, mitigation_set
 from bd_defenses import Context, MitigationData, create_defense
-from bd_defenses.bnp import gaussian_kl
+from bd_defenses.bnp import bnp_divergence
 from bd_defenses.bounds import ChannelBound
 from bd_defenses.clp import channel_lipschitz_bounds
 from bd_defenses.features import layer_output
@@ -50,18 +51,21 @@ def test_clp_prunes_the_planted_channel_and_matches_brute_force_spectral_norms(w
     brute = torch.stack([torch.linalg.svdvals(w[k].reshape(w.shape[1], -1))[0] for k in range(w.shape[0])])
     torch.testing.assert_close(channel_lipschitz_bounds(model.conv2, model.bn2), brute)
     out, record = run("clp", model, clean)
-    assert conv_norms(out) == [0.0, 0.0] and record["data_free"]
+    assert out.bn2.weight[K] == 0 and out.bn2.bias[K] == 0 and record["data_free"]
     acc, asr = success_rates(out, test)
     assert asr < 0.05 and acc >= success_rates(model, test)[0] - 0.02
 
 
-def test_bnp_kl_matches_direct_computation_and_prunes_the_planted_channel(world):
+def test_bnp_divergence_is_the_authors_formula_and_prunes_the_planted_channel(world):
     _, test, model, clean = world
-    mu_p, var_p, mu_q, var_q = (torch.tensor(v, dtype=torch.float64) for v in (0.3, 2.0, -0.5, 0.7))
-    direct = torch.distributions.kl_divergence(torch.distributions.Normal(mu_p, var_p.sqrt()), torch.distributions.Normal(mu_q, var_q.sqrt()))
-    torch.testing.assert_close(gaussian_kl(mu_p, var_p, mu_q, var_q), direct)
+    mu_r, var_r, mu_c, var_c = 0.3, 2.0, -0.5, 0.7  # tracked (running) and clean statistics
+    authors = math.log(var_r / var_c) + (var_c + (mu_c - mu_r) ** 2) / (2 * var_r) - 0.5
+    got = bnp_divergence(*(torch.tensor(v, dtype=torch.float64) for v in (mu_r, var_r, mu_c, var_c)))
+    assert float(got) == pytest.approx(authors, rel=1e-12)
+    kl_clean_to_running = 0.5 * math.log(var_r / var_c) + (var_c + (mu_c - mu_r) ** 2) / (2 * var_r) - 0.5
+    assert float(got) != pytest.approx(kl_clean_to_running)  # not the textbook KL: the log counts twice
     out, record = run("bnp", model, clean)
-    assert out.bn2.weight[K] == 0 and out.bn2.bias[K] == 0 and record["pruned_per_layer"]["conv2"] >= 1
+    assert out.bn2.weight[K] == 0 and out.bn2.bias[K] == 0 and record["pruned_per_layer"]["bn2"] >= 1
     acc, asr = success_rates(out, test)
     assert asr < 0.05 and acc > 0.75  # BNP has no accuracy guard: a few clean channels go too
 
@@ -177,3 +181,26 @@ def test_folding_batchnorm_keeps_the_function(world):
     folded = fold_batchnorm(copy.deepcopy(model).eval())
     torch.testing.assert_close(folded(x), model.eval()(x), atol=1e-4, rtol=1e-4)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+
+
+def test_fp_trial_accuracy_equals_the_masked_models(world):
+    """FP judges each pruning step on cached pooled features; that must be exactly the accuracy
+    of the model with the feature channels masked (checked on a trained model, where masks matter)."""
+    from bd_core.models import anatomy
+    from bd_defenses.fp import PrunedAccuracy
+    from bd_defenses.pixels import accuracy
+    from bd_defenses.surgery import mask_feature_channels
+
+    train, _, planted, clean = world
+    model = copy.deepcopy(planted).eval()
+    check = Pixels.of(clean)
+    trials = PrunedAccuracy(model, check)
+    mask = mask_feature_channels(model, anatomy(model).features[0], torch.ones(trials.pooled.shape[1]))
+    g = torch.Generator().manual_seed(0)
+    seen = set()
+    for fraction in (0.0, 0.3, 0.6, 0.9):
+        keep = (torch.rand(trials.pooled.shape[1], generator=g) >= fraction).float()
+        mask.keep.copy_(keep)
+        seen.add(trials(keep))
+        assert trials(keep) == accuracy(model, check)
+    assert len(seen) > 1

@@ -81,14 +81,19 @@ def fit(
     params: list[nn.Parameter] | None = None,
     description: str = "training",
     after_step: Callable[[], None] | None = None,
+    schedule: str = "cosine",
 ) -> list[float]:
-    """SGD + cosine annealing over `epochs` passes of `n` rows; returns the mean loss per epoch."""
+    """SGD over `epochs` passes of `n` rows, its learning rate cosine-annealed over the run (or
+    held constant: schedule="constant"); returns the mean loss per epoch."""
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"schedule must be 'cosine' or 'constant', not {schedule!r}")
     if n < 1:
         raise InvalidRequest("cannot train on an empty set")
     model.to(device).train()
     params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs) if schedule == "cosine"
+             else torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0))
     g = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     steps_per_epoch = -(-n // batch_size)

@@ -41,11 +41,12 @@ def finetune(
     params: list[nn.Parameter] | None = None,
     description: str = "fine-tuning",
     after_step=None,
+    schedule: str = "cosine",
 ) -> list[float]:
-    """SGD + cosine over the mitigation set (augmented like the attack's training data)."""
+    """SGD (cosine, or a constant rate) over the mitigation set, augmented like the attack's training data."""
     augment = augment if augment is not None else Augment.for_dataset(data.info)
     return fit(
         model, clean_batches(data, augment, ctx.device), len(data), epochs=epochs, batch_size=batch_size, lr=lr,
         momentum=momentum, weight_decay=weight_decay, seed=ctx.seed, device=ctx.device, step=step, params=params,
-        description=description, after_step=after_step,
+        description=description, after_step=after_step, schedule=schedule,
     )

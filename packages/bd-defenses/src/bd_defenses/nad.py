@@ -8,6 +8,8 @@ As the survey's code runs it: the student trains for the teacher's 10 epochs (Ba
 script passes `te_epochs` to the student's loop, so its config's 100 student epochs never run),
 and on PreAct-ResNet18 the three stages are layer3, layer4 and the pooled features (the last is
 a 1x1 map, whose normalized attention is constant: in effect layer3 x 500 and layer4 x 1000).
+The teacher is fine-tuned with cosine annealing; the student at a constant learning rate (the
+script's own step schedule keeps 0.01 for epochs below 20 and its scheduler step is disabled).
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ class NAD(Defense):
             return F.cross_entropy(logits, y) + at
 
         losses = finetune(model, data.clean, ctx, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                          weight_decay=5e-4, step=step, description="NAD attention distillation")
+                          weight_decay=5e-4, step=step, description="NAD attention distillation",
+                          schedule="constant")
         per_epoch = len(at_losses) // self.epochs
         ctx.report(first_epoch_attention_loss=round(sum(at_losses[:per_epoch]) / per_epoch, 6),
                    last_epoch_attention_loss=round(sum(at_losses[-per_epoch:]) / per_epoch, 6),
