@@ -204,3 +204,29 @@ def test_fp_trial_accuracy_equals_the_masked_models(world):
         seen.add(trials(keep))
         assert trials(keep) == accuracy(model, check)
     assert len(seen) > 1
+
+
+@pytest.mark.parametrize("arch", ["preact-resnet18", "vgg19-bn", "mobilenetv3-large", "efficientnet-b3"])
+def test_masked_model_keeps_the_function_of_every_architecture(arch):
+    """The masking defenses fold BN into the conv it normalizes; a BN whose conv output is also
+    read elsewhere (PreAct-ResNet's stem feeds the first block's BN and its identity shortcut)
+    must stay, or the folded model computes something else. BN statistics are made non-trivial
+    first, so a wrong fold shows."""
+    from bd_core.models import anatomy, create_model
+    from bd_defenses.masking import masked_model
+
+    torch.manual_seed(0)
+    model = create_model(arch, 10, 3, 32, 0.25)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.5, 0.5)
+    model.eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        want = model(x)
+    if arch == "preact-resnet18":
+        assert "conv1" not in [conv for conv, _, _, _ in anatomy(model).conv_bn]
+    masked_model(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), want, atol=1e-4, rtol=1e-4)

@@ -42,10 +42,13 @@ def anatomy(model: nn.Module, in_channels: int | None = None, image_size: int = 
 
 def _trace(model: nn.Module, in_channels: int, image_size: int):
     """Run one eval-mode forward; a BN pairs with a conv when its input *is* the conv's
-    output, unmodified (same tensor object, same version counter)."""
+    output, unmodified (same tensor object, same version counter), and nothing else reads
+    that output. The last condition is read from the autograd graph: in PreAct-ResNet the
+    stem conv feeds the first block's BN *and* its identity shortcut, so folding that BN into
+    the conv would change the residual stream."""
     order: list[tuple[str, nn.Conv2d]] = []
     produced: dict[int, tuple[str, nn.Conv2d, int, torch.Tensor]] = {}
-    pairs: list[tuple[str, nn.Conv2d, str, nn.BatchNorm2d]] = []
+    candidates: list[tuple[str, nn.Conv2d, str, nn.BatchNorm2d, object]] = []
     hooks = []
 
     def on_conv(name):
@@ -60,7 +63,7 @@ def _trace(model: nn.Module, in_channels: int, image_size: int):
             x = inputs[0]
             hit = produced.get(id(x))
             if hit is not None and hit[3] is x and hit[2] == x._version:
-                pairs.append((hit[0], hit[1], name, mod))
+                candidates.append((hit[0], hit[1], name, mod, x.grad_fn))
 
         return hook
 
@@ -73,10 +76,28 @@ def _trace(model: nn.Module, in_channels: int, image_size: int):
     model.eval()
     try:
         device = next(model.parameters()).device
-        with torch.no_grad():
-            model(torch.zeros(1, in_channels, image_size, image_size, device=device))
+        with torch.enable_grad():
+            x = torch.zeros(1, in_channels, image_size, image_size, device=device, requires_grad=True)
+            readers = _readers(model(x))
     finally:
         for h in hooks:
             h.remove()
         model.train(was_training)
+    pairs = [(c, conv, b, bn) for c, conv, b, bn, node in candidates if node is not None and readers.get(node) == 1]
     return order, pairs
+
+
+def _readers(output: torch.Tensor) -> dict[object, int]:
+    """For every node of the autograd graph behind `output`, how many nodes read its result."""
+    count: dict[object, int] = {}
+    seen, stack = set(), [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for child, _ in node.next_functions:
+            if child is not None:
+                count[child] = count.get(child, 0) + 1
+                stack.append(child)
+    return count
