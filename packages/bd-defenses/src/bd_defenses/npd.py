@@ -12,8 +12,10 @@ then the polarizer minimises (survey Eq. 19-21, the fork's code)
     + lambda4 (-log(1 - p_target(x_adv))).
 
 Defaults: lambda1 1, lambda2 = lambda3 = lambda4 0.4 (the survey uses 0.5 on GTSRB),
-50 epochs after 5 warm-up epochs, SGD lr 0.01, batch 128, L2 trigger norm 3.0 (in normalised
-input units), adversarial step 0.1, 2 inner steps, early stop at 60 % targeted success.
+50 epochs after 5 warm-up epochs, SGD lr 0.01 held constant (the fork's code builds no
+scheduler for the polarizer), batch 128, L2 trigger norm 3.0 and signed steps of 0.1 in pixel
+units ([0, 1] images, clamped to the image range before normalising, as the fork's
+get_perturbed_image), 2 inner steps, early stop at 60 % targeted success.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from bd_core.progress import make_progress
 from torch import Tensor
 
 from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
-from bd_defenses.pixels import Pixels, clamp_between
+from bd_defenses.pixels import Pixels
 from bd_defenses.registry import register
 from bd_defenses.surgery import set_module
 
@@ -88,7 +90,6 @@ class NPD(Defense):
         for p in polarizer.parameters():
             p.requires_grad_(True)
         g = ctx.generator(7)
-        low, high = pixels.bounds()
         warm = torch.optim.SGD(polarizer.parameters(), lr=self.warm_lr)
         for _ in range(self.warm_epochs):
             for _, x, y in pixels.batches(self.batch_size, g):
@@ -96,7 +97,6 @@ class NPD(Defense):
                 F.cross_entropy(model(pixels.normalize(x)), y).backward()
                 warm.step()
         opt = torch.optim.SGD(polarizer.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs)
         hit_rate = 0.0
         with make_progress() as progress:
             task = progress.add_task("NPD polarizer", total=self.epochs, status="")
@@ -108,7 +108,7 @@ class NPD(Defense):
                         logits = model(xn)
                     own = logits.argmax(1)
                     target = logits.scatter(1, y[:, None], float("-inf")).argmax(1)  # largest non-true logit
-                    adv = self.targeted_perturbation(model, xn, target, low, high)
+                    adv = self.targeted_perturbation(model, pixels, x, target)
                     with torch.no_grad():
                         hits += int((model(adv).argmax(1) == target).sum())
                         seen += len(y)
@@ -124,7 +124,6 @@ class NPD(Defense):
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                sched.step()
                 hit_rate = hits / max(1, seen)
                 progress.update(task, advance=1, status=f"loss {float(loss.detach()):.3f} targeted {hit_rate:.2f}")
         conv = polarizer[0].weight.detach().flatten(1)
@@ -135,15 +134,20 @@ class NPD(Defense):
         )
         return model
 
-    def targeted_perturbation(self, model: nn.Module, xn: Tensor, target: Tensor, low: Tensor, high: Tensor) -> Tensor:
-        delta = torch.zeros_like(xn, requires_grad=True)
+    def targeted_perturbation(self, model: nn.Module, pixels: Pixels, x: Tensor, target: Tensor) -> Tensor:
+        """A per-image perturbation of the [0, 1] images toward `target`; returns the normalised
+        perturbed images."""
+        def perturbed(delta: Tensor) -> Tensor:
+            return pixels.normalize((x + delta).clamp(0, 1))
+
+        delta = torch.zeros_like(x, requires_grad=True)
         for _ in range(self.inner_steps):
-            loss = F.cross_entropy(model(clamp_between(xn + delta, low, high)), target)
+            loss = F.cross_entropy(model(perturbed(delta)), target)
             (grad,) = torch.autograd.grad(loss, delta)
             with torch.no_grad():
                 delta -= self.adv_lr * grad.sign()
                 delta.copy_(project_l2(delta, self.trigger_norm))
-                hit = (model(clamp_between(xn + delta, low, high)).argmax(1) == target).float().mean()
+                hit = (model(perturbed(delta)).argmax(1) == target).float().mean()
             if hit > self.stop_success:
                 break
-        return clamp_between(xn + delta.detach(), low, high)
+        return perturbed(delta.detach())
