@@ -52,14 +52,38 @@ def summary_rows(runs: dict[str, dict[int, dict]], defenses: dict[str, dict]) ->
         fork_s = median([f.get("defense_seconds") for f, _ in pairs if f.get("defense_seconds") is not None])
         bd_s = median([b["defense_seconds"] for _, b in pairs])
         ratio = f"{fork_s / bd_s:.1f}x" if fork_s and bd_s else "–"
-        within = gap["acc"] <= TOLERANCE and gap["asr"] <= TOLERANCE
+        verdict = parity_verdict([r for r in parts.values() if r.get("bd") and "acc" in r["bd"]])
         shortened = ", ".join(f"{k} {v}" for k, v in defenses[defense].get("bd", {}).items()) or "defaults"
         rows.append(
             f"| {defense} | {pct(cell['fork']['acc'])} | {pct(cell['bd']['acc'])} | {pct(cell['fork']['asr'])} | "
             f"{pct(cell['bd']['asr'])} | {pct(cell['fork']['ra'])} | {pct(cell['bd']['ra'])} | "
             f"{100 * gap['acc']:.1f} | {100 * gap['asr']:.1f} | {seconds(fork_s)} | {seconds(bd_s)} | {ratio} | "
-            f"{shortened} | {'within ±5' if within else 'see below'} |")
+            f"{shortened} | {verdict} |")
     return rows
+
+
+def close(fork: dict, bd: dict) -> bool:
+    return all(abs(fork[m] - bd[m]) <= TOLERANCE for m in ("acc", "asr"))
+
+
+def inside_spread(fork: dict, runs: list[dict]) -> bool:
+    """The fork's run lies within 5 points of the range bd's runs with several seeds span."""
+    return all(min(r[m] for r in runs) - TOLERANCE <= fork[m] <= max(r[m] for r in runs) + TOLERANCE
+               for m in ("acc", "asr"))
+
+
+def parity_verdict(results: list[dict]) -> str:
+    """Every partition within ±5; else within bd's own seed spread; else the same algorithm at
+    the fork's chosen value; else explained below."""
+    if all(close(r["fork"], r["bd"]) for r in results):
+        return "within ±5"
+    if all(close(r["fork"], r["bd"]) or r.get("bd_seeds") and inside_spread(r["fork"], [r["bd"], *r["bd_seeds"]])
+           for r in results):
+        return "within bd's seed spread ±5"
+    choices = [r.get("bd_at_fork_choice") for r in results]
+    if all(c and "acc" in c and close(r["fork"], c) for r, c in zip(results, choices, strict=True)):
+        return "within ±5 at the fork's choice; selection rule differs"
+    return "differs: see below"
 
 
 def detail_rows(runs: dict[str, dict[int, dict]]) -> list[str]:
