@@ -62,3 +62,18 @@ def test_layer_statistics_match_direct_computation():
     torch.testing.assert_close(stats.var, direct.var((0, 2, 3), unbiased=False), atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(stats.max, direct.amax((0, 2, 3)))
     assert stats.batches == 4
+
+
+def test_ftsam_second_pass_leaves_batchnorm_running_statistics_alone():
+    """The pass at w + e normalises with its batch's statistics but must not move the running
+    estimates, which the deployed (eval-mode) model uses."""
+    from bd_defenses.ftsam import running_stats_frozen
+
+    bn = torch.nn.BatchNorm2d(3).train()
+    x = torch.randn(8, 3, 4, 4) * 3 + 2
+    with running_stats_frozen(bn):
+        out = bn(x)
+    assert torch.equal(bn.running_mean, torch.zeros(3)) and torch.equal(bn.running_var, torch.ones(3))
+    torch.testing.assert_close(out.mean((0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)  # batch statistics used
+    bn(x)
+    assert bn.momentum == 0.1 and not torch.equal(bn.running_mean, torch.zeros(3))

@@ -1,10 +1,13 @@
 """FT-SAM (Zhu et al., ICCV 2023): fine-tune with adaptive sharpness-aware minimisation.
 Each step first moves the weights to the worst case within an adaptive ball of radius rho,
 e = rho * |w|^2 g / || |w| g ||, takes the gradient there, then steps from the original
-weights (survey Sec. 4.1; rho 2.0, label smoothing 0.1, SGD lr 0.01, 100 epochs)."""
+weights (survey Sec. 4.1; rho 2.0, label smoothing 0.1, SGD lr 0.01, 100 epochs). The pass at
+the perturbed weights leaves BatchNorm's running statistics alone (the authors' SAM code)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +27,21 @@ def adaptive_perturbation(params: list[nn.Parameter], rho: float, eta: float = 0
     scaled = [(p.detach().abs() + eta) * p.grad for p in params]
     norm = torch.norm(torch.stack([s.norm() for s in scaled])).clamp_min(1e-12)
     return [(p.detach().abs() + eta) * s * (rho / norm) for p, s in zip(params, scaled, strict=True)]
+
+
+@contextmanager
+def running_stats_frozen(model: nn.Module) -> Iterator[None]:
+    """BatchNorm keeps normalising with the batch's statistics but does not fold them into its
+    running estimates (momentum 0), as SAM's reference code does for the pass at w + e."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, saved, strict=True):
+            m.momentum = momentum
 
 
 @register("ft-sam", family="fine-tuning", paper="Zhu et al., Enhancing Fine-Tuning Based Backdoor Defense with Sharpness-Aware Minimization (ICCV 2023)", aliases=("ftsam", "sam"))
@@ -64,7 +82,8 @@ class FTSAM(Defense):
                         for p, ei in zip(params, e, strict=True):
                             p.add_(ei)
                     opt.zero_grad(set_to_none=True)
-                    sharp = loss_fn(x, y)
+                    with running_stats_frozen(model):  # the perturbed weights' statistics must not be kept
+                        sharp = loss_fn(x, y)
                     sharp.backward()
                     with torch.no_grad():
                         for p, ei in zip(params, e, strict=True):
