@@ -289,20 +289,16 @@ def pattern_from_info(record: Record, resource_root: Path | None) -> tuple[Tenso
     """(pattern [C,H,W] 0..255, mask [C,H,W], mode, alpha) for BadNets and Blended records whose
     trigger file can be found; None otherwise."""
     size, channels = record.image_size, record.in_channels
-    if record.attack == "badnet" and "patch_mask_path" in record.info:
-        file = resolve_resource(record, str(record.info["patch_mask_path"]), resource_root)
-        if file is None:
-            return None
-        with Image.open(file) as im:
-            arr = image_array(im.convert("RGB").resize((size, size), Image.BILINEAR))[:channels]
-        pattern = torch.from_numpy(arr.astype(np.float32))
+    key = {"badnet": "patch_mask_path", "blended": "attack_trigger_img_path"}.get(record.attack)
+    if key is None or key not in record.info:
+        return None
+    file = resolve_resource(record, str(record.info[key]), resource_root)
+    if file is None:
+        return None
+    with Image.open(file) as im:
+        pattern = torch.from_numpy(image_array(im.convert("RGB").resize((size, size), Image.BILINEAR))[:channels]
+                                   .astype(np.float32))
+    if record.attack == "badnet":
         return pattern * (pattern > 0), (pattern > 0).float(), "replace", 1.0  # AddMaskPatchTrigger
-    if record.attack == "blended" and "attack_trigger_img_path" in record.info:
-        file = resolve_resource(record, str(record.info["attack_trigger_img_path"]), resource_root)
-        if file is None:
-            return None
-        with Image.open(file) as im:
-            arr = image_array(im.convert("RGB").resize((size, size), Image.BILINEAR))[:channels]
-        alpha = float(record.info.get("attack_test_blended_alpha", record.info.get("attack_train_blended_alpha", 0.2)))
-        return torch.from_numpy(arr.astype(np.float32)), torch.ones(channels, size, size), "blend", alpha
-    return None
+    alpha = float(record.info.get("attack_test_blended_alpha", record.info.get("attack_train_blended_alpha", 0.2)))
+    return pattern, torch.ones(channels, size, size), "blend", alpha
