@@ -52,7 +52,7 @@ class BNP(Defense):
         pruned = {}
         for (name, bn), stats in zip(bns, clean, strict=True):
             dev = bn.running_mean.device
-            var_c = (stats.m2 / (stats.count.to(torch.float64) - 1).clamp_min(1)).to(dev)
+            var_c = stats.unbiased_var.to(dev)
             # + eps, as the BN's own normalisation: a channel silent on clean data (variance 0) then
             # scores high, where the authors' code gets inf and a NaN threshold that prunes nothing
             divergence = bnp_divergence(bn.running_mean.double(), bn.running_var.double() + bn.eps,

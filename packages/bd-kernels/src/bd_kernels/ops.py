@@ -151,6 +151,13 @@ class ChannelStats:
         return self.m2 / self.count.to(torch.float64)
 
     @property
+    def unbiased_var(self) -> Tensor:
+        """Sample variance per channel (divisor count - 1, at least 1), as torch.var's default."""
+        if self.count is None:
+            raise ValueError("ChannelStats is empty: call update() first")
+        return self.m2 / (self.count.to(torch.float64) - 1).clamp_min(1)
+
+    @property
     def std(self) -> Tensor:
         return self.var.sqrt()
 
