@@ -10,7 +10,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PKGS   := packages/bd-kernels packages/bd-core packages/bd-defenses packages/bd-cli
 CSRC   := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
 
-.PHONY: setup data demo test lint bench asan test-isa clean
+.PHONY: setup data demo test lint bench asan test-isa report-example clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,12 @@ $(FMNIST):
 # The main job: backdoor PreAct-ResNet18 with BadNets on Fashion-MNIST (offline), defend with FT.
 demo: setup data
 	$(BIN)/bd run --dataset fashion-mnist --arch preact-resnet18 --attack badnets --poison-ratio 0.1 --defense ft --spc 10 --preset quick
+
+# The committed example report (docs/report-example/): its mini-grid (resumable: stored units are
+# skipped, so a rerun after a change of code needs the results file removed first) and `bd report`.
+report-example: setup data
+	$(BIN)/bd grid --config docs/report-example/grid.toml --store docs/report-example/results.sqlite
+	$(BIN)/bd report --store docs/report-example/results.sqlite --out docs/report-example --no-pdf
 
 test: $(TOOLS) data
 	$(BIN)/python -m pytest -q tests

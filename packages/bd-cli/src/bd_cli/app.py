@@ -477,7 +477,7 @@ class Backend(str, Enum):
     "  bd grid --defense ft,clp --set ft.epochs=20 --dry-run",
 )
 def grid(
-    config: Annotated[Path | None, typer.Option(help="TOML grid file (keys: datasets, archs, attacks, poison_ratios, defenses, spc, partitions, seeds, preset, [settings.<defense>], [presets.<name>])")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML grid file (keys: datasets, archs, attacks, poison_ratios, defenses, spc, partitions, seeds, preset; tables settings.<defense> and presets.<name>)")] = None,
     dataset: Annotated[str | None, typer.Option(help="comma-separated datasets")] = None,
     arch: Annotated[str | None, typer.Option(help="comma-separated architectures")] = None,
     attack: Annotated[str | None, typer.Option(help="comma-separated attacks")] = None,
