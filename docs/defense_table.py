@@ -3,8 +3,10 @@ for each defense and attack, the median and range over mitigation partitions of 
 RA, ARR, RDR and the defense's wall time.
 
 Usage: python docs/defense_table.py [--defenses fp,clp] [--attacks badnets,blended] [--partitions 3]
-Every run is stored in a SQLite result store (the same one `bd run` writes), so a rerun
-only computes what is missing; --set name.key=value overrides one defense's setting.
+Every run is stored in a SQLite result store (the same kind `bd run` writes; committed beside
+this file, docs/defenses.sqlite), so a rerun only computes what is missing; the table also reads
+the example report's store (docs/report-example/results.sqlite: FP, CLP, BNP, RNP, i-BAU and FT
+at SPC 10 come from its mini-grid, the same units). --set name.key=value overrides one setting.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from bd_core.store import ModelCache, ResultStore
 from bd_defenses import DEFENSES, describe
 
 OUT = Path(__file__).with_name("defenses.md")
+STORE = Path(__file__).with_name("defenses.sqlite")
+EXTRA_STORES = [Path(__file__).parent / "report-example" / "results.sqlite"]
 FAMILY_ORDER = ["pruning", "masking", "additive", "synthesis", "fine-tuning", "adversarial", "reviewed"]
 METRICS = [("acc_post", "ACC"), ("asr_post", "ASR"), ("ra_post", "RA"), ("arr", "ARR"), ("rdr", "RDR")]
 
@@ -44,6 +48,7 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=3, help="partitions shown in the table")
     parser.add_argument("--compute", type=int, default=None, help="partitions to compute now (default: --partitions)")
     parser.add_argument("--set", action="append", default=[], help="defense.key=value")
+    parser.add_argument("--store", type=Path, default=STORE, help="results store the runs are written to")
     args = parser.parse_args()
     overrides: dict[str, dict[str, str]] = {}
     for item in args.set:
@@ -52,7 +57,7 @@ def main() -> None:
         overrides.setdefault(name, {})[key] = value
     data = load_data(args.dataset)
     cache = ModelCache(cache_root() / "models")
-    store = ResultStore(cache_root() / "defense-table.sqlite")
+    store = ResultStore(args.store)
     for defense in args.defenses.split(","):
         for attack in args.attacks.split(","):
             for partition in range(args.partitions if args.compute is None else args.compute):
@@ -72,7 +77,13 @@ def non_default_settings(row: dict) -> str:
 
 
 def write(args, store: ResultStore) -> None:
-    stored = store.query(dataset=args.dataset, arch=args.arch, preset=args.preset, spc=args.spc, poison_ratio=0.1)
+    query = {"dataset": args.dataset, "arch": args.arch, "preset": args.preset, "spc": args.spc, "poison_ratio": 0.1}
+    stored = store.query(**query)
+    seen = {r["key"] for r in stored}
+    for path in EXTRA_STORES:
+        if path.exists():
+            with ResultStore(path, readonly=True) as extra:
+                stored += [r for r in extra.query(**query) if r["key"] not in seen]
     groups: dict[tuple, list] = {}
     for r in stored:
         if r["partition"] < args.partitions and r["attack"] in args.attacks.split(","):

@@ -271,20 +271,23 @@ def run(args: argparse.Namespace) -> None:
         for defense in names:
             out = args.work / "runs" / defense / str(partition)
             result_file = out / "result.json"
-            if args.bd_only:  # bd changed: run it again against the fork's stored run
-                if not result_file.exists():
+            stored = json.loads(result_file.read_text()) if result_file.exists() else None
+            if args.bd_only or (stored and not stored.get("bd") and not args.force):
+                # bd changed, or its run was interrupted: run bd again against the fork's stored run
+                if stored is None or "acc" not in stored["fork"]:
                     continue
-                fork = json.loads(result_file.read_text())["fork"]
+                fork = stored["fork"]
             else:
-                if result_file.exists() and not args.force:
+                if stored is not None and not args.force:
                     continue
                 out.mkdir(parents=True, exist_ok=True)
                 print(f"{defense} partition {partition}: fork ...", flush=True)
                 fork = run_fork(args, defense, partition, out)
                 print(f"  fork {fork}", flush=True)
-            if "acc" not in fork:
+                # kept at once: an interrupted bd run is redone by the next `run` without the fork's
                 result_file.write_text(json.dumps({"fork": fork, "bd": None}, indent=1))
-                continue
+                if "acc" not in fork:
+                    continue
             print(f"{defense} partition {partition}: bd ...", flush=True)
             bd = run_bd(args, defense, partition, out)
             print(f"  bd {bd}", flush=True)

@@ -41,11 +41,13 @@ def test_attack_then_defend_the_saved_model_then_report(tmp_path):
     assert trained.exit_code == 0, trained.output
     info = json_of(trained)
     assert info["asr"] > 0.5 and info["model_file"].endswith("model.safetensors")
-    for defense in ("fp", "bnp"):
-        d = bd("defend", "--model", info["model_file"], "--defense", defense, "--set", "epochs=1" if defense == "fp" else "u=3",
+    for defense, settings in (("fp", ["epochs=1"]), ("bnp", ["u=3"]), ("bnp+fp", ["bnp.u=3", "fp.epochs=1"])):
+        d = bd("defend", "--model", info["model_file"], "--defense", defense, *(f"--set={s}" for s in settings),
                "--spc", "5", "--store", store, "--device", "cpu", "--format", "json")
         assert d.exit_code == 0, d.output
         assert json_of(d)["attack"] == "blended" and json_of(d)["status"] == "ok"
+    combined = json_of(d)["details"]["defense"]  # one result whose record lists its parts
+    assert combined["components"] == ["bnp", "fp"] and [s["defense"] for s in combined["steps"]] == ["bnp", "fp"]
     # the same model found through the cache by its attack options
     cached = bd("defend", "--attack", "blended", "--dataset", "synthetic", "--defense", "clp", "--store", store,
                 "--device", "cpu")
@@ -57,7 +59,8 @@ def test_attack_then_defend_the_saved_model_then_report(tmp_path):
                  "fig6_spc-synthetic.png", "fig10_poison_ratio-synthetic.png", "fig9_dataset.png",
                  "results.csv", "results.parquet", "summary.csv", "summary.md", "summary.tex"):
         assert (out / name).stat().st_size > 0, name
-    assert re.search(r"\| BNP† \| 1 \|", (out / "summary.md").read_text())
+    summary = (out / "summary.md").read_text()
+    assert re.search(r"\| BNP† \| 1 \|", summary) and re.search(r"\| BNP\+FP \| 1 \|", summary)
 
 
 def test_defend_without_a_model_says_how_to_get_one(tmp_path):
@@ -82,6 +85,13 @@ def test_grid_dry_run_counts_units(tmp_path):
     assert summary["units"] == 2 * len(benchmarked_defenses()) * 2 * 3 and summary["attacked_models"] == 2 and summary["to_run"] == summary["units"]
     bad = bd("grid", "--set", "epochs=2", "--dry-run")
     assert bad.exit_code == 2 and "defense.key=value" in bad.output
+    # a combined defense is one unit per setting, its parts' settings given through its name
+    combo = bd("grid", "--dataset", "synthetic", "--defense", "bnp+ft,ft", "--set", "bnp+ft.ft.epochs=2",
+               "--store", str(tmp_path / "r.sqlite"), "--dry-run", "--format", "json")
+    assert combo.exit_code == 0, combo.output
+    assert json_of(combo)["units"] == 2
+    wrong = bd("grid", "--dataset", "synthetic", "--defense", "bnp+ft", "--set", "bnp+ft.epochs=2", "--dry-run")
+    assert wrong.exit_code == 2 and "must name its defense" in wrong.output
 
 
 def test_every_result_names_the_quick_preset_sizes_of_its_attack():

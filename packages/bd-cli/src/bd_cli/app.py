@@ -104,10 +104,11 @@ def default_store() -> Path:
     epilog="Examples:\n\n"
     "  bd run --defense ft --arch preact-resnet18 --dataset fashion-mnist --preset quick\n\n"
     "  bd run --defense clp --arch vgg19 --attack badnets --poison-ratio 0.05 --spc 2 --partition 3\n\n"
-    "  bd run --defense ft --set epochs=20 --set lr=0.005 --format json",
+    "  bd run --defense ft --set epochs=20 --set lr=0.005 --format json\n\n"
+    "  bd run --defense bnp+ft --set bnp.u=2.5 --set ft.epochs=5   (BNP, then FT on its output)",
 )
 def run(
-    defense: Annotated[str, typer.Option(help="defense to apply (see `bd list defenses`)")] = "ft",
+    defense: Annotated[str, typer.Option(help="defense to apply (see `bd list defenses`); several joined by + run in sequence, e.g. bnp+ft with --set ft.epochs=5")] = "ft",
     dataset: Annotated[str, typer.Option(help="cifar10, gtsrb, tiny-imagenet, fashion-mnist or synthetic")] = "fashion-mnist",
     arch: Annotated[str, typer.Option(help="preact-resnet18, vgg19-bn (vgg19), efficientnet-b3, mobilenetv3-large")] = "preact-resnet18",
     attack: Annotated[str, typer.Option(help="attack that backdoors the model (see `bd list attacks`)")] = "badnets",
@@ -268,7 +269,7 @@ def attack(
     "  bd defend --defense clp --attack blended --arch vgg19   (the cached model of that attack)",
 )
 def defend(
-    defense: Annotated[str, typer.Option(help="defense to apply (see `bd list defenses`)")] = "ft",
+    defense: Annotated[str, typer.Option(help="defense to apply (see `bd list defenses`); several joined by + run in sequence, e.g. bnp+ft with --set ft.epochs=5")] = "ft",
     model: Annotated[Path | None, typer.Option(help="attacked model file written by bd (model.safetensors); else the cached model of the attack options")] = None,
     attack: Annotated[str, typer.Option(help="attack of the cached model (without --model)")] = "badnets",
     dataset: Annotated[str, typer.Option(help="dataset of the cached model (without --model)")] = "fashion-mnist",
@@ -482,7 +483,7 @@ def grid(
     arch: Annotated[str | None, typer.Option(help="comma-separated architectures")] = None,
     attack: Annotated[str | None, typer.Option(help="comma-separated attacks")] = None,
     poison_ratio: Annotated[str | None, typer.Option(help="comma-separated poison ratios, e.g. 0.01,0.05,0.1")] = None,
-    defense: Annotated[str | None, typer.Option(help="comma-separated defenses, or all (every benchmarked defense)")] = None,
+    defense: Annotated[str | None, typer.Option(help="comma-separated defenses, or all (every benchmarked defense); bnp+ft is one combined defense")] = None,
     spc: Annotated[str | None, typer.Option(help="comma-separated samples per class, e.g. 2,10,100")] = None,
     partitions: Annotated[int | None, typer.Option(help="mitigation partitions 0..N-1 per setting")] = None,
     seed: Annotated[str | None, typer.Option(help="comma-separated seeds")] = None,

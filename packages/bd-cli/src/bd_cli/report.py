@@ -41,7 +41,7 @@ SHORT = {"badnets": "A BadNets", "blended": "B Blended", "lf": "C LF", "sig": "D
          "inputaware": "F IAB", "ssba": "G SSBA", "wanet": "H WaNet", "vgg19-bn": "A VGG", "preact-resnet18": "B ResNet",
          "efficientnet-b3": "C EfficientNet", "mobilenetv3-large": "D MobileNet", "cifar10": "A CIFAR-10",
          "gtsrb": "B GTSRB", "tiny-imagenet": "C Tiny-ImageNet", "fashion-mnist": "Fashion-MNIST"}
-FAMILY_ORDER = ("pruning", "masking", "additive", "synthesis", "fine-tuning", "adversarial")
+FAMILY_ORDER = ("pruning", "masking", "additive", "synthesis", "fine-tuning", "adversarial", "combined")
 PRUNING_TYPE = {"pruning", "masking", "additive"}  # the survey's Section 3; the rest are its Section 4
 MARK = {True: "†", False: "‡"}
 
@@ -71,10 +71,11 @@ def select(frame: pd.DataFrame, filters: dict[str, list[str]]) -> pd.DataFrame:
 
 
 def families(frame: pd.DataFrame) -> dict[str, str]:
-    """defense -> family, from the registry (a plugin defense that is not loaded: 'other')."""
-    from bd_defenses import DEFENSES
+    """defense -> family, from the registry ('combined' for a sequence such as bnp+ft; a plugin
+    defense that is not loaded: 'other')."""
+    from bd_defenses import family_of
 
-    return {d: DEFENSES[d].family if d in DEFENSES else "other" for d in frame["defense"].unique()}
+    return {d: family_of(d) for d in frame["defense"].unique()}
 
 
 def defense_order(frame: pd.DataFrame) -> list[str]:
@@ -85,7 +86,8 @@ def defense_order(frame: pd.DataFrame) -> list[str]:
 
 def marked(defense: str, family: str) -> str:
     """The survey's label: name with † (pruning-type) or ‡ (fine-tuning-type)."""
-    return f"{defense.upper()}{MARK[family in PRUNING_TYPE]}" if family != "other" else defense.upper()
+    unmarked = family in ("other", "combined")  # a sequence of defenses belongs to neither of the survey's types
+    return defense.upper() if unmarked else f"{defense.upper()}{MARK[family in PRUNING_TYPE]}"
 
 
 def natural_order(column: str, values: Iterable[Any]) -> list[Any]:
@@ -212,11 +214,14 @@ def boxes(ax, data: list[list[float]], positions: list[float], width: float, col
 
 
 def figure3(frame: pd.DataFrame, title: str):
-    """Two rows (pruning-type, fine-tuning-type) x three metrics, one box per defense."""
+    """Rows pruning-type, fine-tuning-type (and combined defenses, if any) x three metrics, one box
+    per defense."""
     plt = _plt()
     fam = families(frame)
     order = defense_order(frame)
-    rows = [[d for d in order if fam[d] in PRUNING_TYPE], [d for d in order if fam[d] not in PRUNING_TYPE]]
+    rows = [[d for d in order if fam[d] in PRUNING_TYPE],
+            [d for d in order if fam[d] not in PRUNING_TYPE and fam[d] != "combined"],
+            [d for d in order if fam[d] == "combined"]]
     rows = [r for r in rows if r]
     width = max(9.0, 0.5 * max(len(r) for r in rows) * 3 + 3)
     fig, axes = plt.subplots(len(rows), 3, figsize=(width, 3.3 * len(rows)), squeeze=False)

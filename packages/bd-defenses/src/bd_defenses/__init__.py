@@ -32,6 +32,7 @@ from bd_defenses.registry import (
     canonical_defense,
     create_defense,
     describe,
+    family_of,
     register,
 )
 
@@ -48,5 +49,5 @@ def _load_plugins() -> None:
 
 _load_plugins()
 
-__all__ = ["DEFENSES", "benchmarked_defenses", "Context", "Defense", "MitigationData", "canonical_defense", "create_defense", "describe", "register"]
+__all__ = ["DEFENSES", "benchmarked_defenses", "Context", "Defense", "MitigationData", "canonical_defense", "create_defense", "describe", "family_of", "register"]
 __version__ = "0.1.0"

@@ -1,0 +1,54 @@
+"""Combined defenses (`--defense bnp+ft`): several defenses applied in sequence, each to the model
+the previous one returned, all with the same mitigation data and context seed.
+
+The survey closes with combining complementary assumptions as an open challenge (Sec. 8, item 4):
+a pruning method that removes the channels it suspects, followed by a fine-tuning method that
+repairs what pruning cost. A combination is stored and reported as one defense named by its
+parts in order; each part keeps its own defaults, overridden as `part.key=value`
+(`--set ft.epochs=5`)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch.nn as nn
+
+from bd_defenses.base import Context, Defense, MitigationData
+
+SEPARATOR = "+"
+
+
+@dataclass(frozen=True)
+class Combined(Defense):
+    parts: tuple[Defense, ...]
+
+    family: ClassVar[str] = "combined"
+    paper: ClassVar[str] = "a sequence of the defenses named (survey Sec. 8: combining assumptions)"
+    benchmarked: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        if len(self.parts) < 2:
+            raise ValueError(f"a combined defense needs at least two parts, got {len(self.parts)}")
+
+    @property
+    def name(self) -> str:  # type: ignore[override]  # an instance's name: its parts in order
+        return SEPARATOR.join(p.name for p in self.parts)
+
+    @property
+    def needs(self) -> str:  # type: ignore[override]
+        return "; ".join(f"{p.name}: {p.needs}" for p in self.parts if p.needs)
+
+    def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
+        # Every part sees the context seed a single run of it would see, so the first part's
+        # output is exactly its standalone result and differences come from the sequence alone.
+        steps = []
+        for part in self.parts:
+            part_ctx = Context(device=ctx.device, seed=ctx.seed)
+            started = time.perf_counter()
+            model = part(model, data, part_ctx)
+            steps.append({"defense": part.name, "seconds": round(time.perf_counter() - started, 3),
+                          **part_ctx.record})
+        ctx.report(components=[p.name for p in self.parts], steps=steps)
+        return model
