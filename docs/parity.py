@@ -195,8 +195,8 @@ def accepted_flags(args: argparse.Namespace, script: str) -> set[str]:
     cache = args.work / "help" / f"{script}.txt"
     if not cache.exists():
         cache.parent.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run([str(args.fork_python), str(HERE / "parity_shim.py"), str(args.fork / "defense" / script),
-                                 "--help"], capture_output=True, text=True, env=fork_env(cache.parent, args.threads))
+        command = [str(args.fork_python), str(HERE / "parity_shim.py"), str(args.fork / "defense" / script), "--help"]
+        result = subprocess.run(command, capture_output=True, text=True, env=fork_env(cache.parent, args.threads))
         cache.write_text(result.stdout)
     return set(re.findall(r"(--[a-zA-Z_]+)", cache.read_text()))
 

@@ -41,13 +41,16 @@ def median(values: list[float]) -> float | None:
 def summary_rows(runs: dict[str, dict[int, dict]], defenses: dict[str, dict]) -> list[str]:
     rows = []
     for defense, parts in runs.items():
-        pairs = [(r["fork"], r["bd"]) for r in parts.values() if r.get("bd") and "acc" in r["fork"] and "acc" in r["bd"]]
+        pairs = [(r["fork"], r["bd"]) for r in parts.values()
+                 if r.get("bd") and "acc" in r["fork"] and "acc" in r["bd"]]
         if not pairs:
             failed = next(iter(parts.values()))
-            why = "fork failed" if "acc" not in failed["fork"] else "bd failed"
+            why = ("fork failed" if "acc" not in failed["fork"] else "bd not run yet" if not failed.get("bd")
+                   else "bd failed")
             rows.append(f"| {defense} | {why} |" + " |" * 12)
             continue
-        cell = {side: {m: median([p[i][m] for p in pairs]) for m in ("acc", "asr", "ra")} for i, side in enumerate(("fork", "bd"))}
+        cell = {side: {m: median([p[i][m] for p in pairs]) for m in ("acc", "asr", "ra")}
+                for i, side in enumerate(("fork", "bd"))}
         gap = {m: max(abs(f[m] - b[m]) for f, b in pairs) for m in ("acc", "asr")}
         fork_s = median([f.get("defense_seconds") for f, _ in pairs if f.get("defense_seconds") is not None])
         bd_s = median([b["defense_seconds"] for _, b in pairs])
@@ -103,7 +106,8 @@ def extra_runs(result: dict) -> str:
     """bd's further runs of a pair: other seeds on the same images, and the fork's chosen value."""
     parts = []
     if result.get("bd_seeds"):
-        parts.append("other seeds: " + ", ".join(f"{pct(r.get('acc'))}/{pct(r.get('asr'))}" for r in result["bd_seeds"]))
+        seeds = result["bd_seeds"]
+        parts.append("other seeds: " + ", ".join(f"{pct(r.get('acc'))}/{pct(r.get('asr'))}" for r in seeds))
     choice = result.get("bd_at_fork_choice")
     if choice and "acc" in choice:
         setting = ", ".join(f"{k} {v}" for k, v in (choice.get("settings") or {}).items())
