@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from bd_core.data import ImageSet
+from bd_core.data.batches import clean_batches
 from bd_core.train import fit
-from bd_defenses.finetune import clean_batches
 
 K = 3  # the planted channel
 TARGET = 0

@@ -19,8 +19,9 @@ from typing import Any
 import torch
 
 from bd_core.attacks import ATTACKS, canonical_attack, create_attack
-from bd_core.attacks.base import Attack, TrainingPlan, Trigger, augmented_batch, check_ratio
+from bd_core.attacks.base import Attack, TrainingPlan, Trigger, check_ratio
 from bd_core.data import Augment, ImageSet, canonical_dataset, load_dataset
+from bd_core.data.batches import clean_batches
 from bd_core.data.mitigation import stratified_index
 from bd_core.errors import InvalidRequest
 from bd_core.metrics import evaluate
@@ -225,13 +226,7 @@ def train_clean_model(
     (`recipe` overrides the preset's, e.g. `AttackSpec.recipe` of an attack that trains longer)."""
     recipe = recipe or preset(preset_name)
     train = training_subset(data.train, recipe, seed)
-    augment = Augment.for_dataset(train.info)
-    mean, std = train.mean_std()
-    images = train.images.to(device)
-
-    def make_batch(idx: torch.Tensor, g: torch.Generator):
-        return augmented_batch(images[idx.to(device)], augment, g, mean, std), train.labels[idx]
-
+    make_batch = clean_batches(train, Augment.for_dataset(train.info), device)
     return _train(canonical_model(arch), train, TrainingPlan(make_batch), recipe, seed, device,
                   f"training clean {arch} on {canonical_dataset(dataset)}")
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from bd_core.attacks.base import augmented_batch
 from bd_core.data import Augment, ImageSet
+from bd_core.data.batches import augmented_batch
 from bd_kernels import ChannelStats, apply_trigger
 
 

@@ -20,11 +20,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from bd_core.data import ImageSet
+from bd_core.data.batches import clean_batches
 from bd_core.progress import make_progress
 from bd_core.train import index_batches
 
 from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
-from bd_defenses.finetune import clean_batches
 from bd_defenses.registry import register
 
 NEEDS = "unlabeled out-of-distribution images: --set ood_dataset=NAME (e.g. fashion-mnist for a CIFAR model)"

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from bd_core.data.batches import clean_batches
 from bd_core.progress import make_progress
 from bd_core.train import index_batches
 from torch import Tensor
 
 from bd_defenses.base import Context, Defense, MitigationData, check_positive
 from bd_defenses.features import FeatureSplit
-from bd_defenses.finetune import clean_batches
 from bd_defenses.pixels import Pixels, clamp_between
 from bd_defenses.registry import register
 

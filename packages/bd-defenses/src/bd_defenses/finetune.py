@@ -2,28 +2,12 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
-from bd_core.attacks.base import augmented_batch, normalized_batch
 from bd_core.data import Augment, ImageSet
+from bd_core.data.batches import clean_batches
 from bd_core.train import StepFn, cross_entropy_step, fit
-from torch import Tensor
 
 from bd_defenses.base import Context
-
-
-def clean_batches(data: ImageSet, augment: Augment | None, device: str):
-    """make_batch for `fit`: augmented, normalized clean images of `data`."""
-    mean, std = (t.to(device) for t in data.mean_std())
-    images = data.images.to(device)
-
-    def make_batch(idx: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
-        batch = images[idx.to(device)]
-        if augment is None:
-            return normalized_batch(batch, mean, std, None, 0, None), data.labels[idx]
-        return augmented_batch(batch, augment, g, mean, std), data.labels[idx]
-
-    return make_batch
 
 
 def finetune(

@@ -22,6 +22,7 @@ from bd_kernels import apply_trigger
 from torch import Tensor
 
 from bd_core.data.augment import Augment
+from bd_core.data.batches import normalized_batch
 from bd_core.data.imageset import ImageSet
 from bd_core.errors import InvalidRequest, UnsafeModelFile
 from bd_core.train import BatchFn, StepFn, cross_entropy_step
@@ -134,20 +135,6 @@ class PixelTrigger(Trigger):
         if poisoned is not None and bool(poisoned.any()):
             images = self.poison_rows(images, poisoned)
         return normalized_batch(images, mean, std, crop_offsets, padding, flip)
-
-
-def normalized_batch(images: Tensor, mean: Tensor, std: Tensor, offsets: Tensor | None, padding: int,
-                     flip: Tensor | None) -> Tensor:
-    """Clean images through the same fused kernel: crop/flip, to float, normalize."""
-    dev = images.device
-    return apply_trigger(images, mean=mean.to(dev), std=std.to(dev), crop_offsets=offsets, padding=padding, flip=flip)
-
-
-def augmented_batch(images: Tensor, augment: Augment, g: torch.Generator, mean: Tensor, std: Tensor) -> Tensor:
-    """Clean uint8 images with fresh random crop/flip parameters from `g`, normalized."""
-    offsets, flip = augment.draw(len(images), g)
-    dev = images.device
-    return normalized_batch(images, mean, std, offsets.to(dev), augment.padding, None if flip is None else flip.to(dev))
 
 
 @dataclass

@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bd_core.attacks.base import Attack, BatchFn, PixelTrigger, augmented_batch, trigger_kind
+from bd_core.attacks.base import Attack, BatchFn, PixelTrigger, trigger_kind
 from bd_core.data.augment import Augment
+from bd_core.data.batches import augmented_batch
 from bd_core.data.imageset import ImageSet
 
 

@@ -25,9 +25,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from bd_core.attacks.base import Attack, TrainingPlan, Trigger, augmented_batch, normalized_batch, trigger_kind
+from bd_core.attacks.base import Attack, TrainingPlan, Trigger, trigger_kind
 from bd_core.attacks.networks import EncoderDecoder, frozen, generator_shape, load_module_tensors, module_tensors
 from bd_core.data.augment import Augment
+from bd_core.data.batches import augmented_batch, clean_batches, normalized_batch
 from bd_core.data.imageset import ImageSet
 from bd_core.progress import make_progress
 
@@ -181,8 +182,7 @@ class InputAware(Attack):
         images = train.images.to(device)
         others = torch.Generator().manual_seed(seed + 7)  # draws the second images (cross mode, diversity)
 
-        def make_batch(idx: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
-            return augmented_batch(images[idx.to(device)], augment, g, mean, std), train.labels[idx]
+        make_batch = clean_batches(train, augment, device)
 
         def step(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
             n_bd = int(len(x) * ratio)

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bd_core.attacks.base import Attack, PatternTrigger, augmented_batch
+from bd_core.attacks.base import Attack, PatternTrigger
 from bd_core.data.augment import Augment
+from bd_core.data.batches import clean_batches
 from bd_core.data.imageset import ImageSet
 from bd_core.data.mitigation import stratified_index
 from bd_core.models import create_model
@@ -64,12 +65,7 @@ class LF(Attack):
         torch.manual_seed(seed + 1)
         model = create_model("preact-resnet18", train.num_classes, train.channels, train.image_size,
                              self.surrogate_width)
-        augment = Augment.for_dataset(train.info)
-        mean, std = subset.mean_std()
-
-        def make_batch(idx: Tensor, gen: torch.Generator):
-            return augmented_batch(subset.images[idx], augment, gen, mean, std), subset.labels[idx]
-
+        make_batch = clean_batches(subset, Augment.for_dataset(train.info))
         train_fit(model, make_batch, len(subset), epochs=self.surrogate_epochs, batch_size=128, lr=0.05, seed=seed + 1,
                   description="LF: training the clean surrogate")
         return model.eval()

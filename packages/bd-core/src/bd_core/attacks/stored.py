@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bd_core.attacks.base import Trigger, normalized_batch, trigger_kind
+from bd_core.attacks.base import Trigger, trigger_kind
+from bd_core.data.batches import normalized_batch
 from bd_core.errors import InvalidRequest
 
 

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bd_core.attacks.base import Attack, BatchFn, Trigger, augmented_batch, normalized_batch, trigger_kind
+from bd_core.attacks.base import Attack, BatchFn, Trigger, trigger_kind
 from bd_core.data.augment import Augment
+from bd_core.data.batches import augmented_batch, normalized_batch
 from bd_core.data.imageset import ImageSet
 
 
