@@ -7,16 +7,13 @@ from typing import Any
 
 from bd_core.config import build_dataclass
 from bd_core.errors import BdError
+from bd_core.registry import Registry
 
 from bd_defenses.base import Defense
 from bd_defenses.combined import SEPARATOR, Combined
 
-DEFENSES: dict[str, type[Defense]] = {}
-_ALIASES: dict[str, str] = {}
-
-
-def _squash(name: str) -> str:
-    return name.strip().lower().replace("-", "").replace("_", "")
+DEFENSES: Registry[type[Defense]] = Registry("defense", hint=" (or several joined by '+', e.g. bnp+ft)",
+                                             sort_valid=True)
 
 
 def register(
@@ -27,9 +24,7 @@ def register(
 
     def wrap(cls: type[Defense]) -> type[Defense]:
         cls.name, cls.family, cls.paper, cls.needs, cls.benchmarked = name, family, paper, needs, benchmarked
-        DEFENSES[name] = cls
-        for alias in (name, *aliases):
-            _ALIASES[_squash(alias)] = name
+        DEFENSES.add(name, cls, aliases)
         return cls
 
     return wrap
@@ -39,12 +34,7 @@ def benchmarked_defenses() -> list[str]:
     return [n for n, cls in DEFENSES.items() if cls.benchmarked]
 
 
-def _canonical_single(name: str) -> str:
-    key = _ALIASES.get(_squash(name))
-    if key is None:
-        raise BdError(f"unknown defense {name!r}; valid: {', '.join(sorted(DEFENSES))} "
-                      "(or several joined by '+', e.g. bnp+ft)")
-    return key
+_canonical_single = DEFENSES.canonical
 
 
 def canonical_defense(name: str) -> str:

@@ -15,23 +15,15 @@ from bd_core.attacks.ssba import SSBA, SSBATrigger
 from bd_core.attacks.stored import StoredTrigger
 from bd_core.attacks.wanet import WaNet, WarpTrigger
 from bd_core.config import build_dataclass
-from bd_core.errors import BdError
+from bd_core.registry import Registry
 
-# the survey's order (Section 5.2)
-ATTACKS: dict[str, type[Attack]] = {
-    cls.name: cls for cls in (BadNets, Blended, SIG, LF, SSBA, InputAware, BPP, WaNet)
-}
-ALIASES = {"badnet": "badnets", "blend": "blended", "signal": "sig", "warp": "wanet", "bppattack": "bpp",
-           "lowfrequency": "lf", "input": "inputaware", "iad": "inputaware", "dynamic": "inputaware",
-           "samplespecific": "ssba"}
-
-
-def canonical_attack(name: str) -> str:
-    key = name.strip().lower().replace("_", "").replace("-", "")
-    key = ALIASES.get(key, key)
-    if key not in ATTACKS:
-        raise BdError(f"unknown attack {name!r}; valid: {', '.join(ATTACKS)}")
-    return key
+ATTACKS: Registry[type[Attack]] = Registry("attack")
+ALIASES = {"badnets": ("badnet",), "blended": ("blend",), "sig": ("signal",), "wanet": ("warp",),
+           "bpp": ("bppattack",), "lf": ("low-frequency",), "inputaware": ("input", "iad", "dynamic"),
+           "ssba": ("sample-specific",)}
+for _cls in (BadNets, Blended, SIG, LF, SSBA, InputAware, BPP, WaNet):  # the survey's order (Section 5.2)
+    ATTACKS.add(_cls.name, _cls, ALIASES.get(_cls.name, ()))
+canonical_attack = ATTACKS.canonical
 
 
 def create_attack(name: str, overrides: dict[str, Any] | None = None, preset: str | None = None) -> Attack:

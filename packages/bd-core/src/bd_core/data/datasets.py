@@ -23,6 +23,7 @@ from bd_core.data.synthetic import make_synthetic
 from bd_core.errors import BdError, DataNotFound
 from bd_core.paths import cache_root, data_root
 from bd_core.progress import log
+from bd_core.registry import Registry
 from bd_core.safefile import load_tensors, save_tensors
 
 SPLITS = ("train", "test")
@@ -173,23 +174,14 @@ SPECS: dict[str, DatasetSpec] = {
         read=formats.read_tiny_imagenet,
     ),
 }
-ALIASES = {
-    "fmnist": "fashion-mnist",
-    "fashionmnist": "fashion-mnist",
-    "cifar-10": "cifar10",
-    "tiny": "tiny-imagenet",
-    "tinyimagenet": "tiny-imagenet",
-    "tiny-imagenet-200": "tiny-imagenet",
-}
-DATASET_NAMES = (*SPECS, "synthetic")
-
-
-def canonical_dataset(name: str) -> str:
-    key = name.strip().lower().replace("_", "-")
-    key = ALIASES.get(key, ALIASES.get(key.replace("-", ""), key))
-    if key not in DATASET_NAMES:
-        raise BdError(f"unknown dataset {name!r}; valid: {', '.join(DATASET_NAMES)}")
-    return key
+DATASETS: Registry[DatasetSpec | None] = Registry("dataset")
+for _name, _spec in SPECS.items():
+    DATASETS.add(_name, _spec)
+DATASETS.add("synthetic", None)  # made in memory by make_synthetic, no files
+for _alias, _name in {"fmnist": "fashion-mnist", "tiny": "tiny-imagenet", "tiny-imagenet-200": "tiny-imagenet"}.items():
+    DATASETS.alias(_alias, _name)
+DATASET_NAMES = tuple(DATASETS)
+canonical_dataset = DATASETS.canonical
 
 
 def search_roots(root: Path | None = None) -> list[Path]:

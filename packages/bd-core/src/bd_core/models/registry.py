@@ -10,41 +10,19 @@ from bd_core.errors import BdError
 from bd_core.models.preact_resnet import PreActResNet18
 from bd_core.models.torchvision_nets import EfficientNetB3, MobileNetV3Large
 from bd_core.models.vgg import VGG19BN
+from bd_core.registry import Registry
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "preact-resnet18": PreActResNet18,
-    "vgg19-bn": VGG19BN,
-    "efficientnet-b3": EfficientNetB3,
-    "mobilenetv3-large": MobileNetV3Large,
-}
-ALIASES = {
-    "preactresnet18": "preact-resnet18",
-    "resnet": "preact-resnet18",
-    "resnet18": "preact-resnet18",
-    "vgg19": "vgg19-bn",
-    "vgg19bn": "vgg19-bn",
-    "vgg": "vgg19-bn",
-    "efficientnetb3": "efficientnet-b3",
-    "efficientnet": "efficientnet-b3",
-    "mobilenetv3large": "mobilenetv3-large",
-    "mobilenetv3": "mobilenetv3-large",
-    "mobilenet": "mobilenetv3-large",
-}
+MODELS: Registry[Callable[..., nn.Module]] = Registry("architecture", hint=" (aliases: vgg19, resnet18, mobilenet)")
+MODELS.add("preact-resnet18", PreActResNet18, ("resnet", "resnet18"))
+MODELS.add("vgg19-bn", VGG19BN, ("vgg19", "vgg"))
+MODELS.add("efficientnet-b3", EfficientNetB3, ("efficientnet",))
+MODELS.add("mobilenetv3-large", MobileNetV3Large, ("mobilenetv3", "mobilenet"))
+canonical_model = MODELS.canonical
 MIN_SIZE, MAX_SIZE = 28, 64
 MAX_CLASSES = 1000  # bounds what a model file can make bd allocate
 # constructor options beyond the common ones, with their allowed ranges (e.g. an imported
 # VGG19-BN keeps torchvision's 4096-wide head)
 OPTIONS: dict[str, dict[str, tuple[int, int]]] = {"vgg19-bn": {"hidden": (4, 8192)}}
-
-
-def canonical_model(name: str) -> str:
-    key = name.strip().lower().replace("_", "-")
-    if key in MODELS:
-        return key
-    squashed = key.replace("-", "")
-    if squashed in ALIASES:
-        return ALIASES[squashed]
-    raise BdError(f"unknown architecture {name!r}; valid: {', '.join(MODELS)} (aliases: vgg19, resnet18, mobilenet)")
 
 
 def create_model(
