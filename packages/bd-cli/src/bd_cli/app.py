@@ -57,6 +57,28 @@ class Preset(str, Enum):
     paper = "paper"
 
 
+# Options that several commands share, declared once.
+DefenseName = Annotated[str, typer.Option(
+    "--defense", help="defense to apply (see `bd list defenses`); several joined by + run in sequence, "
+                      "e.g. bnp+ft with --set ft.epochs=5")]
+DefenseSettings = Annotated[list[str] | None, typer.Option(
+    "--set", help="defense hyperparameter override key=value (repeatable; part.key=value for bnp+ft)")]
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda[:N]")]
+ResultsFile = Annotated[Path | None, typer.Option(help="SQLite results file [default: ~/.cache/bd/results.sqlite]")]
+DataDir = Annotated[Path | None, typer.Option(help="dataset root (default: $BD_DATA, then Debian's /usr/share/datasets)")]
+Download = Annotated[bool, typer.Option(help="download the dataset with torchvision if it is missing")]
+Force = Annotated[bool, typer.Option(help="run again even if this experiment is already stored")]
+OutputFormat = Annotated[Format, typer.Option(help="table for people, json for programs")]
+
+
+def emit(data: object, format: Format, show_table) -> None:  # noqa: ANN001
+    """The one output path of every command: JSON for programs, else the command's table."""
+    if format is Format.json:
+        out.print_json(json.dumps(data, default=str))
+    else:
+        show_table()
+
+
 # attack settings beyond the paper's defaults, e.g. a shorter SSBA encoder training on a CPU
 AttackSettings = Annotated[
     list[str] | None,
@@ -108,7 +130,7 @@ def default_store() -> Path:
     "  bd run --defense bnp+ft --set bnp.u=2.5 --set ft.epochs=5   (BNP, then FT on its output)",
 )
 def run(
-    defense: Annotated[str, typer.Option(help="defense to apply (see `bd list defenses`); several joined by + run in sequence, e.g. bnp+ft with --set ft.epochs=5")] = "ft",
+    defense: DefenseName = "ft",
     dataset: Annotated[str, typer.Option(help="cifar10, gtsrb, tiny-imagenet, fashion-mnist or synthetic")] = "fashion-mnist",
     arch: Annotated[str, typer.Option(help="preact-resnet18, vgg19-bn (vgg19), efficientnet-b3, mobilenetv3-large")] = "preact-resnet18",
     attack: Annotated[str, typer.Option(help="attack that backdoors the model (see `bd list attacks`)")] = "badnets",
@@ -118,15 +140,15 @@ def run(
     partition: Annotated[int, typer.Option(help="which random mitigation set (survey: 0-9)")] = 0,
     seed: Annotated[int, typer.Option(help="seed of attack training and the defense")] = 0,
     preset: Annotated[Preset, typer.Option(help="quick: CPU-sized training; paper: BackdoorBench's recipe (GPU)")] = Preset.quick,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="defense hyperparameter override key=value (repeatable)")] = None,
+    set_: DefenseSettings = None,
     attack_set: AttackSettings = None,
     mitigation_indices: MitigationIndices = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N]")] = "auto",
-    store: Annotated[Path | None, typer.Option(help="SQLite results file [default: ~/.cache/bd/results.sqlite]")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="dataset root (default: $BD_DATA, then Debian's /usr/share/datasets)")] = None,
-    download: Annotated[bool, typer.Option(help="download the dataset with torchvision if it is missing")] = False,
-    force: Annotated[bool, typer.Option(help="run again even if this experiment is already stored")] = False,
-    format: Annotated[Format, typer.Option(help="table for people, json for programs")] = Format.table,
+    device: Device = "auto",
+    store: ResultsFile = None,
+    data_dir: DataDir = None,
+    download: Download = False,
+    force: Force = False,
+    format: OutputFormat = Format.table,
 ) -> None:
     """Backdoor a model (or reuse the cached one), apply a defense, and report the survey's metrics."""
     from bd_core.attacked import AttackSpec, load_data
@@ -152,10 +174,7 @@ def run(
         fail(str(e))
     except UnitFailed as e:
         fail(str(e), code=1)
-    if format is Format.json:
-        out.print_json(json.dumps(record, default=str))
-    else:
-        print_result(record)
+    emit(record, format, lambda: print_result(record))
 
 
 def print_result(r: dict) -> None:
@@ -192,7 +211,7 @@ def show(
     attack_set: AttackSettings = None,
     model: Annotated[Path | None, typer.Option(help="draw the trigger saved in this attacked model file instead")] = None,
     output: Annotated[Path | None, typer.Option("--out", help="PNG to write [default: <attack>-<dataset>.png]")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="dataset root")] = None,
+    data_dir: DataDir = None,
 ) -> None:
     """Write a PNG grid: 8 clean test images, their poisoned versions, and the amplified difference."""
     from bd_core.attacks import canonical_attack
@@ -229,10 +248,10 @@ def attack(
     seed: Annotated[int, typer.Option(help="training seed")] = 0,
     preset: Annotated[Preset, typer.Option(help="quick (CPU) or paper (GPU) training recipe")] = Preset.quick,
     attack_set: AttackSettings = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N]")] = "auto",
-    data_dir: Annotated[Path | None, typer.Option(help="dataset root")] = None,
-    download: Annotated[bool, typer.Option(help="download the dataset with torchvision if missing")] = False,
-    format: Annotated[Format, typer.Option(help="table or json")] = Format.table,
+    device: Device = "auto",
+    data_dir: DataDir = None,
+    download: Download = False,
+    format: OutputFormat = Format.table,
 ) -> None:
     """Train an attacked model (or find it in the cache) and report its ACC, ASR and RA."""
     from bd_core.attacked import AttackSpec, load_data, obtain_attacked_model, weak_attack_warning
@@ -252,15 +271,16 @@ def attack(
     warning = weak_attack_warning(attacked.meta["metrics"]["asr"])
     info = {"key": key, "model_file": str(cache.path(key)), "cached_before": hit, **attacked.meta["metrics"],
             "train_seconds": attacked.meta.get("training", {}).get("train_seconds"), "warning": warning}
-    if format is Format.json:
-        out.print_json(json.dumps(info))
-        return
-    out.print(f"{spec.attack} on {spec.dataset}/{spec.arch} ({spec.poison_ratio:.0%}, preset {spec.preset}): "
-              f"ACC {info['acc']:.2%}  ASR {info['asr']:.2%}  RA {info['ra']:.2%}", highlight=False)
-    out.print(f"{'found in' if hit else 'saved to'} {info['model_file']}  (bd defend --model {info['model_file']})",
-              soft_wrap=True, highlight=False)
-    if warning:
-        err.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True, highlight=False)
+
+    def show_table() -> None:
+        out.print(f"{spec.attack} on {spec.dataset}/{spec.arch} ({spec.poison_ratio:.0%}, preset {spec.preset}): "
+                  f"ACC {info['acc']:.2%}  ASR {info['asr']:.2%}  RA {info['ra']:.2%}", highlight=False)
+        out.print(f"{'found in' if hit else 'saved to'} {info['model_file']}  (bd defend --model {info['model_file']})",
+                  soft_wrap=True, highlight=False)
+        if warning:
+            err.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True, highlight=False)
+
+    emit(info, format, show_table)
 
 
 @app.command(
@@ -269,7 +289,7 @@ def attack(
     "  bd defend --defense clp --attack blended --arch vgg19   (the cached model of that attack)",
 )
 def defend(
-    defense: Annotated[str, typer.Option(help="defense to apply (see `bd list defenses`); several joined by + run in sequence, e.g. bnp+ft with --set ft.epochs=5")] = "ft",
+    defense: DefenseName = "ft",
     model: Annotated[Path | None, typer.Option(help="attacked model file written by bd (model.safetensors); else the cached model of the attack options")] = None,
     attack: Annotated[str, typer.Option(help="attack of the cached model (without --model)")] = "badnets",
     dataset: Annotated[str, typer.Option(help="dataset of the cached model (without --model)")] = "fashion-mnist",
@@ -280,13 +300,13 @@ def defend(
     preset: Annotated[Preset, typer.Option(help="preset of the cached model")] = Preset.quick,
     spc: Annotated[int, typer.Option(help="clean mitigation images per class")] = 10,
     partition: Annotated[int, typer.Option(help="which random mitigation set")] = 0,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="defense hyperparameter key=value (repeatable)")] = None,
+    set_: DefenseSettings = None,
     mitigation_indices: MitigationIndices = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N]")] = "auto",
-    store: Annotated[Path | None, typer.Option(help="SQLite results file")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="dataset root")] = None,
-    force: Annotated[bool, typer.Option(help="run again even if stored")] = False,
-    format: Annotated[Format, typer.Option(help="table or json")] = Format.table,
+    device: Device = "auto",
+    store: ResultsFile = None,
+    data_dir: DataDir = None,
+    force: Force = False,
+    format: OutputFormat = Format.table,
 ) -> None:
     """Apply a defense to an attacked model that already exists (never trains one)."""
     from bd_core.attacked import AttackSpec, load_data
@@ -332,10 +352,7 @@ def defend(
         fail(str(e))
     except UnitFailed as e:
         fail(str(e), code=1)
-    if format is Format.json:
-        out.print_json(json.dumps(record, default=str))
-    else:
-        print_result(record)
+    emit(record, format, lambda: print_result(record))
 
 
 @app.command(
@@ -350,8 +367,8 @@ def import_(
     output: Annotated[Path | None, typer.Option("--out", help="bd model file to write [default: ~/.cache/bd/imported/<sha>/model.safetensors]")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="root holding the dataset the record was made on (its test set is evaluated)")] = None,
     resource_dir: Annotated[Path | None, typer.Option(help="the tool's resource/ folder, where BadNets/Blended trigger files are [default: next to record/]")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N]")] = "auto",
-    format: Annotated[Format, typer.Option(help="table or json")] = Format.table,
+    device: Device = "auto",
+    format: OutputFormat = Format.table,
 ) -> None:
     """Turn an attacked model made by BackdoorBench (or the survey's fork) into a bd model file.
 
@@ -376,24 +393,25 @@ def import_(
     info = {"model_file": str(done.path), "arch": done.meta["arch"], "attack": done.meta["attack"]["attack"],
             "dataset": done.meta["attack"]["dataset"], "trigger": done.trigger_source, **done.metrics.as_dict(),
             "reported": done.record.reported}
-    if format is Format.json:
-        out.print_json(json.dumps(info))
-        return
-    table = Table(title=f"imported {done.record.model_name} ({done.record.attack}) from {done.record.path}",
-                  title_justify="left")
-    table.add_column("metric")
-    table.add_column("measured by bd", justify="right")
-    table.add_column("reported by the record", justify="right")
-    for name in ("acc", "asr", "ra"):
-        reported = done.record.reported.get(name)
-        table.add_row(name.upper(), f"{info[name]:.2%}", "-" if reported is None else f"{reported:.2%}")
-    out.print(table)
-    out.print(f"trigger: {done.trigger_source}", soft_wrap=True, highlight=False)
-    gaps = [n for n in ("acc", "asr", "ra") if n in done.record.reported and abs(info[n] - done.record.reported[n]) > 0.01]
-    if gaps:
-        out.print(f"[yellow]warning:[/yellow] {', '.join(g.upper() for g in gaps)} differ from the record by more than "
-                  "1 point: is --data-dir the data the record was made on?", soft_wrap=True)
-    out.print(f"saved to {done.path}  (bd defend --model {done.path} --defense ...)", soft_wrap=True, highlight=False)
+
+    def show_table() -> None:
+        table = Table(title=f"imported {done.record.model_name} ({done.record.attack}) from {done.record.path}",
+                      title_justify="left")
+        table.add_column("metric")
+        table.add_column("measured by bd", justify="right")
+        table.add_column("reported by the record", justify="right")
+        for name in ("acc", "asr", "ra"):
+            reported = done.record.reported.get(name)
+            table.add_row(name.upper(), f"{info[name]:.2%}", "-" if reported is None else f"{reported:.2%}")
+        out.print(table)
+        out.print(f"trigger: {done.trigger_source}", soft_wrap=True, highlight=False)
+        gaps = [n for n in ("acc", "asr", "ra") if n in done.record.reported and abs(info[n] - done.record.reported[n]) > 0.01]
+        if gaps:
+            out.print(f"[yellow]warning:[/yellow] {', '.join(g.upper() for g in gaps)} differ from the record by more than "
+                      "1 point: is --data-dir the data the record was made on?", soft_wrap=True)
+        out.print(f"saved to {done.path}  (bd defend --model {done.path} --defense ...)", soft_wrap=True, highlight=False)
+
+    emit(info, format, show_table)
 
 
 @app.command(
@@ -404,7 +422,7 @@ def import_(
 )
 def report(
     output: Annotated[Path, typer.Option("--out", help="folder for figures (PNG, PDF), results.csv/.parquet and summary tables (.md, .csv, .tex)")] = Path("bd-report"),
-    store: Annotated[Path | None, typer.Option(help="SQLite results file [default: ~/.cache/bd/results.sqlite]")] = None,
+    store: ResultsFile = None,
     where: Annotated[list[str] | None, typer.Option(help="filter column=value[,value] (repeatable)")] = None,
     pdf: Annotated[bool, typer.Option(help="also write PDF figures")] = True,
     pool: Annotated[bool, typer.Option(help="draw each figure over all datasets together instead of one per dataset")] = False,
@@ -493,28 +511,20 @@ def grid(
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start a local Ray instance)")] = None,
     workers: Annotated[int, typer.Option(help="local pool size [default: CPU cores, or GPUs with --device cuda]")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
-    store: Annotated[Path | None, typer.Option(help="SQLite results file [default: ~/.cache/bd/results.sqlite]")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="dataset root")] = None,
+    store: ResultsFile = None,
+    data_dir: DataDir = None,
     dry_run: Annotated[bool, typer.Option(help="only count the units and what is already stored")] = False,
     format: Annotated[Format, typer.Option(help="table or json summary")] = Format.table,
 ) -> None:
     """Run a grid of experiments, resumably: finished units are skipped, failures recorded."""
-    import os
 
     from bd_core.errors import BdError
     from bd_core.paths import cache_root
     from bd_core.progress import make_progress
     from bd_core.store import ResultStore
 
-    from bd_cli.grid import GridSpec, bind_units, local_runner, ray_runner, run_grid
+    from bd_cli.grid import GridSpec, bind_units, choose_runner, run_grid
 
-    settings: dict[str, dict[str, str]] = {}
-    for item in set_ or []:
-        name_key, eq, value = item.partition("=")
-        name, dot, key = name_key.partition(".")
-        if not eq or not dot:
-            fail(f"--set {item!r}: grid overrides are defense.key=value, e.g. ft.epochs=20")
-        settings.setdefault(name.strip(), {})[key.strip()] = value.strip()
     if partitions is not None and partitions < 1:
         fail(f"--partitions {partitions}: give the number of mitigation partitions, at least 1 (survey: 10)")
     flags = {
@@ -529,14 +539,7 @@ def grid(
             spec = GridSpec.from_toml(config, **flags)
         else:
             spec = GridSpec.build(**{k: v for k, v in flags.items() if v is not None})
-        if settings:
-            from bd_defenses import canonical_defense
-
-            merged = {**spec.settings}
-            for name, values in settings.items():
-                merged.setdefault(canonical_defense(name), {}).update(values)
-            spec = GridSpec.build(**{**{f: getattr(spec, f) for f in spec.__dataclass_fields__}, "settings": merged})
-        units = spec.units()
+        units = spec.with_overrides(set_ or []).units()
         dev = resolve_device(device)
         path = store or default_store()
         if dry_run:  # reads the store if there is one, creates and changes nothing
@@ -547,22 +550,13 @@ def grid(
                     done = sum(results.has(u.key) for u in units)
             summary = {"units": len(units), "stored": done, "to_run": len(units) - done,
                        "attacked_models": len({u.attack.key for u in units}), "store": str(path)}
-            if format is Format.json:
-                out.print_json(json.dumps(summary))
-            else:
-                out.print(f"{summary['units']} units ({summary['attacked_models']} attacked models): "
-                          f"{summary['stored']} already stored in {path}, {summary['to_run']} to run", highlight=False)
+            emit(summary, format, lambda: out.print(
+                f"{summary['units']} units ({summary['attacked_models']} attacked models): "
+                f"{summary['stored']} already stored in {path}, {summary['to_run']} to run", highlight=False))
             return
         with ResultStore(path) as results:
             done = sum(results.has(u.key) for u in bind_units(units, data_dir))
-            cores = os.cpu_count() or 1
-            if backend is Backend.ray:
-                runner, threads = ray_runner(address), 1
-            else:
-                import torch
-
-                n = workers or (torch.cuda.device_count() if dev.startswith("cuda") else cores)
-                runner, threads = local_runner(max(1, n)), max(1, cores // max(1, n))
+            runner, threads = choose_runner(backend.value, address, workers, dev)
             with make_progress() as progress:
                 task = progress.add_task("grid", total=len(units) - done, status="")
 
@@ -574,15 +568,16 @@ def grid(
     except BdError as e:
         fail(str(e))
     summary = {**report.__dict__, "store": str(path)}
-    if format is Format.json:
-        out.print_json(json.dumps(summary))
-    if format is not Format.json:
+
+    def show_table() -> None:
         out.print(f"{report.total} units: {report.ok} ran, {report.skipped} already stored, {report.failed} failed; "
                   f"{report.attacks_trained} attacked models trained; results in {path}", soft_wrap=True)
         for line in report.failures[:20]:
             out.print(f"[red]failed:[/red] {line}", soft_wrap=True, highlight=False)
         for line in report.weak_attacks:
             out.print(f"[yellow]warning:[/yellow] {line}", soft_wrap=True, highlight=False)
+
+    emit(summary, format, show_table)
     if report.failed:
         raise typer.Exit(1)  # the other units ran and are stored; the exit status says not all did
 
@@ -597,19 +592,16 @@ class Listing(str, Enum):
 @app.command("list", epilog="Examples:\n\n  bd list defenses\n\n  bd list models --format json")
 def list_(
     what: Annotated[Listing, typer.Argument(help="attacks, defenses, models or datasets")],
-    format: Annotated[Format, typer.Option(help="table or json")] = Format.table,
+    format: OutputFormat = Format.table,
 ) -> None:
     """List what bd knows, with settings and defaults."""
     rows = _listing(what)
-    if format is Format.json:
-        out.print_json(json.dumps(rows, default=str))
-        return
     table = Table()
     for col in rows[0]:
         table.add_column(col)
     for row in rows:
         table.add_row(*(json.dumps(v) if isinstance(v, (dict, list)) else str(v) for v in row.values()))
-    out.print(table)
+    emit(rows, format, lambda: out.print(table))
 
 
 def _listing(what: Listing) -> list[dict]:
@@ -642,7 +634,7 @@ app.add_typer(kernels_app, name="kernels")
 
 
 @kernels_app.command("info", epilog="Example:\n\n  bd kernels info --format json")
-def kernels_info(format: Annotated[Format, typer.Option(help="table or json")] = Format.table) -> None:
+def kernels_info(format: OutputFormat = Format.table) -> None:
     """Torch version, whether the extension loaded, CPU/CUDA kernels and the CUDA archs built."""
     import bd_kernels
     import torch
@@ -661,13 +653,10 @@ def kernels_info(format: Annotated[Format, typer.Option(help="table or json")] =
     }
     if not info["extension_loaded"]:
         info["fallback"] = "pure-torch reference (pip install --no-build-isolation packages/bd-kernels to build)"
-    if format is Format.json:
-        out.print_json(json.dumps(info))
-        return
     table = Table(show_header=False)
     for key, value in info.items():
         table.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
-    out.print(table)
+    emit(info, format, lambda: out.print(table))
 
 
 @kernels_app.command("bench", epilog="Example:\n\n  bd kernels bench --filter channel_stats")

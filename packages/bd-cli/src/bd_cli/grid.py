@@ -69,6 +69,20 @@ class GridSpec:
                 clean[k] = tuple(x.strip() for x in clean[k].split(",") if x.strip())
         return cls(**clean)
 
+    def with_overrides(self, items: Iterable[str]) -> GridSpec:
+        """This grid with `--set defense.key=value` overrides merged over its settings (the first dot
+        ends the defense's name, so bnp+ft.ft.epochs=5 sets FT's epochs inside bnp+ft)."""
+        from bd_defenses import canonical_defense
+
+        merged = {name: dict(values) for name, values in self.settings.items()}
+        for item in items:
+            name_key, eq, value = item.partition("=")
+            name, dot, key = name_key.partition(".")
+            if not eq or not dot:
+                raise InvalidRequest(f"--set {item!r}: grid overrides are defense.key=value, e.g. ft.epochs=20")
+            merged.setdefault(canonical_defense(name.strip()), {})[key.strip()] = value.strip()
+        return dataclasses.replace(self, settings=merged)
+
     def register_presets(self) -> None:
         for name, recipe in self.presets.items():
             PRESETS.setdefault(name, Recipe(**recipe))
@@ -164,6 +178,20 @@ def local_runner(workers: int) -> Runner:
                     yield f.result()
 
     return run
+
+
+def choose_runner(backend: str, address: str | None, workers: int, device: str) -> tuple[Runner, int]:
+    """(runner, torch threads per worker): Ray tasks take one thread each; the local pool runs one
+    worker per core (per GPU on CUDA) unless told otherwise and shares the cores among them."""
+    if backend == "ray":
+        return ray_runner(address), 1
+    cores = os.cpu_count() or 1
+    if not workers:
+        import torch
+
+        workers = torch.cuda.device_count() if device.startswith("cuda") else cores
+    workers = max(1, workers)
+    return local_runner(workers), max(1, cores // workers)
 
 
 def ray_runner(address: str | None) -> Runner:
