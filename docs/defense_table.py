@@ -97,7 +97,7 @@ def write(args, store: ResultStore) -> None:
         "",
         f"Measured by `python docs/defense_table.py` with preset `{args.preset}` on {args.dataset} "
         f"({args.arch}, poison ratio 10 %, target class 0), SPC {args.spc}, partitions 0–{args.partitions - 1}, "
-        f"on {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads), CPU.",
+        f"on a 2-core {platform.processor() or platform.machine()} CPU (1 thread per run, runs side by side).",
         "Each cell: median (min–max) over partitions, in percent; ARR and RDR are the survey's Eq. 41/42 "
         "(lower is better); time is the defense's wall time.",
         "",

@@ -9,12 +9,14 @@ defenses at SPC 10). Usage: python docs/findings.py
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 from pathlib import Path
 
 import pandas as pd
 from bd_core.store import ResultStore
-from bd_defenses import family_of
+from bd_defenses import create_defense, family_of
 
 HERE = Path(__file__).resolve().parent
 STORES = [HERE / "report-example" / "results.sqlite", HERE / "defenses.sqlite"]
@@ -32,6 +34,19 @@ def load() -> pd.DataFrame:
     frame = pd.concat(frames, ignore_index=True).drop_duplicates("key")
     frame = frame[(frame.dataset == "fashion-mnist") & (frame.preset == "quick") & (frame.poison_ratio == 0.1)]
     return frame.assign(family=frame.defense.map(family_of))
+
+
+def at_defaults(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows whose defense ran with its paper defaults (the example grid runs FT shorter)."""
+    defaults = {d: json.dumps(dataclasses.asdict(create_defense(d)), sort_keys=True) for d in frame.defense.unique()}
+    pairs = zip(frame.defense, frame.defense_settings, strict=True)
+    return frame[[json.loads(settings) == json.loads(defaults[d]) for d, settings in pairs]]
+
+
+def one_setting_across_spc(frame: pd.DataFrame) -> pd.DataFrame:
+    """For each defense, the rows of the one setting measured at all three SPC values."""
+    groups = frame.groupby(["defense", "defense_settings"])
+    return groups.filter(lambda g: g.spc.nunique() >= 3)
 
 
 def pct(x: float) -> str:
@@ -56,7 +71,7 @@ def fp_rectangle(frame: pd.DataFrame) -> tuple[str, bool | None]:
 
 def strongest_below_ft(frame: pd.DataFrame) -> tuple[str, bool | None]:
     """Finding: SAU, FT-SAM, i-BAU and BTI-DBF have lower median ASR than FT (SPC 10, per attack)."""
-    at10 = frame[frame.spc == 10]
+    at10 = at_defaults(frame[frame.spc == 10])
     parts, verdicts = [], []
     for attack, group in at10.groupby("attack"):
         med = group.groupby("defense").asr_post.median()
@@ -72,7 +87,7 @@ def strongest_below_ft(frame: pd.DataFrame) -> tuple[str, bool | None]:
     text = "Median ASR at SPC 10, " + "; ".join(parts) + "."
     if missing:
         text += f" Not measured at these settings yet: {', '.join(missing)}."
-    return text, (all(verdicts) if verdicts else None)
+    return text, (None if not verdicts else True if all(verdicts) else "partly" if any(verdicts) else False)
 
 
 def low_asr_without_recovery(frame: pd.DataFrame) -> tuple[str, bool | None]:
@@ -89,6 +104,7 @@ def low_asr_without_recovery(frame: pd.DataFrame) -> tuple[str, bool | None]:
 def pruning_stable_across_spc(frame: pd.DataFrame) -> tuple[str, bool | None]:
     """Finding: pruning-type defenses are more stable across SPC than fine-tuning-type ones: the
     spread (max - min) of their median ASR over SPC 2/10/100 is smaller."""
+    frame = one_setting_across_spc(frame)
     full = frame.groupby("defense").spc.nunique()
     names = [d for d in full.index if full[d] >= 3]
     if not names:
@@ -120,7 +136,7 @@ def main() -> None:
              "| finding | bd's numbers | reproduced? |", "|---|---|---|"]
     for title, check in FINDINGS:
         text, verdict = check(frame)
-        word = {True: "yes", False: "**no**", None: "not decidable yet"}[verdict]
+        word = {True: "yes", False: "**no**", "partly": "**partly**", None: "not decidable yet"}[verdict]
         lines.append(f"| {title} | {text} | {word} |")
     lines += ["", "<!-- /findings -->"]
     block = "\n".join(lines)
