@@ -16,7 +16,6 @@ import platform
 import statistics
 from pathlib import Path
 
-import torch
 from bd_cli.experiment import ExperimentSpec, run_experiment
 from bd_core.attacked import AttackSpec, load_data
 from bd_core.paths import cache_root
