@@ -34,18 +34,15 @@ def benchmarked_defenses() -> list[str]:
     return [n for n, cls in DEFENSES.items() if cls.benchmarked]
 
 
-_canonical_single = DEFENSES.canonical
-
-
 def canonical_defense(name: str) -> str:
     """The registered name of `name` (aliases, case and dashes ignored); a combination such as
     'BNP + ft' becomes 'bnp+ft'."""
     if SEPARATOR not in name:
-        return _canonical_single(name)
+        return DEFENSES.canonical(name)
     parts = [p.strip() for p in name.split(SEPARATOR)]
     if len(parts) < 2 or not all(parts):
         raise BdError(f"combined defense {name!r}: name two or more defenses joined by '+', e.g. bnp+ft")
-    return SEPARATOR.join(_canonical_single(p) for p in parts)
+    return SEPARATOR.join(DEFENSES.canonical(p) for p in parts)
 
 
 def _split_settings(parts: list[str], overrides: dict[str, Any], name: str) -> list[dict[str, Any]]:
@@ -56,7 +53,7 @@ def _split_settings(parts: list[str], overrides: dict[str, Any], name: str) -> l
         if not dot:
             raise BdError(f"combined defense {name}: setting {key!r} must name its defense, e.g. "
                           f"{parts[-1]}.{key}={value}")
-        target = _canonical_single(prefix)
+        target = DEFENSES.canonical(prefix)
         if target not in parts:
             raise BdError(f"combined defense {name}: setting {key!r} names {target}, which is not one of its "
                           f"parts ({', '.join(parts)})")
