@@ -12,7 +12,9 @@ prepares data, calls the fork's scripts, calls bd, and writes the table.
     python docs/parity.py table                                             # docs/parity.md
 
 Every run keeps its outputs under --work (default ../fork/parity): the fork's log, the
-mitigation indices it drew, its timing, bd's JSON result. `run` skips finished pairs.
+mitigation indices it drew, its timing, bd's JSON result. Each finished pair is also merged into
+docs/parity-runs.json, which is committed: the tables are written from it, so the measurements
+outlive the work folder. `run` skips finished pairs.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RECORD = "parity_badnet_preactresnet18"
+RUNS_FILE = HERE / "parity-runs.json"  # every measured pair, "defense/partition" -> result
 TEST_PER_CLASS = 100  # 1 000 test images: the fork evaluates the test set every epoch of most defenses
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot"]
@@ -265,13 +268,30 @@ def run_bd(args: argparse.Namespace, defense: str, partition: int, out: Path, ex
             "details": row["details"]["defense"]}
 
 
+def stored_runs() -> dict[str, dict]:
+    return json.loads(RUNS_FILE.read_text()) if RUNS_FILE.exists() else {}
+
+
+def keep(defense: str, partition: int, out: Path, result: dict) -> None:
+    """Write a pair's result into its run folder and into the committed record."""
+    (out / "result.json").write_text(json.dumps(result, indent=1))
+    runs = stored_runs()
+    runs[f"{defense}/{partition}"] = result
+    RUNS_FILE.write_text(json.dumps(dict(sorted(runs.items())), indent=1) + "\n")
+
+
 def run(args: argparse.Namespace) -> None:
     names = list(DEFENSES) if args.defenses == "all" else [d.strip() for d in args.defenses.split(",")]
     for partition in [int(p) for p in args.partitions.split(",")]:  # every defense once before any twice
         for defense in names:
             out = args.work / "runs" / defense / str(partition)
             result_file = out / "result.json"
-            stored = json.loads(result_file.read_text()) if result_file.exists() else None
+            stored = (json.loads(result_file.read_text()) if result_file.exists()
+                      else stored_runs().get(f"{defense}/{partition}"))
+            if (args.bd_only or stored and not stored.get("bd")) and not (out / "fork.log").exists() and stored:
+                print(f"{defense} partition {partition}: its fork run folder is gone (mitigation images unknown); "
+                      "rerun it with --force", flush=True)
+                continue
             if args.bd_only or (stored and not stored.get("bd") and not args.force):
                 # bd changed, or its run was interrupted: run bd again against the fork's stored run
                 if stored is None or "acc" not in stored["fork"]:
@@ -285,7 +305,7 @@ def run(args: argparse.Namespace) -> None:
                 fork = run_fork(args, defense, partition, out)
                 print(f"  fork {fork}", flush=True)
                 # kept at once: an interrupted bd run is redone by the next `run` without the fork's
-                result_file.write_text(json.dumps({"fork": fork, "bd": None}, indent=1))
+                keep(defense, partition, out, {"fork": fork, "bd": None})
                 if "acc" not in fork:
                     continue
             print(f"{defense} partition {partition}: bd ...", flush=True)
@@ -296,7 +316,7 @@ def run(args: argparse.Namespace) -> None:
             if choice is not None:  # the same algorithm, at the value the fork's rule chose
                 result["bd_at_fork_choice"] = run_bd(args, defense, partition, out, choice)
                 print(f"  bd at the fork's choice {choice}: {result['bd_at_fork_choice']}", flush=True)
-            result_file.write_text(json.dumps(result, indent=1))
+            keep(defense, partition, out, result)
 
 
 SEED_OFFSETS = (100, 200)  # bd's run-to-run spread: the same D_m, other seeds of the defense's own randomness
@@ -319,7 +339,7 @@ def noise(args: argparse.Namespace) -> None:
             runs = [run_bd(args, defense, partition + offset, result_file.parent) for offset in SEED_OFFSETS]
             result["bd_seeds"] = [{k: r.get(k) for k in ("acc", "asr", "ra", "defense_seconds")} for r in runs]
             print(f"{defense} p{partition}: bd over seeds {result['bd_seeds']}", flush=True)
-            result_file.write_text(json.dumps(result, indent=1))
+            keep(defense, partition, result_file.parent, result)
 
 
 def main() -> None:
@@ -350,7 +370,7 @@ def main() -> None:
     else:
         from parity_table import write_table  # noqa: PLC0415  (docs/parity_table.py)
 
-        write_table(args.work, HERE / "parity.md", DEFENSES)
+        write_table(RUNS_FILE, HERE / "parity.md", DEFENSES)
 
 
 if __name__ == "__main__":

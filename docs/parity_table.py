@@ -1,4 +1,4 @@
-"""The tables of docs/parity.md, from the runs docs/parity.py left under its work folder.
+"""The tables of docs/parity.md, from docs/parity-runs.json (every pair docs/parity.py measured).
 
 Each defense ran in both tools on the same imported model and the same mitigation images
 (the fork's own SPC 10 draw for random seeds 0-2, given to bd with --mitigation-indices).
@@ -17,12 +17,13 @@ DETAIL_BEGIN, DETAIL_END = "<!-- parity-detail -->", "<!-- /parity-detail -->"
 TOLERANCE = 0.05  # 5 points of ASR or ACC
 
 
-def load_runs(work: Path, order: list[str]) -> dict[str, dict[int, dict]]:
+def load_runs(runs_file: Path, order: list[str]) -> dict[str, dict[int, dict]]:
+    """The stored pairs by defense (in the driver's order) and partition."""
+    stored = json.loads(runs_file.read_text()) if runs_file.exists() else {}
     runs: dict[str, dict[int, dict]] = {}
     for defense in order:
-        folder = work / "runs" / defense
-        for result in sorted(folder.glob("*/result.json")) if folder.exists() else []:
-            runs.setdefault(defense, {})[int(result.parent.name)] = json.loads(result.read_text())
+        for key in sorted(k for k in stored if k.split("/")[0] == defense):
+            runs.setdefault(defense, {})[int(key.split("/")[1])] = stored[key]
     return runs
 
 
@@ -122,8 +123,8 @@ def replace_between(text: str, begin: str, end: str, body: str) -> str:
     return f"{head}{begin}\n{body}\n{end}{rest.split(end, 1)[1]}"
 
 
-def write_table(work: Path, target: Path, defenses: dict[str, dict]) -> None:
-    runs = load_runs(work, list(defenses))
+def write_table(runs_file: Path, target: Path, defenses: dict[str, dict]) -> None:
+    runs = load_runs(runs_file, list(defenses))
     summary = [
         "| defense | fork ACC | bd ACC | fork ASR | bd ASR | fork RA | bd RA | max ΔACC | max ΔASR | fork s | bd s | "
         "fork/bd time | schedule (both tools) | parity |",
