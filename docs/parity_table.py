@@ -87,6 +87,11 @@ def parity_verdict(results: list[dict]) -> str:
     choices = [r.get("bd_at_fork_choice") for r in results]
     if all(c and "acc" in c and close(r["fork"], c) for r, c in zip(results, choices, strict=True)):
         return "within ±5 at the fork's choice; selection rule differs"
+    variants = [next((v for v in r.get("bd_variants") or [] if "acc" in v and close(r["fork"], v)), None)
+                for r in results]
+    if all(variants):
+        setting = ", ".join(f"{k}={v}" for k, v in (variants[0].get("settings") or {}).items())
+        return f"within ±5 with the fork's {setting}; see below"
     return "differs: see below"
 
 
@@ -95,7 +100,9 @@ def detail_rows(runs: dict[str, dict[int, dict]]) -> list[str]:
     for defense, parts in runs.items():
         for partition, r in sorted(parts.items()):
             f, b = r["fork"], r.get("bd") or {}
-            rows.append(f"| {defense} | {partition} | {pct(f.get('acc'))} / {pct(f.get('asr'))} / {pct(f.get('ra'))} | "
+            model = r.get("model") or {}
+            rows.append(f"| {defense} | {partition} | {pct(model.get('acc'))} / {pct(model.get('asr'))} | "
+                        f"{pct(f.get('acc'))} / {pct(f.get('asr'))} / {pct(f.get('ra'))} | "
                         f"{pct(b.get('acc'))} / {pct(b.get('asr'))} / {pct(b.get('ra'))} | "
                         f"{seconds(f.get('defense_seconds'))} | {seconds(f.get('evaluation_seconds'))} | "
                         f"{seconds(f.get('process_seconds'))} | {seconds(b.get('defense_seconds'))} | "
@@ -109,6 +116,10 @@ def extra_runs(result: dict) -> str:
     if result.get("bd_seeds"):
         seeds = result["bd_seeds"]
         parts.append("other seeds: " + ", ".join(f"{pct(r.get('acc'))}/{pct(r.get('asr'))}" for r in seeds))
+    for variant in result.get("bd_variants") or []:
+        if "acc" in variant:
+            setting = ", ".join(f"{k}={v}" for k, v in (variant.get("settings") or {}).items())
+            parts.append(f"with {setting}: {pct(variant['acc'])}/{pct(variant['asr'])}/{pct(variant['ra'])}")
     choice = result.get("bd_at_fork_choice")
     if choice and "acc" in choice:
         setting = ", ".join(f"{k} {v}" for k, v in (choice.get("settings") or {}).items())
@@ -132,9 +143,9 @@ def write_table(runs_file: Path, target: Path, defenses: dict[str, dict]) -> Non
         *summary_rows(runs, defenses),
     ]
     detail = [
-        "| defense | partition | fork ACC / ASR / RA | bd ACC / ASR / RA | fork defense s | fork test-eval s | "
-        "fork process s | bd defense s | bd process s | bd further runs (ACC/ASR[/RA]) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| defense | partition | model ACC / ASR | fork ACC / ASR / RA | bd ACC / ASR / RA | fork defense s | "
+        "fork test-eval s | fork process s | bd defense s | bd process s | bd further runs (ACC/ASR[/RA]) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *detail_rows(runs),
     ]
     text = target.read_text() if target.exists() else "# Parity with the survey's code\n"

@@ -1,4 +1,4 @@
-"""Every architecture on 1- and 3-channel inputs from 28 to 64 px, and its anatomy."""
+"""Every architecture on 1- and 3-channel inputs from 28 to 64 px: the model contract and its anatomy."""
 
 from __future__ import annotations
 
@@ -17,14 +17,24 @@ def test_forward_and_anatomy(name, channels, size):
     assert model(x).shape == (2, 7)
     a = anatomy(model, channels, size)
     assert a.convs[0][1].in_channels == channels
-    assert a.last_conv[1] is a.convs[-1][1] or isinstance(a.last_conv[1], nn.Conv2d)
-    # the features module's output, flattened, is what the classifier consumes
+    # the model contract: the forward pass is the head applied to the feature map
+    feature_map = model.forward_features(x)
+    assert feature_map.dim() == 4 and feature_map.shape[0] == 2
+    torch.testing.assert_close(model.forward_head(feature_map), model(x))
+    # ... and that map is what global pooling receives, made by the last conv's channels
     seen = {}
-    hook = a.features[1].register_forward_hook(lambda m, i, o: seen.setdefault("f", o.flatten(1)))
-    logits = model(x)
-    hook.remove()
-    head = a.classifier[1]
-    torch.testing.assert_close(head(seen["f"]), logits)
+    hooks = [a.pool[1].register_forward_pre_hook(lambda m, i: seen.setdefault("pool_in", i[0])),
+             a.last_conv[1].register_forward_hook(lambda m, i, o: seen.setdefault("last_conv", o))]
+    hooks += [s.register_forward_hook(lambda m, i, o, n=n: seen.setdefault(n, o)) for n, s in a.stages]
+    model(x)
+    for h in hooks:
+        h.remove()
+    torch.testing.assert_close(seen["pool_in"], feature_map)
+    assert isinstance(a.last_conv[1], nn.Conv2d)
+    assert a.last_conv[1].out_channels == feature_map.shape[1]
+    assert all(n in seen for n, _ in a.stages), "every stage runs in the forward pass"
+    assert isinstance(a.polarizer_before[1], nn.Conv2d)
+    assert a.activations and all(isinstance(m, nn.BatchNorm2d) == relu_first for _, m, relu_first in a.activations)
     for _, conv, _, bn in a.conv_bn:
         assert conv.out_channels == bn.num_features
     assert len(a.conv_bn) >= 5 and len(a.stages) >= 3

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from bd_core.data import ImageSet
 from bd_core.data.batches import clean_batches
+from bd_core.models import BdModel, ModelFacts
 from bd_core.train import fit
 
 K = 3  # the planted channel
@@ -22,14 +23,9 @@ TARGET = 0
 WIDTH = 64
 
 
-class Planted(nn.Module):
-    anatomy_spec = {
-        "features": "avgpool",
-        "classifier": "linear",
-        "last_conv": "conv2",
-        "stages": ("relu1", "relu2"),
-        "polarizer_before": "conv2",
-    }
+class Planted(BdModel):
+    facts = ModelFacts(pool="avgpool", classifier="linear", last_conv="conv2", polarizer_before="conv2",
+                       stages=("relu1", "relu2"))
 
     def __init__(self, in_channels: int = 1, width: int = WIDTH, num_classes: int = 10) -> None:
         super().__init__()
@@ -42,10 +38,9 @@ class Planted(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(width, num_classes)
 
-    def forward(self, x):
+    def forward_features(self, x):
         x = self.relu1(self.bn1(self.conv1(x)))
-        x = self.relu2(self.bn2(self.conv2(x)))
-        return self.linear(self.avgpool(x).flatten(1))
+        return self.relu2(self.bn2(self.conv2(x)))
 
 
 def add_patch(images: torch.Tensor) -> torch.Tensor:

@@ -66,3 +66,14 @@ def test_sequence_equals_the_parts_applied_by_hand():
     assert [s["defense"] for s in ctx.record["steps"]] == ["clp", "ft"]
     assert {k: v for k, v in ctx.record["steps"][0].items() if k not in ("defense", "seconds")} == clp_ctx.record
     assert clp_ctx.record["pruned"] > 0  # u = 1 prunes on a random network: the sequence is not FT alone
+
+
+def test_unlabeled_data_is_asked_for_through_the_defense_api():
+    """The runner loads OOD images only when a defense (or a part of a combination) asks for them."""
+    assert create_defense("ft").unlabeled_request() is None
+    assert create_defense("bcu").unlabeled_request() is None  # no dataset named: BCU refuses when run
+    assert create_defense("bcu", {"ood_dataset": "mnist", "ood_images": "300"}).unlabeled_request() == ("mnist", 300)
+    assert create_defense("bnp+bcu", {"bcu.ood_dataset": "mnist"}).unlabeled_request() == ("mnist", 5000)
+    assert create_defense("bnp+ft").unlabeled_request() is None
+    two = create_defense("bcu+bcu", {"bcu.ood_dataset": "mnist"})
+    assert two.unlabeled_request() == ("mnist", 5000)  # the same request twice is one request

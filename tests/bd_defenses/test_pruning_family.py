@@ -10,12 +10,12 @@ import math
 import pytest
 import torch
 from bd_core.data import make_synthetic, mitigation_set
+from bd_core.data.pixels import Pixels
 from bd_defenses import Context, MitigationData, create_defense
 from bd_defenses.bnp import bnp_divergence
 from bd_defenses.bounds import ChannelBound
 from bd_defenses.clp import channel_lipschitz_bounds
-from bd_defenses.features import layer_output
-from bd_defenses.pixels import Pixels
+from bd_defenses.fmp import conv_output
 from bd_defenses.surgery import ChannelMask, fold_batchnorm
 from planted import K, plant, planted_model, success_rates
 
@@ -100,8 +100,8 @@ def test_fmp_ranks_channels_by_accuracy_under_their_own_perturbation(world):
     batched = fmp.channel_sensitivity(model, model.conv2, pixels, x, y, start, lambda n: None)
     for c in (0, K, 17, 63):
         adv = start.clone().requires_grad_(True)
-        clean_map = layer_output(model, model.conv2, pixels.normalize(x))[:, c]
-        loss = torch.nn.functional.mse_loss(layer_output(model, model.conv2, pixels.normalize(adv))[:, c], clean_map, reduction="sum")
+        clean_map = conv_output(model, model.conv2, pixels.normalize(x))[:, c]
+        loss = torch.nn.functional.mse_loss(conv_output(model, model.conv2, pixels.normalize(adv))[:, c], clean_map, reduction="sum")
         (grad,) = torch.autograd.grad(loss, adv)
         stepped = (adv + fmp.eps * grad.sign()).clamp(0, 1)
         expected = (model(pixels.normalize(stepped)).argmax(1) == y).float().mean()
@@ -195,7 +195,7 @@ def test_fp_trial_accuracy_equals_the_masked_models(world):
     model = copy.deepcopy(planted).eval()
     check = Pixels.of(clean)
     trials = PrunedAccuracy(model, check)
-    mask = mask_feature_channels(model, anatomy(model).features[0], torch.ones(trials.pooled.shape[1]))
+    mask = mask_feature_channels(model, anatomy(model).pool[0], torch.ones(trials.pooled.shape[1]))
     g = torch.Generator().manual_seed(0)
     seen = set()
     for fraction in (0.0, 0.3, 0.6, 0.9):

@@ -163,18 +163,40 @@ def test_masked_conv2d_without_bias_and_frozen_weights():
     assert mb.grad is None or torch.count_nonzero(mb.grad) == 0
 
 
-def test_opcheck_every_op():
-    images, poisoned, pattern, mask, mean, std, offsets, flip = trigger_case((3, 3, 16, 16), "blend", False, "1", "cpu")
-    torch.library.opcheck(torch.ops.bd_kernels.apply_trigger.default,
-                          (images, poisoned, pattern, mask, "blend", 0.2, mean, std, offsets, 4, flip, torch.float32, False))
-    torch.library.opcheck(torch.ops.bd_kernels.channel_stats.default, (torch.randn(4, 3, 5, 5),))
-    z = torch.randn(2, 6, 9, 9, requires_grad=True)
-    scale, shift = torch.rand(6, requires_grad=True), torch.randn(6, requires_grad=True)
-    torch.library.opcheck(torch.ops.bd_kernels.masked_conv2d_epilogue.default, (z, scale, shift))
-    torch.library.opcheck(torch.ops.bd_kernels.masked_conv2d_epilogue.default,
-                          (z.detach().contiguous(memory_format=torch.channels_last).requires_grad_(), scale, shift))
-    torch.library.opcheck(torch.ops.bd_kernels.masked_conv2d_epilogue_backward.default,
-                          (torch.randn(2, 6, 9, 9), z.detach(), scale.detach()))
+def opcheck_samples(device):
+    """Several inputs per op: trigger modes, per-sample and shared patterns, odd sizes, float and
+    half outputs, contiguous and channels_last maps."""
+    samples = []
+    for shape, mode, per_sample, mc, dtype, cl in [((3, 3, 16, 16), "blend", False, "1", torch.float32, False),
+                                                   ((2, 1, 28, 28), "replace", True, "1", torch.float32, True),
+                                                   ((4, 3, 13, 17), "add", False, "C", torch.bfloat16, False)]:
+        images, poisoned, pattern, mask, mean, std, offsets, flip = trigger_case(shape, mode, per_sample, mc, device)
+        samples.append((torch.ops.bd_kernels.apply_trigger.default,
+                        (images, poisoned, pattern, mask, mode, 0.2, mean, std, offsets, 4, flip, dtype, cl)))
+    g = torch.Generator().manual_seed(0)
+    for shape in [(4, 3, 5, 5), (1, 7, 1, 9), (6, 1, 11, 3)]:
+        samples.append((torch.ops.bd_kernels.channel_stats.default, (torch.randn(shape, generator=g).to(device),)))
+    for n, c, size, cl in [(2, 6, 9, False), (2, 6, 9, True), (1, 3, 4, False)]:
+        z = torch.randn(n, c, size, size, generator=g).to(device)
+        z = z.contiguous(memory_format=torch.channels_last) if cl else z
+        scale, shift = torch.rand(c, generator=g).to(device), torch.randn(c, generator=g).to(device)
+        samples.append((torch.ops.bd_kernels.masked_conv2d_epilogue.default,
+                        (z.requires_grad_(), scale.requires_grad_(), shift.requires_grad_())))
+        samples.append((torch.ops.bd_kernels.masked_conv2d_epilogue_backward.default,
+                        (torch.randn(z.shape, generator=g).to(device), z.detach(), scale.detach())))
+    return samples
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_every_op(device):
+    """torch.library.opcheck (schema, fake tensor, autograd registration, AOT dispatch) on every
+    op, on every device the extension was built for, with several samples each."""
+    samples = opcheck_samples(device)
+    assert {op for op, _ in samples} == {getattr(torch.ops.bd_kernels, name).default for name in
+                                         ("apply_trigger", "channel_stats", "masked_conv2d_epilogue",
+                                          "masked_conv2d_epilogue_backward")}
+    for op, args in samples:
+        torch.library.opcheck(op, args)
 
 
 def test_ops_work_under_torch_compile():

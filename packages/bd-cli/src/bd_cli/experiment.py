@@ -1,6 +1,6 @@
 """One experiment unit: attacked model (cached) -> defense on a mitigation set -> metrics -> store.
 
-The same function serves `bd run` and, later, every unit of a grid.
+The same code serves `bd run`, `bd defend` and every unit of `bd grid` (`execute`).
 """
 
 from __future__ import annotations
@@ -117,12 +117,12 @@ def approximations(spec: ExperimentSpec, data: DataBundle) -> list[str]:
 
 
 def unlabeled_data(defense, data: DataBundle, spec: ExperimentSpec):
-    """Out-of-distribution images for a defense that asks for them (BCU's ood_dataset)."""
-    name = getattr(defense, "ood_dataset", "")
-    if not name:
+    """Out-of-distribution images for a defense that asks for them (`Defense.unlabeled_request`)."""
+    request = defense.unlabeled_request()
+    if request is None:
         return None
-    source = load_dataset(name, "train")
-    return as_unlabeled(source, data.train, getattr(defense, "ood_images", 5000), seed=spec.attack.seed)
+    name, count = request
+    return as_unlabeled(load_dataset(name, "train"), data.train, count, seed=spec.attack.seed)
 
 
 def execute(

@@ -1,15 +1,21 @@
-"""The one training loop of bd: attacked models, clean reference models and every
-defense that fine-tunes share it.
+"""The one optimisation loop of bd, and the training recipe built on it.
 
-`fit` draws batches of row indices from a seeded generator, asks `make_batch`
-for the (already poisoned, augmented, normalized) tensors and runs SGD with
-cosine annealing. A training-controlled attack or a defense passes its own
-`step` (loss of one batch) instead of plain cross-entropy.
+`optimize` is the loop: for each epoch it sets the model's mode, takes the epoch's batches,
+asks `step` for the loss of each (the step may run an inner maximisation first), and updates
+with the given optimizer, with hooks before and after each update and at the end of each epoch
+(progress, the scheduler, the mean loss and the machine's thread share are handled here once).
+Defenses that learn masks, perturbations, triggers or a fine-tuned model call it with their own
+optimizer and step.
+
+`fit` is the recipe of attack training and of fine-tuning: batches of row indices from a seeded
+generator, `make_batch` for the (already poisoned, augmented, normalized) tensors, SGD with
+cosine annealing. A training-controlled attack or a defense passes its own `step`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +71,81 @@ def index_batches(n: int, batch_size: int, generator: torch.Generator, shuffle: 
     return list(order.split(batch_size))
 
 
+def shuffled_batches(make_batch: BatchFn, n: int, batch_size: int, generator: torch.Generator
+                     ) -> Callable[[], Iterable[tuple[Tensor, Tensor]]]:
+    """One epoch's batches for `optimize`: a fresh permutation of the `n` rows each epoch, each
+    batch of row indices turned into tensors by `make_batch` as it is reached."""
+    return lambda: (make_batch(idx, generator) for idx in index_batches(n, batch_size, generator))
+
+
+def optimize(
+    step: Callable[[Tensor, Tensor], Tensor],
+    batches: Callable[[], Iterable[tuple[Tensor, Tensor]]],
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    model: nn.Module | None = None,
+    training: bool = True,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    device: torch.device | str | None = None,
+    before_update: Callable[[], None] | None = None,
+    after_step: Callable[[], None] | None = None,
+    after_epoch: Callable[[int], bool | None] | None = None,
+    description: str = "optimising",
+    steps_per_epoch: int | None = None,
+    tick: Callable[[], None] | None = None,
+) -> list[float]:
+    """Minimise `step(x, y)` over `epochs` passes of `batches()` with `optimizer`; returns the mean
+    loss per epoch. Gradients are zeroed before each step: a step that runs an inner
+    maximisation or backwards part of its objective itself leaves the gradients it wants kept;
+    a step that computes its gradients another way (i-BAU's implicit hypergradient) sets them
+    and returns its loss detached.
+
+    model/training: the module put in train (or eval) mode at the start of every epoch.
+    scheduler: stepped once per epoch, after its last update.
+    before_update: runs between the backward pass and the optimizer step (gradient clipping,
+    restoring weights a step perturbed). after_step: after every update (projections, clipping).
+    after_epoch(epoch): after every epoch (1-based); returning True stops the run early.
+    steps_per_epoch: when known, progress advances per batch instead of per epoch.
+    tick: advance a caller's progress bar once per epoch instead of showing one's own (a
+    defense whose phases alternate, each phase one call, keeps one bar for the whole run).
+    """
+    losses: list[float] = []
+    with nullcontext(None) if tick is not None else make_progress() as progress:
+        task = progress.add_task(description, total=epochs * (steps_per_epoch or 1), status="") if progress is not None else None
+        for epoch in range(1, epochs + 1):
+            if model is not None:
+                model.train(training)
+            total, count = 0.0, 0
+            for x, y in batches():
+                if device is not None:
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                optimizer.zero_grad(set_to_none=True)
+                loss = step(x, y)  # a step may backward a part of its loss itself; gradients add up
+                if loss.requires_grad:  # else the step set the gradients itself (an implicit hypergradient)
+                    loss.backward()
+                if before_update is not None:
+                    before_update()
+                optimizer.step()
+                if after_step is not None:
+                    after_step()
+                total += float(loss.detach()) * len(y)
+                count += len(y)
+                if steps_per_epoch and progress is not None:
+                    progress.update(task, advance=1, status=f"epoch {epoch}/{epochs} loss {total / count:.3f}")
+            if scheduler is not None:
+                scheduler.step()
+            losses.append(total / max(1, count))
+            if tick is not None:
+                tick()
+            elif not steps_per_epoch:
+                progress.update(task, advance=1, status=f"epoch {epoch}/{epochs} loss {losses[-1]:.3f}")
+            rebalance()  # other bd processes may have started or ended: take this one's share again
+            if after_epoch is not None and after_epoch(epoch):
+                break
+    return losses
+
+
 def fit(
     model: nn.Module,
     make_batch: BatchFn,
@@ -94,26 +175,9 @@ def fit(
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs) if schedule == "cosine"
              else torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0))
-    g = torch.Generator().manual_seed(seed)
-    losses: list[float] = []
-    steps_per_epoch = -(-n // batch_size)
-    with make_progress() as progress:
-        task = progress.add_task(description, total=epochs * steps_per_epoch, status="")
-        for epoch in range(epochs):
-            total, count = 0.0, 0
-            for idx in index_batches(n, batch_size, g):
-                x, y = make_batch(idx, g)
-                loss = step(model, x.to(device, non_blocking=True), y.to(device, non_blocking=True))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if after_step is not None:  # e.g. a projection the method applies after every update
-                    after_step()
-                total += float(loss.detach()) * len(idx)
-                count += len(idx)
-                progress.update(task, advance=1, status=f"epoch {epoch + 1}/{epochs} loss {total / count:.3f}")
-            sched.step()
-            losses.append(total / count)
-            rebalance()  # other bd processes may have started or ended: take this one's share again
+    batches = shuffled_batches(make_batch, n, batch_size, torch.Generator().manual_seed(seed))
+    losses = optimize(lambda x, y: step(model, x, y), batches, opt, epochs=epochs, model=model, scheduler=sched,
+                      device=device, after_step=after_step, description=description,
+                      steps_per_epoch=-(-n // batch_size))
     model.eval()
     return losses

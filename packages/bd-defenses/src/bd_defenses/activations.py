@@ -1,4 +1,4 @@
-"""Activation capture shared by the statistics-based defenses (FP, BNP, MM-BD, UNIT, NC):
+"""Activation capture for the statistics-based defenses (FP, BNP, MM-BD, UNIT):
 run the defender's clean data through the model once and accumulate per-channel
 statistics of several layers' outputs (or inputs) with bd_kernels' one-pass `channel_stats`."""
 

@@ -1,5 +1,5 @@
-"""Input-space adversarial examples shared by PBE (and the unlearning defenses' checks):
-projected gradient ascent in normalized input units, clamped to valid images."""
+"""Input-space adversarial examples for PBE: projected gradient ascent in normalized input
+units, clamped to valid images."""
 
 from __future__ import annotations
 

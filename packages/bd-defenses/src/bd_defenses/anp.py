@@ -17,11 +17,12 @@ from itertools import cycle
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from bd_core.progress import make_progress
+from bd_core.data.pixels import Pixels
+from bd_core.train import optimize
 
 from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
 from bd_defenses.masking import bake_masks, clip_masks, mask_scores, masked_model, prune_by_threshold
-from bd_defenses.pixels import Pixels, accuracy
+from bd_defenses.pixels import accuracy
 from bd_defenses.registry import register
 
 
@@ -72,36 +73,34 @@ class ANP(Defense):
             t.requires_grad_(self.eps > 0)
         mask_opt = torch.optim.SGD(masks, lr=self.mask_lr, momentum=0.9)
         noise_opt = torch.optim.SGD(noises, lr=self.eps) if self.eps > 0 else None  # one step of size eps
-        g = ctx.generator(1)
-        batches = cycle(list(pixels.batches(self.batch_size, g)))  # small D_m: reshuffling adds nothing
-        with make_progress() as progress:
-            task = progress.add_task("ANP mask optimisation", total=self.iterations, status="")
-            for it in range(self.iterations):
-                _, x, y = next(batches)
-                x = pixels.normalize(x)
-                if noise_opt is not None:
-                    with torch.no_grad():  # random start inside the budget
-                        for t in noises:
-                            t.uniform_(-self.eps, self.eps)
-                    noise_opt.zero_grad(set_to_none=True)
-                    (-F.cross_entropy(model(x), y)).backward()
-                    noise_opt.step()
-                    with torch.no_grad():
-                        for t in noises:
-                            t.clamp_(-self.eps, self.eps)
-                mask_opt.zero_grad(set_to_none=True)
-                if noise_opt is not None:
-                    robust = (1 - self.alpha) * F.cross_entropy(model(x), y)
-                    robust.backward()
-                    with torch.no_grad():
-                        for t in noises:
-                            t.zero_()
-                natural = self.alpha * F.cross_entropy(model(x), y)
-                natural.backward()
-                mask_opt.step()
-                clip_masks(wrapped)
-                if it % 50 == 0:
-                    progress.update(task, advance=min(50, self.iterations - it), status=f"loss {float(natural.detach()) / max(self.alpha, 1e-12):.3f}")
+        batches = cycle(list(pixels.batches(self.batch_size, ctx.generator(1))))  # small D_m: reshuffling adds nothing
+
+        def next_batch():  # one iteration of ANP is one "epoch" of the loop: a single batch
+            _, x, y = next(batches)
+            return [(x, y)]
+
+        def perturbed_and_natural_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            x = pixels.normalize(x)
+            if noise_opt is not None:
+                with torch.no_grad():  # random start inside the budget
+                    for t in noises:
+                        t.uniform_(-self.eps, self.eps)
+                noise_opt.zero_grad(set_to_none=True)
+                (-F.cross_entropy(model(x), y)).backward()
+                noise_opt.step()
+                with torch.no_grad():
+                    for t in noises:
+                        t.clamp_(-self.eps, self.eps)
+                for m in masks:  # the ascent on the noise must not reach the masks' gradient
+                    m.grad = None
+                ((1 - self.alpha) * F.cross_entropy(model(x), y)).backward()  # the loss under perturbation
+                with torch.no_grad():
+                    for t in noises:
+                        t.zero_()
+            return self.alpha * F.cross_entropy(model(x), y)
+
+        optimize(perturbed_and_natural_loss, next_batch, mask_opt, epochs=self.iterations,
+                 after_step=lambda: clip_masks(wrapped), description="ANP mask optimisation")
         for t in noises:
             t.requires_grad_(False)
             t.data.zero_()

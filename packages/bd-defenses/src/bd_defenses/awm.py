@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from bd_core.progress import make_progress
+from bd_core.data.pixels import Pixels, epoch_batches
+from bd_core.train import optimize
 
 from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
 from bd_defenses.masking import bake_masks, clip_masks, mask_summary, masked_model
-from bd_defenses.pixels import Pixels
 from bd_defenses.registry import register
 
 
@@ -50,37 +50,37 @@ class AWM(Defense):
         opt = torch.optim.SGD(masks, lr=self.lr)
         sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=self.lr_decay)
         g = ctx.generator(4)
-        delta_l1 = 0.0
-        with make_progress() as progress:
-            task = progress.add_task("AWM mask optimisation", total=self.epochs, status="")
-            for _ in range(self.epochs):
-                delta = self.universal_perturbation(model, pixels, g)
-                delta_l1 = float(delta.abs().sum())
-                for _, x, y in pixels.batches(self.batch_size, g):
-                    natural = F.cross_entropy(model(pixels.normalize(x)), y)
-                    robust = F.cross_entropy(model(pixels.normalize((x + delta).clamp(0, 1))), y)
-                    l1 = sum(m.abs().sum() for m in masks)
-                    loss = self.lambda1 * natural + self.lambda2 * robust + self.lambda3 * l1
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    clip_masks(wrapped)
-                sched.step()
-                progress.update(task, advance=1, status=f"loss {float(loss.detach()):.3f}")
+        delta = torch.zeros_like(pixels.x[:1])
+
+        def batches_against_new_perturbation():
+            # each epoch first learns a universal adversarial perturbation, then trains against it
+            nonlocal delta
+            delta = self.universal_perturbation(model, pixels, g)
+            return epoch_batches(pixels, self.batch_size, g)()
+
+        def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            natural = F.cross_entropy(model(pixels.normalize(x)), y)
+            robust = F.cross_entropy(model(pixels.normalize((x + delta).clamp(0, 1))), y)
+            l1 = sum(m.abs().sum() for m in masks)
+            return self.lambda1 * natural + self.lambda2 * robust + self.lambda3 * l1
+
+        optimize(loss, batches_against_new_perturbation, opt, epochs=self.epochs, scheduler=sched,
+                 after_step=lambda: clip_masks(wrapped), description="AWM mask optimisation")
+        delta_l1 = float(delta.abs().sum())
         ctx.report(delta_l1=round(delta_l1, 3), **mask_summary(wrapped))
         return bake_masks(model)
 
     def universal_perturbation(self, model: nn.Module, pixels: Pixels, g: torch.Generator) -> torch.Tensor:
         """One ascent step per batch on a shared delta against the model's own labels, then L1 projection."""
         delta = torch.zeros_like(pixels.x[:1], requires_grad=True)
-        opt = torch.optim.SGD([delta], lr=self.trigger_lr)
-        for _, x, _ in pixels.batches(self.batch_size, g):
+
+        def ascent(x: torch.Tensor, _y: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
                 own = model(pixels.normalize(x)).argmax(1)
-            loss = -F.cross_entropy(model(pixels.normalize((x + delta).clamp(0, 1))), own)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            return -F.cross_entropy(model(pixels.normalize((x + delta).clamp(0, 1))), own)
+
+        optimize(ascent, epoch_batches(pixels, self.batch_size, g), torch.optim.SGD([delta], lr=self.trigger_lr),
+                 epochs=1, tick=lambda: None)
         with torch.no_grad():
             delta *= min(1.0, self.trigger_norm / max(float(delta.abs().sum()), 1e-12))
         return delta.detach()

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from bd_core.progress import make_progress
+from bd_core.data.pixels import Pixels, epoch_batches
+from bd_core.progress import Steps
+from bd_core.train import optimize
 
 from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
-from bd_defenses.mesa import ASSUMES, check_assumptions
-from bd_defenses.pixels import Pixels, accuracy
+from bd_defenses.pixels import accuracy
 from bd_defenses.registry import register
-from bd_defenses.trigger_distribution import fit_trigger_distribution
+from bd_defenses.trigger_distribution import ASSUMES, check_assumptions, fit_trigger_distribution
 
 
 @register("baeraser", family="synthesis", paper="Liu et al., Backdoor Defense with Machine Unlearning (IEEE INFOCOM 2022); reviewed only", needs=ASSUMES, benchmarked=False, aliases=("ba-eraser",))
@@ -54,32 +55,33 @@ class BAERASER(Defense):
         check_assumptions("BAERASER", self.target, data.num_classes, self.trigger_size, pixels.x.shape[-1], self.location)
         g = ctx.generator(16)
         base = accuracy(model, pixels)
-        with make_progress() as progress:
-            task = progress.add_task("BAERASER trigger recovery + unlearning", total=self.steps + self.epochs)
+        with Steps("BAERASER trigger recovery + unlearning", self.steps + self.epochs) as tick:
             dist = fit_trigger_distribution(model, pixels, self.target, self.trigger_size, self.location,
                                             (self.success_level,), self.entropy_weight, self.steps, self.gen_batch,
-                                            self.gen_lr, g, lambda: progress.update(task, advance=1))
+                                            self.gen_lr, g, tick)
             for p in model.parameters():
                 p.requires_grad_(True)
             opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=0.9)
-            mu, hit = self.penalty, 1.0
-            for _ in range(self.epochs):
-                model.eval()  # BN statistics stay those of the training data while unlearning
-                hits = 0
-                for _, x, y in pixels.batches(self.batch_size, g):
-                    stamped = pixels.normalize(dist.stamp(x, g))
-                    logits = model(stamped)
-                    target = torch.full_like(y, self.target)
-                    ascent = -F.cross_entropy(logits, target).clamp(max=self.ascent_cap)
-                    # normalised so a growing penalty shifts the balance, not the step size
-                    loss = (ascent + mu * F.cross_entropy(model(pixels.normalize(x)), y)) / (1 + mu)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    hits += int((logits.argmax(1) == self.target).sum())
-                hit = hits / len(pixels)
-                mu = mu * 2 if accuracy(model, pixels) < base - self.tolerance else max(self.penalty, mu / 2)
-                progress.update(task, advance=1, status=f"trigger->target {hit:.2f} penalty {mu:.2g}")
+            state = {"mu": self.penalty, "hits": 0, "hit": 1.0}
+
+            def erase(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                logits = model(pixels.normalize(dist.stamp(x, g)))
+                state["hits"] += int((logits.argmax(1) == self.target).sum())
+                ascent = -F.cross_entropy(logits, torch.full_like(y, self.target)).clamp(max=self.ascent_cap)
+                # normalised so a growing penalty shifts the balance, not the step size
+                mu = state["mu"]
+                return (ascent + mu * F.cross_entropy(model(pixels.normalize(x)), y)) / (1 + mu)
+
+            def adapt_penalty(_epoch: int) -> None:
+                """Double the clean-loss penalty while clean accuracy is below tolerance, else halve it."""
+                state["hit"], state["hits"] = state["hits"] / len(pixels), 0
+                dropped = accuracy(model, pixels) < base - self.tolerance
+                state["mu"] = state["mu"] * 2 if dropped else max(self.penalty, state["mu"] / 2)
+
+            # eval mode: BN statistics stay those of the training data while unlearning
+            optimize(erase, epoch_batches(pixels, self.batch_size, g), opt, epochs=self.epochs, model=model,
+                     training=False, after_epoch=adapt_penalty, tick=tick)
+        mu, hit = state["mu"], state["hit"]
         ctx.report(generator_success=round(dist.success[0], 4), final_trigger_target_rate=round(hit, 4),
                    final_penalty=mu, clean_acc_before=round(base, 4), clean_acc_after=round(accuracy(model, pixels), 4))
         return model

@@ -6,7 +6,6 @@ holds only the clean mitigation set, and `Context` only run settings.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -64,7 +63,6 @@ class Context:
     device: str = "cpu"
     seed: int = 0
     record: dict[str, Any] = field(default_factory=dict)
-    started: float = field(default_factory=time.perf_counter)
 
     def report(self, **values: Any) -> None:
         """Note what the defense did (channels pruned, mask sparsity, ...) in the result record."""
@@ -86,6 +84,12 @@ class Defense:
 
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:  # pragma: no cover
         raise NotImplementedError
+
+    def unlabeled_request(self) -> tuple[str, int] | None:
+        """(dataset name, number of images) of unlabeled data this defense needs beyond the
+        defender's clean set, or None (the survey's defender has none). The runner loads them
+        into `MitigationData.unlabeled`; no defense reads a dataset itself."""
+        return None
 
 
 def check_positive(**values: float) -> None:

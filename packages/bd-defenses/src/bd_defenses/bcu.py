@@ -21,8 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from bd_core.data import ImageSet
 from bd_core.data.batches import clean_batches
-from bd_core.progress import make_progress
-from bd_core.train import index_batches
+from bd_core.train import optimize, shuffled_batches
 
 from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
 from bd_defenses.registry import register
@@ -65,6 +64,9 @@ class BCU(Defense):
         check_positive(ood_images=self.ood_images, temperature=self.temperature, epochs=self.epochs, lr=self.lr,
                        batch_size=self.batch_size)
 
+    def unlabeled_request(self) -> tuple[str, int] | None:
+        return (self.ood_dataset, self.ood_images) if self.ood_dataset else None
+
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
         if data.unlabeled is None:
             raise ValueError(f"BCU needs {NEEDS}")
@@ -77,23 +79,16 @@ class BCU(Defense):
         opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs)
         t = self.temperature
-        loss = torch.tensor(0.0)
-        with make_progress() as progress:
-            task = progress.add_task("BCU distillation on unlabeled data", total=self.epochs)
-            for _ in range(self.epochs):
-                model.train()
-                for idx in index_batches(len(pool), self.batch_size, g):
-                    x, _ = make_batch(idx, g)
-                    x = x.to(ctx.device)
-                    with torch.no_grad():
-                        soft = F.softmax(teacher(x) / t, 1)
-                    loss = F.kl_div(F.log_softmax(model(x) / t, 1), soft, reduction="batchmean") * t * t
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                sched.step()
-                progress.update(task, advance=1, status=f"KD loss {float(loss.detach()):.3f}")
+
+        def distillation_loss(x: torch.Tensor, _labels: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                soft = F.softmax(teacher(x) / t, 1)
+            return F.kl_div(F.log_softmax(model(x) / t, 1), soft, reduction="batchmean") * t * t
+
+        losses = optimize(distillation_loss, shuffled_batches(make_batch, len(pool), self.batch_size, g), opt,
+                          epochs=self.epochs, model=model, scheduler=sched, device=ctx.device,
+                          description="BCU distillation on unlabeled data")
         model.eval()
         ctx.report(ood_dataset=self.ood_dataset, unlabeled_images=len(data.unlabeled), reinitialised_per_layer=counts,
-                   final_kd_loss=round(float(loss.detach()), 4))
+                   final_kd_loss=round(losses[-1], 4))
         return model

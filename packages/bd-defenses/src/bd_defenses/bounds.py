@@ -14,14 +14,14 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from bd_core.progress import make_progress
+from bd_core.data.pixels import Pixels
+from bd_core.models import activation_points
+from bd_core.train import optimize
 from torch import Tensor
 
 from bd_defenses.base import Context
-from bd_defenses.pixels import Pixels, accuracy
+from bd_defenses.pixels import accuracy
 from bd_defenses.surgery import set_module
-
-ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.GELU, nn.LeakyReLU)
 
 
 class ChannelBound(nn.Module):
@@ -40,11 +40,7 @@ class ChannelBound(nn.Module):
 
 def install_bounds(model: nn.Module, example: Tensor) -> list[ChannelBound]:
     """Wrap every activation point of `model` in a ChannelBound (bound +inf: no change yet)."""
-    spec = getattr(model, "anatomy_spec", {})
-    if spec.get("relu_after_bn"):
-        points = [(n, m, True) for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
-    else:
-        points = [(n, m, False) for n, m in model.named_modules() if isinstance(m, ACTIVATIONS)]
+    points = activation_points(model)
     if not points:
         raise ValueError(f"{type(model).__name__} has no activation layers to bound")
     channels: dict[str, int] = {}
@@ -105,23 +101,27 @@ def train_bounds(
     opt = torch.optim.Adam([b.bound for b in bounds], lr=lr)
     initial = accuracy(model, pixels)
     g = ctx.generator(6)
-    acc = initial
-    with make_progress() as progress:
-        task = progress.add_task(description, total=epochs, status="")
-        for epoch in range(epochs):
-            correct = 0
-            for idx, x, y in pixels.batches(batch_size, g):
-                logits = model(pixels.normalize(x))
-                penalty = sum(penalty_fn(b.bound) for b in bounds)
-                loss = loss_fn(logits, idx, y) + lam * penalty
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                correct += int((logits.argmax(1) == y).sum())
-            acc = correct / len(pixels)
-            if epoch and epoch % adapt_every == 0:
-                lam = lam * alpha if acc > initial - acc_reduction else lam / alpha
-            progress.update(task, advance=1, status=f"acc {acc:.3f} lambda {lam:.3g}")
+    state = {"lam": lam, "acc": initial, "correct": 0, "idx": None}
+
+    def batches():
+        for idx, x, y in pixels.batches(batch_size, g):
+            state["idx"] = idx  # loss_fn may look up per-image targets by row
+            yield x, y
+
+    def loss(x: Tensor, y: Tensor) -> Tensor:
+        logits = model(pixels.normalize(x))
+        state["correct"] += int((logits.argmax(1) == y).sum())
+        penalty = sum(penalty_fn(b.bound) for b in bounds)
+        return loss_fn(logits, state["idx"], y) + state["lam"] * penalty
+
+    def adapt_lambda(epoch: int) -> None:
+        """Every `adapt_every` epochs: a stronger bound penalty while clean accuracy holds, else weaker."""
+        state["acc"], state["correct"] = state["correct"] / len(pixels), 0
+        if epoch - 1 and (epoch - 1) % adapt_every == 0:
+            state["lam"] = state["lam"] * alpha if state["acc"] > initial - acc_reduction else state["lam"] / alpha
+
+    optimize(loss, batches, opt, epochs=epochs, after_epoch=adapt_lambda, description=description)
+    lam, acc = state["lam"], state["acc"]
     with torch.no_grad():
         norm = float(torch.cat([b.bound.detach().flatten() for b in bounds]).norm())
     return {"bound_points": len(bounds), "final_lambda": lam, "initial_acc": round(initial, 4),

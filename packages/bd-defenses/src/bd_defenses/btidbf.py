@@ -20,13 +20,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from bd_core.data.batches import clean_batches
-from bd_core.progress import make_progress
-from bd_core.train import index_batches
+from bd_core.data.pixels import Pixels, epoch_batches
+from bd_core.progress import Steps
+from bd_core.train import optimize, shuffled_batches
 from torch import Tensor
 
 from bd_defenses.base import Context, Defense, MitigationData, check_positive
-from bd_defenses.features import FeatureSplit
-from bd_defenses.pixels import Pixels, clamp_between
+from bd_defenses.pixels import clamp_between
 from bd_defenses.registry import register
 
 
@@ -81,7 +81,6 @@ class BTIDBF(Defense):
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
         pixels = Pixels.of(data.clean, ctx.device)
         low, high = pixels.bounds()
-        split = FeatureSplit(model)
         g = ctx.generator(14)
         torch.manual_seed(ctx.seed)
         gen = UNet(pixels.x.shape[1], self.base_filters).to(ctx.device)
@@ -90,75 +89,72 @@ class BTIDBF(Defense):
         opt_cls = torch.optim.Adam(model.parameters(), lr=self.cls_lr)
         total = self.pretrain_epochs + self.rounds * (self.mask_epochs + self.generator_epochs + self.unlearn_epochs)
         detected, flips = None, []
-        with make_progress() as progress:
-            task = progress.add_task("BTI-DBF trigger inversion + unlearning", total=total)
+        with Steps("BTI-DBF trigger inversion + unlearning", total) as tick:
             model.eval()
-            for _ in range(self.pretrain_epochs):
-                for _, x, _ in pixels.batches(self.batch_size, g):
-                    xn = pixels.normalize(x)
-                    with torch.no_grad():
-                        feat = split.features(xn)
-                        out = split.head(feat)
-                    fake = generate(xn)
-                    fake_feat = split.features(fake)
-                    norm = F.mse_loss(fake, xn)
-                    loss = F.cross_entropy(split.head(fake_feat), out.softmax(1)) + F.mse_loss(fake_feat, feat)
-                    loss = loss + (100 if norm > 0.1 else 0.01) * norm
-                    opt_g.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt_g.step()
-                progress.update(task, advance=1)
+
+            def pretrain_loss(x: Tensor, _y: Tensor) -> Tensor:
+                """The generator starts as a near-identity that keeps the model's features and outputs."""
+                xn = pixels.normalize(x)
+                with torch.no_grad():
+                    feat = model.forward_features(xn)
+                    out = model.forward_head(feat)
+                fake = generate(xn)
+                fake_feat = model.forward_features(fake)
+                norm = F.mse_loss(fake, xn)
+                loss = F.cross_entropy(model.forward_head(fake_feat), out.softmax(1)) + F.mse_loss(fake_feat, feat)
+                return loss + (100 if norm > 0.1 else 0.01) * norm
+
+            optimize(pretrain_loss, epoch_batches(pixels, self.batch_size, g), opt_g, epochs=self.pretrain_epochs,
+                     tick=tick)
             for r in range(self.rounds):
-                mask = self.benign_mask(model, split, pixels, g, lambda: progress.update(task, advance=1))
-                self.train_generator(model, split, gen, generate, opt_g, pixels, mask, detected, g,
-                                     lambda: progress.update(task, advance=1))
+                mask = self.benign_mask(model, pixels, g, tick)
+                self.train_generator(model, gen, generate, opt_g, pixels, mask, detected, g, tick)
                 if r == 0:
                     detected = self.detected_label(model, generate, pixels)
                 flips.append(self.flip_rate(model, generate, pixels))
-                self.unlearn(model, split, generate, opt_cls, data, ctx, g, lambda: progress.update(task, advance=1))
+                self.unlearn(model, generate, opt_cls, data, ctx, g, tick)
         model.eval()
         ctx.report(detected_target=detected, generated_flip_rate_per_round=[round(v, 4) for v in flips])
         return model
 
-    def benign_mask(self, model, split: FeatureSplit, pixels: Pixels, g, tick) -> Tensor:
+    def benign_mask(self, model, pixels: Pixels, g, tick) -> Tensor:
+        """A soft feature mask that keeps the features the true class needs (the benign ones)."""
         with torch.no_grad():
-            shape = split.features(pixels.normalize(pixels.x[:1])).shape
+            shape = model.forward_features(pixels.normalize(pixels.x[:1])).shape
         raw = torch.randn(shape, generator=g).to(pixels.x.device).requires_grad_(True)
-        opt = torch.optim.Adam([raw], lr=0.01)
         model.eval()
-        for _ in range(self.mask_epochs):
-            for _, x, y in pixels.batches(self.batch_size, g):
-                m = torch.tanh(raw) / 2 + 0.5
-                with torch.no_grad():
-                    feat = split.features(pixels.normalize(x))
-                loss = F.cross_entropy(split.head(m * feat), y) - F.cross_entropy(split.head((1 - m) * feat), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            tick()
+
+        def loss(x: Tensor, y: Tensor) -> Tensor:
+            m = torch.tanh(raw) / 2 + 0.5
+            with torch.no_grad():
+                feat = model.forward_features(pixels.normalize(x))
+            return F.cross_entropy(model.forward_head(m * feat), y) - F.cross_entropy(model.forward_head((1 - m) * feat), y)
+
+        optimize(loss, epoch_batches(pixels, self.batch_size, g), torch.optim.Adam([raw], lr=0.01),
+                 epochs=self.mask_epochs, tick=tick)
         return (torch.tanh(raw) / 2 + 0.5).detach()
 
-    def train_generator(self, model, split, gen, generate, opt_g, pixels, mask, detected, g, tick) -> None:
+    def train_generator(self, model, gen, generate, opt_g, pixels, mask, detected, g, tick) -> None:
+        """The generator keeps the benign features and moves the others as far as the bounds allow."""
         model.eval()
-        gen.train()
-        for _ in range(self.generator_epochs):
-            for _, x, _ in pixels.batches(self.batch_size, g):
-                xn = pixels.normalize(x)
-                fake = generate(xn)
-                with torch.no_grad():
-                    feat = split.features(xn)
-                fake_feat = split.features(fake)
-                benign = F.mse_loss(mask * feat, mask * fake_feat)
-                backdoor = F.mse_loss((1 - mask) * feat, (1 - mask) * fake_feat)
-                norm = F.mse_loss(fake, xn)
-                loss = norm if (norm > self.norm_bound or benign > self.feat_bound) else -backdoor + 0.01 * benign
-                if detected is not None:
-                    loss = loss + F.cross_entropy(split.head(fake_feat), torch.full_like(x[:, 0, 0, 0], detected, dtype=torch.long))
-                opt_g.zero_grad(set_to_none=True)
-                loss.backward()
-                opt_g.step()
-            tick()
-        gen.eval()
+
+        def loss(x: Tensor, _y: Tensor) -> Tensor:
+            xn = pixels.normalize(x)
+            fake = generate(xn)
+            with torch.no_grad():
+                feat = model.forward_features(xn)
+            fake_feat = model.forward_features(fake)
+            benign = F.mse_loss(mask * feat, mask * fake_feat)
+            backdoor = F.mse_loss((1 - mask) * feat, (1 - mask) * fake_feat)
+            norm = F.mse_loss(fake, xn)
+            out = norm if (norm > self.norm_bound or benign > self.feat_bound) else -backdoor + 0.01 * benign
+            if detected is not None:
+                out = out + F.cross_entropy(model.forward_head(fake_feat), torch.full_like(x[:, 0, 0, 0], detected, dtype=torch.long))
+            return out
+
+        optimize(loss, epoch_batches(pixels, self.batch_size, g), opt_g, epochs=self.generator_epochs, model=gen,
+                 tick=tick)
+        gen.eval()  # its BN statistics are fixed while it generates for detection and unlearning
 
     @torch.no_grad()
     def detected_label(self, model, generate, pixels: Pixels) -> int:
@@ -171,20 +167,18 @@ class BTIDBF(Defense):
         xn = pixels.normalize(pixels.x)
         return float((model(generate(xn)).argmax(1) != model(xn).argmax(1)).float().mean())
 
-    def unlearn(self, model, split, generate, opt_cls, data: MitigationData, ctx: Context, g, tick) -> None:
+    def unlearn(self, model, generate, opt_cls, data: MitigationData, ctx: Context, g, tick) -> None:
+        """Train the model to classify images the generator changed (10 % of each batch) correctly."""
         make_batch = clean_batches(data.clean, data.augment(), ctx.device)  # augmented, as the authors' loader
-        for _ in range(self.unlearn_epochs):
-            model.train()
-            for idx in index_batches(len(data.clean), self.batch_size, g):
-                xn, y = (t.to(ctx.device) for t in make_batch(idx, g))
-                pick = torch.randperm(len(y), generator=g)[: int(0.1 * len(y) + 1)].to(xn.device)
-                mixed = xn.clone()
-                with torch.no_grad():
-                    mixed[pick] = generate(xn[pick])
-                feat, mixed_feat = split.features(xn), split.features(mixed)
-                loss = F.cross_entropy(split.head(mixed_feat), y) + F.mse_loss(feat, mixed_feat)
-                opt_cls.zero_grad(set_to_none=True)
-                loss.backward()
-                opt_cls.step()
-            tick()
+
+        def loss(xn: Tensor, y: Tensor) -> Tensor:
+            pick = torch.randperm(len(y), generator=g)[: int(0.1 * len(y) + 1)].to(xn.device)
+            mixed = xn.clone()
+            with torch.no_grad():
+                mixed[pick] = generate(xn[pick])
+            feat, mixed_feat = model.forward_features(xn), model.forward_features(mixed)
+            return F.cross_entropy(model.forward_head(mixed_feat), y) + F.mse_loss(feat, mixed_feat)
+
+        optimize(loss, shuffled_batches(make_batch, len(data.clean), self.batch_size, g), opt_cls,
+                 epochs=self.unlearn_epochs, model=model, device=ctx.device, tick=tick)
         model.eval()

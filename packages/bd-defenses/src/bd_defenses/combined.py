@@ -40,6 +40,13 @@ class Combined(Defense):
     def needs(self) -> str:  # type: ignore[override]
         return "; ".join(f"{p.name}: {p.needs}" for p in self.parts if p.needs)
 
+    def unlabeled_request(self) -> tuple[str, int] | None:
+        """The parts' requests; every part that asks for unlabeled data must ask for the same."""
+        requests = {r for r in (p.unlabeled_request() for p in self.parts) if r is not None}
+        if len(requests) > 1:
+            raise ValueError(f"the parts of {self.name} ask for different unlabeled data: {sorted(requests)}")
+        return next(iter(requests), None)
+
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
         # Every part sees the context seed a single run of it would see, so the first part's
         # output is exactly its standalone result and differences come from the sequence alone.

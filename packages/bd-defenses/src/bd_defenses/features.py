@@ -1,49 +1,11 @@
-"""The model split at its penultimate feature map, for defenses that act on features
-(BTI-DBF's feature mask, NAD's attention maps): every bd model computes
-classifier(avgpool(feature_map).flatten(1))."""
+"""Intermediate outputs of a model in one forward pass, for defenses that act on a model's
+inner layers (NAD's attention maps). The split at the penultimate feature map is part of the
+model contract itself: `model.forward_features` and `model.forward_head`."""
 
 from __future__ import annotations
 
 import torch.nn as nn
-from bd_core.models import anatomy
 from torch import Tensor
-
-
-class _Stop(Exception):
-    """Raised from a hook once the layer of interest has run; the rest of the forward is wasted work."""
-
-
-def layer_output(model: nn.Module, layer: nn.Module, x: Tensor, inputs: bool = False) -> Tensor:
-    """`layer`'s output (or input) for `x`; the forward pass stops right after it."""
-    seen: list[Tensor] = []
-
-    def hook(module, args, output=None):
-        seen.append(args[0] if inputs else output)
-        raise _Stop
-
-    handle = layer.register_forward_pre_hook(hook) if inputs else layer.register_forward_hook(hook)
-    try:
-        model(x)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return seen[0]
-
-
-class FeatureSplit:
-    def __init__(self, model: nn.Module) -> None:
-        parts = anatomy(model)
-        self.model = model
-        self.pool = parts.features[1]
-        self.classifier = parts.classifier[1]
-
-    def features(self, x: Tensor) -> Tensor:
-        """The map that global pooling receives [N, C, H, W] (the rest of the forward is skipped)."""
-        return layer_output(self.model, self.pool, x, inputs=True)
-
-    def head(self, feature_map: Tensor) -> Tensor:
-        return self.classifier(self.pool(feature_map).flatten(1))
 
 
 def stage_outputs(model: nn.Module, stages: list[nn.Module], x: Tensor) -> tuple[Tensor, list[Tensor]]:

@@ -16,16 +16,39 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from bd_core.data.pixels import Pixels
 from bd_core.models import anatomy
-from bd_core.progress import make_progress
+from bd_core.progress import Steps
 from torch import Tensor
 
 from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
-from bd_defenses.features import layer_output
 from bd_defenses.finetune import finetune
-from bd_defenses.pixels import Pixels
 from bd_defenses.registry import register
 from bd_defenses.surgery import zero_channels
+
+
+class _ConvDone(Exception):
+    """Raised from a hook once the conv of interest has run."""
+
+
+def conv_output(model: nn.Module, conv: nn.Module, x: Tensor) -> Tensor:
+    """`conv`'s output for `x`. The forward pass stops right after it (an exception from a hook is
+    the one way to cut an arbitrary module's forward): FMP asks for each conv's maps once per
+    group of channels, and the layers after the conv would be computed for nothing."""
+    seen: list[Tensor] = []
+
+    def hook(module, args, output) -> None:
+        seen.append(output)
+        raise _ConvDone
+
+    handle = conv.register_forward_hook(hook)
+    try:
+        model(x)
+    except _ConvDone:
+        pass
+    finally:
+        handle.remove()
+    return seen[0]
 
 
 @register("fmp", family="pruning", paper="Huang & Bu, Feature Map Testing for Backdoor Defense / FMP (2023)")
@@ -56,10 +79,9 @@ class FMP(Defense):
         model.eval()
         pruned: dict[str, int] = {}
         total = sum(conv.out_channels for _, conv in parts.convs)
-        with make_progress() as progress:
-            task = progress.add_task("FMP feature-map ranking", total=total, status="")
+        with Steps("FMP feature-map ranking", total) as advance:
             for name, conv in parts.convs:
-                acc = self.channel_sensitivity(model, conv, pixels, x, y, start, lambda n: progress.update(task, advance=n))
+                acc = self.channel_sensitivity(model, conv, pixels, x, y, start, advance)
                 k = int(len(acc) * self.prune_fraction)
                 if k:
                     zero_channels(conv, acc.argsort()[:k], bn_of.get(name))
@@ -74,12 +96,12 @@ class FMP(Defense):
         """Accuracy on x under each channel's own feature-map-maximising perturbation."""
         n, channels = len(x), conv.out_channels
         with torch.no_grad():
-            clean = layer_output(model, conv, pixels.normalize(x))
+            clean = conv_output(model, conv, pixels.normalize(x))
         accuracies = []
         for first in range(0, channels, self.group):
             chans = torch.arange(first, min(first + self.group, channels), device=x.device)
             adv = start.repeat(len(chans), 1, 1, 1).requires_grad_(True)
-            out = layer_output(model, conv, pixels.normalize(adv))
+            out = conv_output(model, conv, pixels.normalize(adv))
             rows = torch.arange(len(chans) * n, device=x.device)
             own = out[rows, chans.repeat_interleave(n)]  # each replica's own channel map
             loss = F.mse_loss(own, clean[:, chans].transpose(0, 1).reshape_as(own), reduction="sum")

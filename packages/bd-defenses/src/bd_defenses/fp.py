@@ -15,14 +15,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+from bd_core.data.pixels import Pixels
 from bd_core.models import anatomy
 from torch import Tensor
 
 from bd_defenses.activations import layer_statistics
 from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
-from bd_defenses.features import FeatureSplit
 from bd_defenses.finetune import finetune
-from bd_defenses.pixels import Pixels, accuracy
+from bd_defenses.pixels import accuracy
 from bd_defenses.registry import register
 from bd_defenses.surgery import mask_feature_channels
 
@@ -32,18 +32,19 @@ class PrunedAccuracy:
     features, so the rest of the network runs once: each trial is the classifier alone."""
 
     def __init__(self, model: nn.Module, check: Pixels) -> None:
-        self.split = FeatureSplit(model)
+        parts = anatomy(model)
+        pool, self.classifier = parts.pool[1], parts.classifier[1]
         was_training = model.training
         model.eval()
         with torch.inference_mode():
-            self.pooled = torch.cat([self.split.pool(self.split.features(check.normalize(x))).flatten(1)
+            self.pooled = torch.cat([pool(model.forward_features(check.normalize(x))).flatten(1)
                                      for _, x, _ in check.batches(512)])
         model.train(was_training)
         self.labels = check.y
 
     def __call__(self, keep: Tensor) -> float:
         with torch.inference_mode():
-            logits = self.split.classifier(self.pooled * keep.to(self.pooled))
+            logits = self.classifier(self.pooled * keep.to(self.pooled))
         return int((logits.argmax(1) == self.labels).sum()) / max(1, len(self.labels))
 
 
@@ -65,7 +66,7 @@ class FP(Defense):
 
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
         parts = anatomy(model)
-        feature_name, feature_module = parts.features
+        feature_name, feature_module = parts.pool
         _, check, rule = data.selection_split(ctx.seed)
         check_pixels = Pixels.of(check, ctx.device)
         # mean activation of each last-layer channel (the pooled feature is its spatial mean)

@@ -14,8 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from bd_core.data.batches import clean_batches
-from bd_core.progress import make_progress
-from bd_core.train import index_batches
+from bd_core.train import optimize, shuffled_batches
 
 from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
 from bd_defenses.registry import register
@@ -44,6 +43,36 @@ def running_stats_frozen(model: nn.Module) -> Iterator[None]:
             m.momentum = momentum
 
 
+class SharpnessAwareLoss:
+    """A step for `optimize`: the loss of a batch at the worst-case weights w + e of the adaptive
+    ball; `restore` moves the weights back to w before the optimizer steps with that gradient."""
+
+    def __init__(self, model: nn.Module, params: list[nn.Parameter], rho: float, label_smoothing: float) -> None:
+        self.model, self.params, self.rho, self.label_smoothing = model, params, rho, label_smoothing
+        self.e: list[torch.Tensor] = []
+        self.radius = 0.0
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.model(x), y, label_smoothing=self.label_smoothing)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.loss(x, y).backward()
+        self.e = adaptive_perturbation(self.params, self.rho)
+        with torch.no_grad():
+            self.radius = float(torch.norm(torch.stack([(ei / p.abs().clamp_min(1e-12)).norm()
+                                                        for ei, p in zip(self.e, self.params, strict=True)])))
+            for p, ei in zip(self.params, self.e, strict=True):
+                p.add_(ei)
+                p.grad = None  # the update uses the gradient at w + e alone
+        with running_stats_frozen(self.model):  # the perturbed weights' statistics must not be kept
+            return self.loss(x, y)
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for p, ei in zip(self.params, self.e, strict=True):
+                p.sub_(ei)
+
+
 @register("ft-sam", family="fine-tuning", paper="Zhu et al., Enhancing Fine-Tuning Based Backdoor Defense with Sharpness-Aware Minimization (ICCV 2023)", aliases=("ftsam", "sam"))
 @dataclass(frozen=True)
 class FTSAM(Defense):
@@ -63,34 +92,10 @@ class FTSAM(Defense):
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.SGD(params, lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs)
-        g = ctx.generator(9)
-        loss_fn = lambda x, y: F.cross_entropy(model(x), y, label_smoothing=self.label_smoothing)  # noqa: E731
-        radius = 0.0
-        model.train()
-        with make_progress() as progress:
-            task = progress.add_task("FT-SAM fine-tuning", total=self.epochs, status="")
-            for _ in range(self.epochs):
-                for idx in index_batches(len(data.clean), self.batch_size, g):
-                    x, y = make_batch(idx, g)
-                    x, y = x.to(ctx.device), y.to(ctx.device)
-                    opt.zero_grad(set_to_none=True)
-                    loss_fn(x, y).backward()
-                    e = adaptive_perturbation(params, self.rho)
-                    with torch.no_grad():
-                        radius = float(torch.norm(torch.stack([(ei / p.abs().clamp_min(1e-12)).norm()
-                                                               for ei, p in zip(e, params, strict=True)])))
-                        for p, ei in zip(params, e, strict=True):
-                            p.add_(ei)
-                    opt.zero_grad(set_to_none=True)
-                    with running_stats_frozen(model):  # the perturbed weights' statistics must not be kept
-                        sharp = loss_fn(x, y)
-                    sharp.backward()
-                    with torch.no_grad():
-                        for p, ei in zip(params, e, strict=True):
-                            p.sub_(ei)
-                    opt.step()
-                sched.step()
-                progress.update(task, advance=1, status=f"loss {float(sharp.detach()):.3f}")
+        sam = SharpnessAwareLoss(model, params, self.rho, self.label_smoothing)
+        batches = shuffled_batches(make_batch, len(data.clean), self.batch_size, ctx.generator(9))
+        losses = optimize(sam, batches, opt, epochs=self.epochs, model=model, scheduler=sched, device=ctx.device,
+                          before_update=sam.restore, description="FT-SAM fine-tuning")
         model.eval()
-        ctx.report(rho=self.rho, last_perturbation_radius=round(radius, 4), final_sharp_loss=round(float(sharp.detach()), 4))
+        ctx.report(rho=self.rho, last_perturbation_radius=round(sam.radius, 4), final_sharp_loss=round(losses[-1], 4))
         return model

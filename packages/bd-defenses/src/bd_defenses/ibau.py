@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from bd_core.progress import make_progress
+from bd_core.data.pixels import Pixels, epoch_batches
+from bd_core.train import optimize
 from torch import Tensor
 
 from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
-from bd_defenses.pixels import Pixels
 from bd_defenses.registry import register
 
 
@@ -84,49 +84,52 @@ class IBAU(Defense):
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=self.lr)
         g = ctx.generator(11)
-        gains = []
-        with make_progress() as progress:
-            task = progress.add_task("i-BAU unlearning", total=self.rounds, status="")
-            for _ in range(self.rounds):
-                delta = self.universal_perturbation(model, pixels, g)
-                gains.append(self.loss_gain(model, pixels, delta))
-                for _, x, y in pixels.batches(self.batch_size, g):
-                    xn = pixels.normalize(x)
-                    hit = torch.zeros(len(y), dtype=torch.bool, device=xn.device)
-                    hit[torch.randperm(len(y), generator=g)[: max(1, int(len(y) * self.portion))].to(xn.device)] = True
+        gains: list[float] = []
+        delta = torch.zeros_like(pixels.x[:1])
 
-                    def inner_loss(d: Tensor) -> Tensor:
-                        # the closures are called by hypergradient below, within this iteration
-                        return -F.cross_entropy(model(xn + d), y) + self.penalty * d.pow(2).sum()  # noqa: B023
+        def batches_against_new_perturbation():
+            # each round first solves the inner maximisation for a universal perturbation
+            nonlocal delta
+            delta = self.universal_perturbation(model, pixels, g)
+            gains.append(self.loss_gain(model, pixels, delta))
+            return epoch_batches(pixels, self.batch_size, g)()
 
-                    def inner_map(d: Tensor) -> Tensor:
-                        (grad,) = torch.autograd.grad(inner_loss(d), d, create_graph=True)
-                        return d - self.inner_step * grad
+        def implicit_hypergradient_step(x: Tensor, y: Tensor) -> Tensor:
+            xn = pixels.normalize(x)
+            hit = torch.zeros(len(y), dtype=torch.bool, device=xn.device)
+            hit[torch.randperm(len(y), generator=g)[: max(1, int(len(y) * self.portion))].to(xn.device)] = True
 
-                    def outer_loss(d: Tensor) -> Tensor:
-                        return F.cross_entropy(model(torch.where(hit.view(-1, 1, 1, 1), xn + d, xn)), y)  # noqa: B023
+            def inner_map(d: Tensor) -> Tensor:
+                inner_loss = -F.cross_entropy(model(xn + d), y) + self.penalty * d.pow(2).sum()
+                (grad,) = torch.autograd.grad(inner_loss, d, create_graph=True)
+                return d - self.inner_step * grad
 
-                    grads = hypergradient(delta, params, self.K, inner_map, outer_loss)
-                    opt.zero_grad(set_to_none=True)
-                    for p, gr in zip(params, grads, strict=True):
-                        p.grad = gr if isinstance(gr, Tensor) else torch.zeros_like(p)
-                    opt.step()
-                progress.update(task, advance=1, status=f"inner loss gain {gains[-1]:.3f}")
+            def outer_loss(d: Tensor) -> Tensor:
+                return F.cross_entropy(model(torch.where(hit.view(-1, 1, 1, 1), xn + d, xn)), y)
+
+            grads = hypergradient(delta, params, self.K, inner_map, outer_loss)
+            for p, gr in zip(params, grads, strict=True):
+                p.grad = gr if isinstance(gr, Tensor) else torch.zeros_like(p)
+            with torch.no_grad():
+                return outer_loss(delta)
+
+        optimize(implicit_hypergradient_step, batches_against_new_perturbation, opt, epochs=self.rounds,
+                 description="i-BAU unlearning")
         ctx.report(rounds=self.rounds, inner_loss_gain_per_round=[round(v, 4) for v in gains])
         return model
 
     def universal_perturbation(self, model: nn.Module, pixels: Pixels, g: torch.Generator) -> Tensor:
         """One ascent step per batch (lr delta_lr) on a shared delta, against the model's own labels."""
         delta = torch.zeros_like(pixels.x[:1], requires_grad=True)
-        opt = torch.optim.SGD([delta], lr=self.delta_lr)
-        for _, x, _ in pixels.batches(self.batch_size, g):
+
+        def ascent(x: Tensor, _y: Tensor) -> Tensor:
             xn = pixels.normalize(x)
             with torch.no_grad():
                 own = model(xn).argmax(1)
-            loss = -F.cross_entropy(model(xn + delta), own) + self.penalty * delta.pow(2).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            return -F.cross_entropy(model(xn + delta), own) + self.penalty * delta.pow(2).sum()
+
+        optimize(ascent, epoch_batches(pixels, self.batch_size, g), torch.optim.SGD([delta], lr=self.delta_lr),
+                 epochs=1, tick=lambda: None)
         return delta.detach()
 
     @torch.no_grad()

@@ -61,10 +61,6 @@ def bake_masks(model: nn.Module) -> nn.Module:
     return model
 
 
-def mask_parameters(wrapped: dict[str, MaskedConv2d]) -> list[nn.Parameter]:
-    return [m.mask for m in wrapped.values()]
-
-
 def masked_model(model: nn.Module) -> dict[str, MaskedConv2d]:
     """Fold BN into the convolutions (eval-mode function unchanged), then wrap every conv:
     each output channel is one neuron (w, b) that the masking defenses multiply by m."""

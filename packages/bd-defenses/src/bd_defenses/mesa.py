@@ -13,26 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch.nn as nn
-from bd_core.progress import make_progress
+from bd_core.data.pixels import Pixels
+from bd_core.progress import Steps
 
 from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
-from bd_defenses.pixels import Pixels
 from bd_defenses.registry import register
-from bd_defenses.trigger_distribution import LOCATIONS, fit_trigger_distribution
+from bd_defenses.trigger_distribution import ASSUMES, check_assumptions, fit_trigger_distribution
 from bd_defenses.unlearning import unlearn
-
-ASSUMES = "the attack's target class and trigger size/location (--set target=N trigger_size=S location=...)"
-
-
-def check_assumptions(name: str, target: int, num_classes: int, size: int, image: int, location: str) -> None:
-    if target < 0:
-        raise ValueError(f"{name} assumes the defender knows the backdoor target class: pass --set target=N")
-    if target >= num_classes:
-        raise ValueError(f"target {target} is not a class of this dataset (0..{num_classes - 1})")
-    if not 1 <= size <= image:
-        raise ValueError(f"trigger_size must be in 1..{image}, got {size}")
-    if location not in LOCATIONS:
-        raise ValueError(f"location must be one of {', '.join(LOCATIONS)}, got {location!r}")
 
 
 @register("mesa", family="synthesis", paper="Qiao et al., Defending Neural Backdoors via Generative Distribution Modeling (NeurIPS 2019); reviewed only", needs=ASSUMES, benchmarked=False)
@@ -70,11 +57,9 @@ class MESA(Defense):
         pixels = Pixels.of(data.clean, ctx.device)
         check_assumptions("MESA", self.target, data.num_classes, self.trigger_size, pixels.x.shape[-1], self.location)
         g = ctx.generator(15)
-        with make_progress() as progress:
-            task = progress.add_task("MESA trigger distribution", total=self.steps * len(self.betas()))
+        with Steps("MESA trigger distribution", self.steps * len(self.betas())) as tick:
             dist = fit_trigger_distribution(model, pixels, self.target, self.trigger_size, self.location, self.betas(),
-                                            self.entropy_weight, self.steps, self.gen_batch, self.gen_lr, g,
-                                            lambda: progress.update(task, advance=1))
+                                            self.entropy_weight, self.steps, self.gen_batch, self.gen_lr, g, tick)
         for p in model.parameters():
             p.requires_grad_(True)
         unlearn(model, data.clean, ctx, dist.stamp, ratio=self.patch_ratio, epochs=self.epochs, lr=self.lr,

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from bd_core.data.pixels import Pixels
 
 from bd_defenses.activations import layers_statistics
 from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
 from bd_defenses.bounds import install_bounds, layer_moments, train_bounds
-from bd_defenses.pixels import Pixels
 from bd_defenses.registry import register
 
 

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from bd_core.progress import make_progress
+from bd_core.data.pixels import Pixels, epoch_batches
+from bd_core.progress import Steps
+from bd_core.train import optimize
 from torch import Tensor
 
 from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
-from bd_defenses.pixels import Pixels
 from bd_defenses.registry import register
 from bd_defenses.unlearning import unlearn
 
@@ -97,12 +98,11 @@ class NC(Defense):
         _, c, h, w = pixels.x.shape
         g = ctx.generator(13)
         masks, patterns, success = [], [], []
-        with make_progress() as progress:
-            task = progress.add_task(f"NC reverse-engineering {num_classes} classes", total=num_classes * self.epochs)
+        with Steps(f"NC reverse-engineering {num_classes} classes", num_classes * self.epochs) as advance:
             for first in range(0, num_classes, self.class_chunk):
                 targets = torch.arange(first, min(first + self.class_chunk, num_classes), device=pixels.x.device)
                 chunk = len(targets)
-                m, p, s = self.reverse_chunk(model, pixels, targets, g, lambda n=chunk: progress.update(task, advance=n))
+                m, p, s = self.reverse_chunk(model, pixels, targets, g, lambda n=chunk: advance(n))
                 masks.append(m), patterns.append(p), success.append(s)
         return ReversedTriggers(torch.cat(masks), torch.cat(patterns), torch.cat(success))
 
@@ -120,38 +120,41 @@ class NC(Defense):
         best_mask = torch.zeros(k, 1, h, w, device=dev)
         best_pattern = torch.zeros(k, c, h, w, device=dev)
         best_success = torch.zeros(k, device=dev)
-        for _ in range(self.epochs):
-            hits = torch.zeros(k, device=dev)
-            for _, x, _ in pixels.batches(self.batch_size, g):
-                mask = torch.tanh(mask_raw) / 2 + 0.5
-                pattern = torch.tanh(pattern_raw) / 2 + 0.5
-                stamped = (1 - mask[:, None]) * x[None] + (mask * pattern)[:, None]  # [K, B, C, H, W]
-                logits = model(pixels.normalize(stamped.flatten(0, 1)))
-                labels = targets.repeat_interleave(len(x))
-                ce = F.cross_entropy(logits, labels, reduction="none").view(k, len(x)).mean(1)
-                l1 = mask.flatten(1).sum(1)
-                opt.zero_grad(set_to_none=True)
-                (ce + cost * l1).sum().backward()
-                opt.step()
-                hits += (logits.argmax(1) == labels).float().view(k, len(x)).sum(1)
-            with torch.no_grad():
-                asr = hits / len(pixels)
-                mask = torch.tanh(mask_raw) / 2 + 0.5
-                l1 = mask.flatten(1).sum(1)
-                better = (asr >= self.success_threshold) & (l1 < best_norm)
-                best_norm = torch.where(better, l1, best_norm)
-                best_mask[better], best_pattern[better] = mask[better], (torch.tanh(pattern_raw) / 2 + 0.5)[better]
-                best_success = torch.where(better, asr, best_success)
-                # the paper's cost schedule, per class
-                first = (cost == 0) & (asr >= self.success_threshold)
-                cost = torch.where(first, torch.full_like(cost, self.init_cost), cost)
-                ok = asr >= self.success_threshold
-                up, down = torch.where(ok, up + 1, torch.zeros_like(up)), torch.where(ok, torch.zeros_like(down), down + 1)
-                raise_cost, lower_cost = up >= self.patience, down >= self.patience
-                cost = torch.where(raise_cost & (cost > 0), cost * self.cost_multiplier, cost)
-                cost = torch.where(lower_cost & (cost > 0), cost / self.cost_multiplier ** 1.5, cost)
-                up, down = torch.where(raise_cost, 0, up), torch.where(lower_cost, 0, down)
-            tick()
+        hits = torch.zeros(k, device=dev)
+
+        def trigger_loss(x: Tensor, _y: Tensor) -> Tensor:
+            nonlocal hits
+            mask = torch.tanh(mask_raw) / 2 + 0.5
+            pattern = torch.tanh(pattern_raw) / 2 + 0.5
+            stamped = (1 - mask[:, None]) * x[None] + (mask * pattern)[:, None]  # [K, B, C, H, W]
+            logits = model(pixels.normalize(stamped.flatten(0, 1)))
+            labels = targets.repeat_interleave(len(x))
+            ce = F.cross_entropy(logits, labels, reduction="none").view(k, len(x)).mean(1)
+            hits = hits + (logits.argmax(1) == labels).float().view(k, len(x)).sum(1).detach()
+            return (ce + cost * mask.flatten(1).sum(1)).sum()
+
+        @torch.no_grad()
+        def keep_best_and_adapt_cost(_epoch: int) -> None:
+            nonlocal hits, cost, up, down, best_norm, best_success
+            asr, hits = hits / len(pixels), torch.zeros(k, device=dev)
+            mask = torch.tanh(mask_raw) / 2 + 0.5
+            l1 = mask.flatten(1).sum(1)
+            better = (asr >= self.success_threshold) & (l1 < best_norm)
+            best_norm = torch.where(better, l1, best_norm)
+            best_mask[better], best_pattern[better] = mask[better], (torch.tanh(pattern_raw) / 2 + 0.5)[better]
+            best_success = torch.where(better, asr, best_success)
+            # the paper's cost schedule, per class
+            first = (cost == 0) & (asr >= self.success_threshold)
+            cost = torch.where(first, torch.full_like(cost, self.init_cost), cost)
+            ok = asr >= self.success_threshold
+            up, down = torch.where(ok, up + 1, torch.zeros_like(up)), torch.where(ok, torch.zeros_like(down), down + 1)
+            raise_cost, lower_cost = up >= self.patience, down >= self.patience
+            cost = torch.where(raise_cost & (cost > 0), cost * self.cost_multiplier, cost)
+            cost = torch.where(lower_cost & (cost > 0), cost / self.cost_multiplier ** 1.5, cost)
+            up, down = torch.where(raise_cost, 0, up), torch.where(lower_cost, 0, down)
+
+        optimize(trigger_loss, epoch_batches(pixels, self.batch_size, g), opt, epochs=self.epochs,
+                 after_epoch=keep_best_and_adapt_cost, tick=tick)
         with torch.no_grad():  # a class never reaching the threshold keeps its last trigger
             never = torch.isinf(best_norm)
             best_mask[never] = (torch.tanh(mask_raw) / 2 + 0.5)[never]

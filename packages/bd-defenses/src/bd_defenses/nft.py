@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from bd_core.progress import make_progress
+from bd_core.data.pixels import Pixels, epoch_batches
+from bd_core.train import optimize
 
 from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
 from bd_defenses.masking import bake_masks, clip_masks, mask_summary, masked_model
-from bd_defenses.pixels import Pixels
 from bd_defenses.registry import register
 
 
@@ -56,21 +56,16 @@ class NFT(Defense):
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs, eta_min=self.lr_min)
         g = ctx.generator(5)
         mix = torch.distributions.Beta(self.mixup_alpha, self.mixup_alpha)
-        with make_progress() as progress:
-            task = progress.add_task("NFT mask fine-tuning", total=self.epochs, status="")
-            for _ in range(self.epochs):
-                for _, x, y in pixels.batches(self.batch_size, g):
-                    lam = float(mix.sample())
-                    partner = torch.randperm(len(y), generator=g).to(y.device)
-                    logits = model(pixels.normalize(lam * x + (1 - lam) * x[partner]))
-                    mixup = lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y[partner])
-                    l1 = sum((1 - m).abs().sum() for m in masks)
-                    loss = mixup + self.l1_weight * l1 / data.num_classes
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    clip_masks(wrapped, lows)
-                sched.step()
-                progress.update(task, advance=1, status=f"loss {float(loss.detach()):.3f}")
+
+        def mixup_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            lam = float(mix.sample())
+            partner = torch.randperm(len(y), generator=g).to(y.device)
+            logits = model(pixels.normalize(lam * x + (1 - lam) * x[partner]))
+            mixup = lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y[partner])
+            l1 = sum((1 - m).abs().sum() for m in masks)
+            return mixup + self.l1_weight * l1 / data.num_classes
+
+        optimize(mixup_loss, epoch_batches(pixels, self.batch_size, g), opt, epochs=self.epochs, scheduler=sched,
+                 after_step=lambda: clip_masks(wrapped, lows), description="NFT mask fine-tuning")
         ctx.report(lower_bound_last_layer=round(lows[-1], 6), **mask_summary(wrapped))
         return bake_masks(model)

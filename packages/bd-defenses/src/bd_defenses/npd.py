@@ -25,11 +25,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from bd_core.progress import make_progress
+from bd_core.data.pixels import Pixels, epoch_batches
+from bd_core.models import anatomy
+from bd_core.train import optimize
 from torch import Tensor
 
 from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
-from bd_defenses.pixels import Pixels
 from bd_defenses.registry import register
 from bd_defenses.surgery import set_module
 
@@ -42,8 +43,7 @@ def make_polarizer(channels: int) -> nn.Sequential:
 
 
 def insert_polarizer(model: nn.Module, device: str) -> tuple[str, nn.Sequential]:
-    name = model.anatomy_spec["polarizer_before"]
-    target = model.get_submodule(name)
+    name, target = anatomy(model).polarizer_before
     if not isinstance(target, nn.Conv2d):
         raise TypeError(f"NPD's target layer {name} is {type(target).__name__}, expected Conv2d")
     polarizer = make_polarizer(target.in_channels).to(device).eval()  # an affine layer, as deployed
@@ -90,42 +90,39 @@ class NPD(Defense):
         for p in polarizer.parameters():
             p.requires_grad_(True)
         g = ctx.generator(7)
+        clean_loss = lambda x, y: F.cross_entropy(model(pixels.normalize(x)), y)  # noqa: E731
         warm = torch.optim.SGD(polarizer.parameters(), lr=self.warm_lr)
-        for _ in range(self.warm_epochs):
-            for _, x, y in pixels.batches(self.batch_size, g):
-                warm.zero_grad(set_to_none=True)
-                F.cross_entropy(model(pixels.normalize(x)), y).backward()
-                warm.step()
+        optimize(clean_loss, epoch_batches(pixels, self.batch_size, g), warm, epochs=self.warm_epochs,
+                 description="NPD polarizer warm-up")
         opt = torch.optim.SGD(polarizer.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4)
-        hit_rate = 0.0
-        with make_progress() as progress:
-            task = progress.add_task("NPD polarizer", total=self.epochs, status="")
-            for _ in range(self.epochs):
-                hits, seen = 0, 0
-                for _, x, y in pixels.batches(self.batch_size, g):
-                    xn = pixels.normalize(x)
-                    with torch.no_grad():
-                        logits = model(xn)
-                    own = logits.argmax(1)
-                    target = logits.scatter(1, y[:, None], float("-inf")).argmax(1)  # largest non-true logit
-                    adv = self.targeted_perturbation(model, pixels, x, target)
-                    with torch.no_grad():
-                        hits += int((model(adv).argmax(1) == target).sum())
-                        seen += len(y)
-                    clean_logits, adv_logits = model(xn), model(adv)
-                    probs = adv_logits.softmax(1)
-                    top2 = probs.topk(2, dim=1).indices
-                    wrong = torch.where(top2[:, 0] == y, top2[:, 1], top2[:, 0])
-                    not_class = lambda cls, probs=probs: -torch.log(1.0001 - probs.gather(1, cls[:, None]) + 1e-12).mean()  # noqa: E731
-                    loss = (self.lambda1 * F.cross_entropy(clean_logits, y)
-                            + self.lambda2 * F.cross_entropy(adv_logits, own)
-                            + self.lambda3 * not_class(wrong)
-                            + self.lambda4 * not_class(target))
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                hit_rate = hits / max(1, seen)
-                progress.update(task, advance=1, status=f"loss {float(loss.detach()):.3f} targeted {hit_rate:.2f}")
+        counts = {"hits": 0, "seen": 0, "hit_rate": 0.0}
+
+        def polarizer_loss(x: Tensor, y: Tensor) -> Tensor:
+            xn = pixels.normalize(x)
+            with torch.no_grad():
+                logits = model(xn)
+            own = logits.argmax(1)
+            target = logits.scatter(1, y[:, None], float("-inf")).argmax(1)  # largest non-true logit
+            adv = self.targeted_perturbation(model, pixels, x, target)
+            with torch.no_grad():
+                counts["hits"] += int((model(adv).argmax(1) == target).sum())
+                counts["seen"] += len(y)
+            clean_logits, adv_logits = model(xn), model(adv)
+            probs = adv_logits.softmax(1)
+            top2 = probs.topk(2, dim=1).indices
+            wrong = torch.where(top2[:, 0] == y, top2[:, 1], top2[:, 0])
+            not_class = lambda cls: -torch.log(1.0001 - probs.gather(1, cls[:, None]) + 1e-12).mean()  # noqa: E731
+            return (self.lambda1 * F.cross_entropy(clean_logits, y)
+                    + self.lambda2 * F.cross_entropy(adv_logits, own)
+                    + self.lambda3 * not_class(wrong)
+                    + self.lambda4 * not_class(target))
+
+        def targeted_success(_epoch: int) -> None:
+            counts.update(hit_rate=counts["hits"] / max(1, counts["seen"]), hits=0, seen=0)
+
+        optimize(polarizer_loss, epoch_batches(pixels, self.batch_size, g), opt, epochs=self.epochs,
+                 after_epoch=targeted_success, description="NPD polarizer")
+        hit_rate = counts["hit_rate"]
         conv = polarizer[0].weight.detach().flatten(1)
         ctx.report(
             layer=layer, polarizer_norm=round(float(conv.norm()), 4),

@@ -12,12 +12,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from bd_core.data.batches import clean_batches
-from bd_core.progress import make_progress
-from bd_core.train import index_batches
+from bd_core.data.pixels import Pixels
+from bd_core.train import index_batches, optimize
 
 from bd_defenses.adversarial import pgd_linf
 from bd_defenses.base import Context, Defense, MitigationData, check_positive
-from bd_defenses.pixels import Pixels
 from bd_defenses.registry import register
 
 
@@ -40,31 +39,40 @@ class PBE(Defense):
         make_batch = clean_batches(data.clean, data.augment(), ctx.device)  # augmented, as the authors' loader
         opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4)
         g = ctx.generator(10)
-        flipped, gain = 0.0, 0.0
-        with make_progress() as progress:
-            task = progress.add_task("PBE adversarial erasing", total=self.epochs, status="")
-            for _ in range(self.epochs):
-                changed, seen, gain = 0, 0, 0.0
-                for idx in index_batches(len(data.clean), self.batch_size, g):  # adversarial pass
-                    xn, y = (t.to(ctx.device) for t in make_batch(idx, g))
-                    model.eval()
-                    adv = pgd_linf(model, xn, y, low, high, self.eps, self.eps / self.step_scale, self.iterations, g)
-                    with torch.no_grad():
-                        gain += float(F.cross_entropy(model(adv), y, reduction="sum") - F.cross_entropy(model(xn), y, reduction="sum"))
-                    model.train()
-                    logits = model(adv)
-                    changed += int((logits.argmax(1) != y).sum())
-                    seen += len(y)
-                    opt.zero_grad(set_to_none=True)
-                    F.cross_entropy(logits, y).backward()
-                    opt.step()
-                for idx in index_batches(len(data.clean), self.batch_size, g):  # clean pass
-                    xn, y = (t.to(ctx.device) for t in make_batch(idx, g))
-                    opt.zero_grad(set_to_none=True)
-                    F.cross_entropy(model(xn), y).backward()
-                    opt.step()
-                flipped, gain = changed / max(1, seen), gain / max(1, seen)
-                progress.update(task, advance=1, status=f"adversarial error {flipped:.2f}")
+        n = len(data.clean)
+        epoch = {"adversarial": True, "changed": 0, "seen": 0, "gain": 0.0}
+        result = {"flipped": 0.0, "gain": 0.0}
+
+        def adversarial_pass_then_clean_pass():
+            """Each epoch trains on PGD examples of every batch, then on every clean batch."""
+            epoch.update(adversarial=True, changed=0, seen=0, gain=0.0)
+            for idx in index_batches(n, self.batch_size, g):
+                xn, y = (t.to(ctx.device) for t in make_batch(idx, g))
+                model.eval()
+                adv = pgd_linf(model, xn, y, low, high, self.eps, self.eps / self.step_scale, self.iterations, g)
+                with torch.no_grad():
+                    epoch["gain"] += float(F.cross_entropy(model(adv), y, reduction="sum")
+                                           - F.cross_entropy(model(xn), y, reduction="sum"))
+                model.train()
+                yield adv, y
+            epoch["adversarial"] = False
+            for idx in index_batches(n, self.batch_size, g):
+                yield make_batch(idx, g)
+
+        def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            logits = model(x)
+            if epoch["adversarial"]:
+                epoch["changed"] += int((logits.argmax(1) != y).sum())
+                epoch["seen"] += len(y)
+            return F.cross_entropy(logits, y)
+
+        def adversarial_error(_epoch: int) -> None:
+            seen = max(1, epoch["seen"])
+            result.update(flipped=epoch["changed"] / seen, gain=epoch["gain"] / seen)
+
+        optimize(loss, adversarial_pass_then_clean_pass, opt, epochs=self.epochs, model=model, device=ctx.device,
+                 after_epoch=adversarial_error, description="PBE adversarial erasing")
+        flipped, gain = result["flipped"], result["gain"]
         model.eval()
         ctx.report(final_adversarial_error=round(flipped, 4), final_adversarial_loss_gain=round(gain, 5))
         return model

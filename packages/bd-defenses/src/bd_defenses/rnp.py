@@ -18,11 +18,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from bd_core.progress import make_progress
+from bd_core.data.pixels import Pixels, epoch_batches
+from bd_core.train import optimize
 
 from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
 from bd_defenses.masking import bake_masks, clip_masks, mask_scores, masked_model, prune_by_threshold
-from bd_defenses.pixels import Pixels, accuracy
+from bd_defenses.pixels import accuracy
 from bd_defenses.registry import register
 
 
@@ -71,36 +72,28 @@ class RNP(Defense):
 
     def unlearn(self, model: nn.Module, pixels: Pixels, ctx: Context) -> tuple[float, int]:
         """Gradient ascent on the clean loss (train mode, as the paper) until accuracy <= threshold."""
-        model.train()
         opt = torch.optim.SGD(model.parameters(), lr=self.unlearn_lr, momentum=0.9, weight_decay=self.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.unlearn_epochs)
-        g = ctx.generator(2)
-        acc, epoch = 1.0, 0
-        for epoch in range(1, self.unlearn_epochs + 1):  # noqa: B007 (the epoch reached is recorded)
-            correct = 0
-            for _, x, y in pixels.batches(self.batch_size, g):
-                logits = model(pixels.normalize(x))
-                opt.zero_grad(set_to_none=True)
-                (-F.cross_entropy(logits, y)).backward()
-                nn.utils.clip_grad_norm_(model.parameters(), max_norm=20)
-                opt.step()
-                correct += int((logits.argmax(1) == y).sum())
-            acc = correct / len(pixels)
-            if acc <= self.unlearn_threshold:
-                break
-            sched.step()
+        correct, reached = [0], [0.0, 0]  # correct this epoch; (accuracy, epoch) at the end of the last epoch
+
+        def ascent(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            logits = model(pixels.normalize(x))
+            correct[0] += int((logits.argmax(1) == y).sum())
+            return -F.cross_entropy(logits, y)
+
+        def unlearned_enough(epoch: int) -> bool:
+            reached[:] = [correct[0] / len(pixels), epoch]
+            correct[0] = 0
+            return reached[0] <= self.unlearn_threshold
+
+        optimize(ascent, epoch_batches(pixels, self.batch_size, ctx.generator(2)), opt, epochs=self.unlearn_epochs,
+                 model=model, scheduler=sched, after_epoch=unlearned_enough, description="RNP unlearning",
+                 before_update=lambda: nn.utils.clip_grad_norm_(model.parameters(), max_norm=20))
         model.eval()
-        return acc, epoch
+        return reached[0], reached[1]
 
     def recover(self, model: nn.Module, wrapped, pixels: Pixels, ctx: Context) -> None:
         opt = torch.optim.SGD([m.mask for m in wrapped.values()], lr=self.recovery_lr, momentum=0.9)
-        g = ctx.generator(3)
-        with make_progress() as progress:
-            task = progress.add_task("RNP mask recovery", total=self.recovery_epochs, status="")
-            for _ in range(self.recovery_epochs):
-                for _, x, y in pixels.batches(self.batch_size, g):
-                    opt.zero_grad(set_to_none=True)
-                    F.cross_entropy(model(pixels.normalize(x)), y).backward()
-                    opt.step()
-                    clip_masks(wrapped)
-                progress.update(task, advance=1)
+        optimize(lambda x, y: F.cross_entropy(model(pixels.normalize(x)), y),
+                 epoch_batches(pixels, self.batch_size, ctx.generator(3)), opt, epochs=self.recovery_epochs,
+                 after_step=lambda: clip_masks(wrapped), description="RNP mask recovery")

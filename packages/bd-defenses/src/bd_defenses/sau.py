@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from bd_core.progress import make_progress
+from bd_core.data.pixels import Pixels, epoch_batches
+from bd_core.train import optimize
 from torch import Tensor
 
 from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
-from bd_defenses.pixels import Pixels
 from bd_defenses.registry import register
 
 
@@ -48,6 +48,9 @@ class SAU(Defense):
     lambda2: float = 0.0
     lambda3: float = 1.0
     batch_size: int = 256
+    # keep perturbed images valid ([0, 1] pixels). The authors' code (BackdoorBench's sau.py) adds
+    # the perturbation to the denormalised image without clamping; false reproduces that.
+    valid_images: bool = True
 
     def __post_init__(self) -> None:
         check_between("trigger_norm", self.trigger_norm, 0.0, 1.0)
@@ -63,36 +66,41 @@ class SAU(Defense):
             p.requires_grad_(False)
         model.eval()
         opt = torch.optim.Adam(model.parameters(), lr=self.lr)
-        g = ctx.generator(12)
+        totals = {"shared": 0, "gain": 0.0, "seen": 0}
         stats = {"shared": 0.0, "loss_gain": 0.0}
-        with make_progress() as progress:
-            task = progress.add_task("SAU shared adversarial unlearning", total=self.rounds, status="")
-            for _ in range(self.rounds):
-                shared_total, seen, gain = 0, 0, 0.0
-                for _, x, y in pixels.batches(self.batch_size, g):
-                    delta, shared = self.shared_perturbation(model, reference, pixels, x, y)
-                    adv = pixels.normalize((x + delta).clamp(0, 1))
-                    logits, adv_logits = model(pixels.normalize(x)), model(adv)
-                    with torch.no_grad():
-                        ref_adv = reference(adv).argmax(1)
-                        fooled_ref = ref_adv != y
-                        gain += float(F.cross_entropy(adv_logits, y) - F.cross_entropy(logits, y)) * len(y)
-                    loss = self.lambda1 * F.cross_entropy(logits, y) + self.lambda2 * F.cross_entropy(adv_logits, y)
-                    if fooled_ref.any():
-                        probs = adv_logits.softmax(1)
-                        on_ref = probs.gather(1, ref_adv[:, None]).squeeze(1)[fooled_ref]
-                        loss_shared = (-torch.log(1e-6 + (1 - on_ref).clamp(max=0.999)).sum()
-                                       - torch.log(1 + 1e-6 - on_ref.clamp(min=0.001)).sum()) / 2 / len(y)
-                        loss = loss + self.lambda3 * loss_shared
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    shared_total += int(shared.sum())
-                    seen += len(y)
-                stats = {"shared": shared_total / max(1, seen), "loss_gain": gain / max(1, seen)}
-                progress.update(task, advance=1, status=f"shared {stats['shared']:.2f}")
+
+        def shared_adversarial_loss(x: Tensor, y: Tensor) -> Tensor:
+            delta, shared = self.shared_perturbation(model, reference, pixels, x, y)
+            adv = pixels.normalize(self.perturbed(x, delta))
+            logits, adv_logits = model(pixels.normalize(x)), model(adv)
+            with torch.no_grad():
+                ref_adv = reference(adv).argmax(1)
+                fooled_ref = ref_adv != y
+                totals["gain"] += float(F.cross_entropy(adv_logits, y) - F.cross_entropy(logits, y)) * len(y)
+            loss = self.lambda1 * F.cross_entropy(logits, y) + self.lambda2 * F.cross_entropy(adv_logits, y)
+            if fooled_ref.any():
+                probs = adv_logits.softmax(1)
+                on_ref = probs.gather(1, ref_adv[:, None]).squeeze(1)[fooled_ref]
+                loss_shared = (-torch.log(1e-6 + (1 - on_ref).clamp(max=0.999)).sum()
+                               - torch.log(1 + 1e-6 - on_ref.clamp(min=0.001)).sum()) / 2 / len(y)
+                loss = loss + self.lambda3 * loss_shared
+            totals["shared"] += int(shared.sum())
+            totals["seen"] += len(y)
+            return loss
+
+        def round_statistics(_round: int) -> None:
+            seen = max(1, totals["seen"])
+            stats.update(shared=totals["shared"] / seen, loss_gain=totals["gain"] / seen)
+            totals.update(shared=0, gain=0.0, seen=0)
+
+        optimize(shared_adversarial_loss, epoch_batches(pixels, self.batch_size, ctx.generator(12)), opt,
+                 epochs=self.rounds, model=model, training=False, after_epoch=round_statistics,
+                 description="SAU shared adversarial unlearning")
         ctx.report(final_shared_fraction=round(stats["shared"], 4), final_adversarial_loss_gain=round(stats["loss_gain"], 4))
         return model
+
+    def perturbed(self, x: Tensor, delta: Tensor) -> Tensor:
+        return (x + delta).clamp(0, 1) if self.valid_images else x + delta
 
     def shared_perturbation(self, model, reference, pixels: Pixels, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """PGD toward shared adversarial examples; returns (delta, which samples are shared)."""
@@ -102,7 +110,7 @@ class SAU(Defense):
         shared = torch.zeros_like(y, dtype=torch.bool)
         for _ in range(self.adv_steps):
             delta.requires_grad_(True)
-            xn = pixels.normalize((x + delta).clamp(0, 1))
+            xn = pixels.normalize(self.perturbed(x, delta))
             logits, logits_ref = model(xn), reference(xn)
             label, label_ref = logits.argmax(1), logits_ref.argmax(1)
             fooled, fooled_ref = label != own, label_ref != own_ref

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from bd_core.data.pixels import Pixels
+from bd_core.train import optimize
 from torch import Tensor
-
-from bd_defenses.pixels import Pixels
 
 LOCATIONS = ("bottom-right", "bottom-left", "top-right", "top-left", "center")
 
@@ -44,6 +44,21 @@ class PatchGenerator(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         device = next(self.parameters()).device
         return self(torch.randn(n, self.noise, generator=generator).to(device))
+
+
+# What MESA and BAERASER assume the defender knows, and its check
+ASSUMES = "the attack's target class and trigger size/location (--set target=N trigger_size=S location=...)"
+
+
+def check_assumptions(name: str, target: int, num_classes: int, size: int, image: int, location: str) -> None:
+    if target < 0:
+        raise ValueError(f"{name} assumes the defender knows the backdoor target class: pass --set target=N")
+    if target >= num_classes:
+        raise ValueError(f"target {target} is not a class of this dataset (0..{num_classes - 1})")
+    if not 1 <= size <= image:
+        raise ValueError(f"trigger_size must be in 1..{image}, got {size}")
+    if location not in LOCATIONS:
+        raise ValueError(f"location must be one of {', '.join(LOCATIONS)}, got {location!r}")
 
 
 def stamp_patches(x: Tensor, patches: Tensor, origin: tuple[int, int]) -> Tensor:
@@ -92,16 +107,18 @@ def fit_trigger_distribution(
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
         gen = PatchGenerator(pixels.x.shape[1], size).to(pixels.x.device)
         opt = torch.optim.Adam(gen.parameters(), lr=lr)
-        for _ in range(steps):
+
+        def random_images():  # one step of the generator is one "epoch": a batch drawn with replacement
             idx = torch.randint(len(pixels), (batch,), generator=g).to(pixels.x.device)
+            return [(pixels.x[idx], y_target)]
+
+        def generator_loss(x: Tensor, _y: Tensor, gen: PatchGenerator = gen, beta: float = beta) -> Tensor:
             patches = gen.sample(batch, g)
-            log_p = F.log_softmax(model(pixels.normalize(stamp_patches(pixels.x[idx], patches, origin))), 1)
+            log_p = F.log_softmax(model(pixels.normalize(stamp_patches(x, patches, origin))), 1)
             hinge = F.relu(torch.log(torch.tensor(beta)) - log_p[:, target]).mean()
-            loss = hinge - entropy_weight * nn_entropy(patches)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tick()
+            return hinge - entropy_weight * nn_entropy(patches)
+
+        optimize(generator_loss, random_images, opt, epochs=steps, tick=tick)
         with torch.no_grad():
             stamped = stamp_patches(pixels.x, gen.sample(len(pixels), g), origin)
             success.append(float((model(pixels.normalize(stamped)).argmax(1) == y_target[:1]).float().mean()))

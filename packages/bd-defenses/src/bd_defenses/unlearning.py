@@ -1,4 +1,5 @@
-"""The unlearning step shared by the trigger-synthesis defenses (NC, BTI-DBF, MESA, BAERASER):
+"""The unlearning step of the trigger-synthesis defenses NC and MESA (BTI-DBF and BAERASER
+unlearn by their own objectives):
 fine-tune on the mitigation set where a fraction of each batch carries a synthesized
 trigger but keeps its true label, so the model learns to ignore the trigger."""
 
@@ -9,6 +10,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 from bd_core.data import ImageSet
+from bd_core.data.pixels import Pixels
 from bd_core.train import fit
 from torch import Tensor
 
@@ -30,16 +32,15 @@ def unlearn(
     description: str = "unlearning",
 ) -> list[float]:
     """SGD + cosine on D_m with `ratio` of every batch stamped (true labels kept)."""
-    mean, std = (t.to(ctx.device).view(1, -1, 1, 1) for t in data.mean_std())
-    images = data.images.to(ctx.device)
+    pixels = Pixels.of(data, ctx.device)
 
-    def make_batch(idx: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
-        x = images[idx.to(ctx.device)].float() / 255
+    def partly_stamped(idx: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
+        x = pixels.x[idx.to(ctx.device)].clone()
         n = int(round(ratio * len(idx)))
         if n:
             chosen = torch.randperm(len(idx), generator=g)[:n].to(x.device)
             x[chosen] = stamp(x[chosen], g).clamp(0, 1)
-        return (x - mean) / std, data.labels[idx]
+        return pixels.normalize(x), pixels.y[idx.to(ctx.device)]
 
-    return fit(model, make_batch, len(data), epochs=epochs, batch_size=batch_size, lr=lr, seed=ctx.seed,
+    return fit(model, partly_stamped, len(data), epochs=epochs, batch_size=batch_size, lr=lr, seed=ctx.seed,
                device=ctx.device, description=description)

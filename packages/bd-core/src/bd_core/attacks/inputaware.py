@@ -30,7 +30,7 @@ from bd_core.attacks.networks import EncoderDecoder, frozen, generator_shape, lo
 from bd_core.data.augment import Augment
 from bd_core.data.batches import augmented_batch, clean_batches, normalized_batch
 from bd_core.data.imageset import ImageSet
-from bd_core.progress import make_progress
+from bd_core.train import optimize
 
 EPSILON = 1e-7
 
@@ -151,24 +151,21 @@ class InputAware(Attack):
         opt = torch.optim.Adam(nets.mask.parameters(), lr=self.lr_mask, betas=(0.5, 0.9))
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[10, 20], gamma=0.1)  # the authors' schedule
         augment, (mean, std) = Augment.for_dataset(train.info), train.mean_std()
-        nets.mask.train()
-        steps = -(-len(train) // self.batch_size)
-        with make_progress() as progress:
-            task = progress.add_task("InputAware: training the mask network", total=self.mask_epochs * steps, status="")
-            for _ in range(self.mask_epochs):
-                first = torch.randperm(len(train), generator=g).split(self.batch_size)
-                second = torch.randperm(len(train), generator=g).split(self.batch_size)
-                for idx1, idx2 in zip(first, second, strict=True):
-                    x1 = augmented_batch(train.images[idx1], augment, g, mean, std)
-                    x2 = augmented_batch(train.images[idx2], augment, g, mean, std)
-                    m1, m2 = nets.masks(x1), nets.masks(x2)
-                    norm = F.relu(m1 - self.mask_density).mean()
-                    loss = self.lambda_norm * norm + self.lambda_div * diversity_loss(x1, x2, m1, m2)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    progress.update(task, advance=1, status=f"density excess {norm.item():.4f}")
-                sched.step()
+
+        def image_pairs():  # (x1, x2): two independently shuffled, augmented batches
+            first = torch.randperm(len(train), generator=g).split(self.batch_size)
+            second = torch.randperm(len(train), generator=g).split(self.batch_size)
+            for idx1, idx2 in zip(first, second, strict=True):
+                yield (augmented_batch(train.images[idx1], augment, g, mean, std),
+                       augmented_batch(train.images[idx2], augment, g, mean, std))
+
+        def sparse_and_diverse(x1: Tensor, x2: Tensor) -> Tensor:
+            m1, m2 = nets.masks(x1), nets.masks(x2)
+            norm = F.relu(m1 - self.mask_density).mean()
+            return self.lambda_norm * norm + self.lambda_div * diversity_loss(x1, x2, m1, m2)
+
+        optimize(sparse_and_diverse, image_pairs, opt, epochs=self.mask_epochs, model=nets.mask, scheduler=sched,
+                 description="InputAware: training the mask network", steps_per_epoch=-(-len(train) // self.batch_size))
         frozen(nets.mask)
 
     def training_plan(self, train: ImageSet, trigger: InputAwareTrigger, poisoned: Tensor, ratio: float, target: int,

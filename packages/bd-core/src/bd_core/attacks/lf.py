@@ -22,6 +22,7 @@ from bd_core.data.imageset import ImageSet
 from bd_core.data.mitigation import stratified_index
 from bd_core.models import create_model
 from bd_core.train import fit as train_fit
+from bd_core.train import optimize
 
 
 def low_pass(delta: Tensor, window: int) -> Tensor:
@@ -81,14 +82,15 @@ class LF(Attack):
         opt = torch.optim.Adam([delta], lr=self.lr)
         for p in model.parameters():
             p.requires_grad_(False)
-        for _ in range(self.steps):
+
+        def random_victims():  # one step is one "epoch" of the loop: a fresh batch of non-target images
             rows = victims[torch.randint(0, len(victims), (128,), generator=g)]
-            x = train.images[rows].float() / 255.0
-            poisoned = ((x + delta).clamp(0, 1) - mean) / std
-            loss = F.cross_entropy(model(poisoned), torch.full((len(rows),), target))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            return [(train.images[rows].float() / 255.0, torch.full((len(rows),), target))]
+
+        def project_low_frequency() -> None:
             with torch.no_grad():
                 delta.copy_(low_pass(delta.clamp(-self.eps, self.eps), window))
+
+        optimize(lambda x, y: F.cross_entropy(model(((x + delta).clamp(0, 1) - mean) / std), y), random_victims, opt,
+                 epochs=self.steps, after_step=project_low_frequency, tick=lambda: None)
         return delta.detach()[0]

@@ -27,7 +27,7 @@ from torch import Tensor
 from bd_core.attacks.base import Attack, PixelTrigger, trigger_kind
 from bd_core.attacks.networks import EncoderDecoder, load_module_tensors, module_tensors
 from bd_core.data.imageset import ImageSet
-from bd_core.progress import make_progress
+from bd_core.train import optimize
 
 
 class CodeEncoder(nn.Module):
@@ -134,26 +134,29 @@ class SSBA(Attack):
     def train_codec(self, encoder: CodeEncoder, decoder: CodeDecoder, train: ImageSet, g: torch.Generator) -> float:
         """StegaStamp training; returns the final bit accuracy."""
         opt = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=self.lr)
+        state = {"step": 0, "ramp_start": None, "bit_acc": 0.0}
+
+        def random_images_and_codes():  # one step is one "epoch" of the loop: a fresh random batch
+            rows = torch.randint(0, len(train), (self.batch_size,), generator=g)
+            x = train.images[rows].float() / 255
+            return [(x, torch.randint(0, 2, (self.batch_size, self.code_bits), generator=g).float())]
+
+        def decodable_and_invisible(x: Tensor, code: Tensor) -> Tensor:
+            encoded = to_pixels((x + encoder(x, code)).clamp(0, 1))
+            logits = decoder(encoded)
+            state["bit_acc"] = ((logits > 0).float() == code).float().mean().item()
+            # the image loss is ramped in once the code is readable (StegaStamp's schedule)
+            ramp = state["ramp_start"]
+            weight = 0.0 if ramp is None else self.l2_weight * min(1.0, (state["step"] - ramp) / self.l2_ramp)
+            return F.binary_cross_entropy_with_logits(logits, code) + weight * F.mse_loss(encoded, x)
+
+        def count_and_start_ramp(_epoch: int) -> None:
+            if state["ramp_start"] is None and state["bit_acc"] > 0.9:
+                state["ramp_start"] = state["step"]
+            state["step"] += 1
+
         encoder.train()
-        decoder.train()
-        ramp_start, bit_acc = None, 0.0
-        with make_progress() as progress:
-            task = progress.add_task("SSBA: training the code encoder", total=self.steps, status="")
-            for step in range(self.steps):
-                rows = torch.randint(0, len(train), (self.batch_size,), generator=g)
-                x = train.images[rows].float() / 255
-                code = torch.randint(0, 2, (self.batch_size, self.code_bits), generator=g).float()
-                encoded = to_pixels((x + encoder(x, code)).clamp(0, 1))
-                logits = decoder(encoded)
-                bits = F.binary_cross_entropy_with_logits(logits, code)
-                l2 = F.mse_loss(encoded, x)
-                weight = 0.0 if ramp_start is None else self.l2_weight * min(1.0, (step - ramp_start) / self.l2_ramp)
-                loss = bits + weight * l2
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                bit_acc = ((logits > 0).float() == code).float().mean().item()
-                if ramp_start is None and bit_acc > 0.9:
-                    ramp_start = step
-                progress.update(task, advance=1, status=f"bit accuracy {bit_acc:.2f}, L2 weight {weight:.1f}")
+        optimize(decodable_and_invisible, random_images_and_codes, opt, epochs=self.steps, model=decoder,
+                 after_epoch=count_and_start_ramp, description="SSBA: training the code encoder")
+        bit_acc = state["bit_acc"]
         return bit_acc

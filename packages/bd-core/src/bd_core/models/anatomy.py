@@ -1,6 +1,7 @@
-"""What defenses need to know about a model, found once: conv/BN pairs in forward
-order, the last conv layer, the penultimate feature module, the classifier and the
-stage outputs NAD distils attention from."""
+"""What defenses need to know about a model, found once: conv/BN pairs in forward order,
+the points where activations act, the last conv layer, the pooling and classifier modules,
+NPD's insertion point and the stage outputs NAD distils attention from. The named parts come
+from the model's `facts` (bd_core.models.contract); conv/BN pairs are traced."""
 
 from __future__ import annotations
 
@@ -9,35 +10,53 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from bd_core.models.contract import BdModel
+
+# activation modules, where a model applies its nonlinearities as modules
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.GELU, nn.LeakyReLU)
+
 
 @dataclass
 class Anatomy:
     convs: list[tuple[str, nn.Conv2d]]  # every conv, in the order the forward pass runs them
     conv_bn: list[tuple[str, nn.Conv2d, str, nn.BatchNorm2d]]  # BN that directly normalizes the conv's output
     last_conv: tuple[str, nn.Conv2d]  # the conv whose channels feed global pooling (FP prunes here)
-    features: tuple[str, nn.Module]  # its output, flattened, is the penultimate feature vector
+    pool: tuple[str, nn.Module]  # global pooling: input the feature map, output (flattened) the feature vector
     classifier: tuple[str, nn.Module]  # maps features to logits
     stages: list[tuple[str, nn.Module]]  # attention stages (NAD), shallow to deep
+    polarizer_before: tuple[str, nn.Conv2d]  # where NPD inserts its polarizer
+    # where each ReLU (or other activation) acts: (name, module, relu_first). relu_first: the
+    # module is a BatchNorm2d whose output the model passes through a functional ReLU.
+    activations: list[tuple[str, nn.Module, bool]]
 
 
 def anatomy(model: nn.Module, in_channels: int | None = None, image_size: int = 32) -> Anatomy:
     """Resolve the model's anatomy; conv->BN pairs are found by tracing one forward pass."""
-    spec = getattr(model, "anatomy_spec", None)
-    if spec is None:
-        raise TypeError(f"{type(model).__name__} has no anatomy_spec; models must come from bd_core.models")
+    if not isinstance(model, BdModel):
+        raise TypeError(f"{type(model).__name__} is not a bd model (bd_core.models.contract.BdModel); "
+                        "create models with bd_core.models.create_model")
+    facts = model.facts
     modules = dict(model.named_modules())
     if in_channels is None:
         in_channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
     convs, conv_bn = _trace(model, in_channels, image_size)
-    last = spec["last_conv"]
     return Anatomy(
         convs=convs,
         conv_bn=conv_bn,
-        last_conv=(last, modules[last]),
-        features=(spec["features"], modules[spec["features"]]),
-        classifier=(spec["classifier"], modules[spec["classifier"]]),
-        stages=[(s, modules[s]) for s in spec["stages"]],
+        last_conv=(facts.last_conv, modules[facts.last_conv]),
+        pool=(facts.pool, modules[facts.pool]),
+        classifier=(facts.classifier, modules[facts.classifier]),
+        stages=[(s, modules[s]) for s in facts.stages],
+        polarizer_before=(facts.polarizer_before, modules[facts.polarizer_before]),
+        activations=activation_points(model),
     )
+
+
+def activation_points(model: BdModel) -> list[tuple[str, nn.Module, bool]]:
+    """Where the model's nonlinearities act, in registration order (no forward pass needed)."""
+    if model.facts.relu_after_bn:
+        return [(n, m, True) for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    return [(n, m, False) for n, m in model.named_modules() if isinstance(m, ACTIVATIONS)]
 
 
 def _trace(model: nn.Module, in_channels: int, image_size: int):

@@ -7,6 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from bd_core.models.contract import BdModel, ModelFacts
+
 
 class PreActBlock(nn.Module):
     def __init__(self, in_planes: int, planes: int, stride: int) -> None:
@@ -27,7 +29,7 @@ class PreActBlock(nn.Module):
         return out + shortcut
 
 
-class PreActResNet18(nn.Module):
+class PreActResNet18(BdModel):
     def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0) -> None:
         super().__init__()
         widths = [max(4, round(c * width)) for c in (64, 128, 256, 512)]
@@ -42,19 +44,15 @@ class PreActResNet18(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(widths[-1], num_classes)
 
-    anatomy_spec = {
-        # NPD inserts its polarizer before this layer (the survey fork's per-architecture choice)
-        "polarizer_before": "layer4.1.conv1",
-        # ReLUs are applied functionally, each right after a BN (MM-BD/UNIT bound there)
-        "relu_after_bn": True,
-        "features": "avgpool",
-        "classifier": "linear",
-        "last_conv": "layer4.1.conv2",
+    facts = ModelFacts(
+        pool="avgpool",
+        classifier="linear",
+        last_conv="layer4.1.conv2",
+        polarizer_before="layer4.1.conv1",
         # NAD distils the last three (BackdoorBench: layer3, layer4 and the pooled map)
-        "stages": ("layer1", "layer2", "layer3", "layer4", "avgpool"),
-    }
+        stages=("layer1", "layer2", "layer3", "layer4", "avgpool"),
+        relu_after_bn=True,  # each block applies F.relu right after its BNs
+    )
 
-    def forward(self, x: Tensor) -> Tensor:
-        out = self.conv1(x)
-        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        return self.linear(self.avgpool(out).flatten(1))
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.layer4(self.layer3(self.layer2(self.layer1(self.conv1(x)))))

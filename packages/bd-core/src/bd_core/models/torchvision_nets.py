@@ -9,6 +9,8 @@ from torch import Tensor
 from torchvision.models import efficientnet as tv_efficientnet
 from torchvision.models import mobilenetv3 as tv_mobilenet
 
+from bd_core.models.contract import BdModel, ModelFacts
+
 
 def _replace_stem(features: nn.Sequential, in_channels: int) -> None:
     stem: nn.Conv2d = features[0][0]
@@ -18,11 +20,11 @@ def _replace_stem(features: nn.Sequential, in_channels: int) -> None:
         )
 
 
-class _TorchvisionClassifier(nn.Module):
+class _TorchvisionClassifier(BdModel):
     """features -> global average pool -> classifier, as torchvision builds these networks."""
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.avgpool(self.features(x)).flatten(1))
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.features(x)
 
 
 class EfficientNetB3(_TorchvisionClassifier):
@@ -35,13 +37,8 @@ class EfficientNetB3(_TorchvisionClassifier):
         _replace_stem(net.features, in_channels)
         self.features, self.avgpool, self.classifier = net.features, net.avgpool, net.classifier
 
-    anatomy_spec = {
-        "features": "avgpool",
-        "classifier": "classifier",
-        "last_conv": "features.8.0",
-        "polarizer_before": "features.8.0",
-        "stages": ("features.4", "features.6", "features.8"),
-    }
+    facts = ModelFacts(pool="avgpool", classifier="classifier", last_conv="features.8.0",
+                       polarizer_before="features.8.0", stages=("features.4", "features.6", "features.8"))
 
 
 class MobileNetV3Large(_TorchvisionClassifier):
@@ -52,10 +49,5 @@ class MobileNetV3Large(_TorchvisionClassifier):
         _replace_stem(net.features, in_channels)
         self.features, self.avgpool, self.classifier = net.features, net.avgpool, net.classifier
 
-    anatomy_spec = {
-        "features": "avgpool",
-        "classifier": "classifier",
-        "last_conv": "features.16.0",
-        "polarizer_before": "features.16.0",
-        "stages": ("features.6", "features.12", "features.16"),
-    }
+    facts = ModelFacts(pool="avgpool", classifier="classifier", last_conv="features.16.0",
+                       polarizer_before="features.16.0", stages=("features.6", "features.12", "features.16"))

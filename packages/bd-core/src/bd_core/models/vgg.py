@@ -10,10 +10,12 @@ from __future__ import annotations
 import torch.nn as nn
 from torch import Tensor
 
+from bd_core.models.contract import BdModel, ModelFacts
+
 CONFIG_E = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
 
 
-class VGG19BN(nn.Module):
+class VGG19BN(BdModel):
     def __init__(self, num_classes: int, in_channels: int = 3, width: float = 1.0, hidden: int | None = None) -> None:
         super().__init__()
         layers: list[nn.Module] = []
@@ -38,15 +40,13 @@ class VGG19BN(nn.Module):
             nn.Linear(hidden, num_classes),
         )
 
-    anatomy_spec = {
-        # NPD inserts its polarizer before this layer (the survey fork's per-architecture choice)
-        "polarizer_before": "features.49",
-        "features": "avgpool",
-        "classifier": "classifier",
-        "last_conv": "features.49",
-        # NAD's attention stages: the outputs of the last three pooling blocks
-        "stages": ("features.26", "features.39", "features.52"),
-    }
+    facts = ModelFacts(
+        pool="avgpool",
+        classifier="classifier",
+        last_conv="features.49",
+        polarizer_before="features.49",
+        stages=("features.26", "features.39", "features.52"),  # outputs of the last three pooling blocks
+    )
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.avgpool(self.features(x)).flatten(1))
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.features(x)
