@@ -1,5 +1,5 @@
 """Evaluation throughput: ACC/ASR/RA of a quick-width PreAct-ResNet18 on 10 000 test images,
-bd's `evaluate` (no autograd, batches of 1 000 through the fused trigger kernel) against the
+bd's `evaluate` (no autograd, batches of 256 in channels_last, through the fused trigger kernel) against the
 per-sample evaluation loop of BackdoorBench-style code (PIL-free here: a tensor per image,
 normalized with torchvision's transform, a DataLoader of batch 128, autograd on)."""
 

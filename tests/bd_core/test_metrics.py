@@ -59,3 +59,22 @@ def test_arr_and_rdr_follow_equations_41_and_42():
     assert rdr(0.9, 0.45) == pytest.approx(0.5)
     assert arr(0.8, 0.88) == pytest.approx(-0.1)  # accuracy can rise: negative ARR
     assert rdr(0.8, 0.8) == 0.0
+
+
+def test_evaluation_leaves_a_model_that_still_trains():
+    """evaluate runs in inference mode and in channels_last: the model comes back with the same
+    weights, in the default layout, and trainable (weights made in inference mode could not be)."""
+    from bd_core.data import make_synthetic
+    from bd_core.models import create_model
+
+    torch.manual_seed(0)
+    test = make_synthetic("test", n_test=40, size=28, channels=1)
+    model = create_model("preact-resnet18", 10, 1, 28, 0.125)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    evaluate(model, test, BadNets().fit(test, 0), 0, batch_size=16)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]) and v.is_contiguous() and not v.is_inference(), k
+    model.train()
+    loss = model(torch.randn(4, 1, 28, 28)).logsumexp(1).sum()
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
