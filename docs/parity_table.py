@@ -90,9 +90,14 @@ def parity_verdict(results: list[dict]) -> str:
     variants = [next((v for v in r.get("bd_variants") or [] if "acc" in v and close(r["fork"], v)), None)
                 for r in results]
     if all(variants):
-        setting = ", ".join(f"{k}={v}" for k, v in (variants[0].get("settings") or {}).items())
-        return f"within ±5 with the fork's {setting}; see below"
+        return f"within ±5 with the fork's {variant_setting(variants[0], results[0])}; see below"
     return "differs: see below"
+
+
+def variant_setting(variant: dict, result: dict) -> str:
+    """The settings a variant run changed against the pair's own bd run."""
+    own = (result.get("bd") or {}).get("settings") or {}
+    return ", ".join(f"{k}={v}" for k, v in (variant.get("settings") or {}).items() if own.get(k) != v)
 
 
 def detail_rows(runs: dict[str, dict[int, dict]]) -> list[str]:
@@ -118,7 +123,7 @@ def extra_runs(result: dict) -> str:
         parts.append("other seeds: " + ", ".join(f"{pct(r.get('acc'))}/{pct(r.get('asr'))}" for r in seeds))
     for variant in result.get("bd_variants") or []:
         if "acc" in variant:
-            setting = ", ".join(f"{k}={v}" for k, v in (variant.get("settings") or {}).items())
+            setting = variant_setting(variant, result)
             parts.append(f"with {setting}: {pct(variant['acc'])}/{pct(variant['asr'])}/{pct(variant['ra'])}")
     choice = result.get("bd_at_fork_choice")
     if choice and "acc" in choice:
