@@ -48,7 +48,8 @@ def training_throughput(device: str, batch: int, steps: int) -> dict:
     augment, g = Augment(4, True), torch.Generator().manual_seed(0)
     model = create_model("preact-resnet18", 10, 3, 32, 1.0).to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    amp = torch.autocast(device_type=device, dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
+    amp = (torch.autocast(device_type=device, dtype=torch.bfloat16) if device == "cuda"
+           else torch.autocast("cpu", enabled=False))
 
     def batch_at(i: int):
         rows = torch.arange(i * batch, (i + 1) * batch, device=device) % len(images)

@@ -3,8 +3,8 @@
 Groups: apply_trigger (reference = baseline), channel_stats (torch's separate
 mean/var/amin/amax = baseline), masked_conv2d forward+backward on PreAct-ResNet18's conv
 layers, against eager conv * mask + bias and against the plain convolution the masking
-defenses start from (both baselines; the plain one sets the 10 % overhead budget). Memory-bound ops report GB/s next to the
-machine's copy bandwidth, measured here too. On a GPU the same file runs on cuda.
+defenses start from (both baselines; the plain one sets the 10 % overhead budget). Memory-bound
+ops report GB/s next to the machine's copy bandwidth, measured here too. On a GPU the same file runs on cuda.
 """
 
 from __future__ import annotations
