@@ -10,6 +10,8 @@ Compatibility (the fork itself is left untouched):
 * i-BAU allocates one tensor on a hard-coded 'cuda' device and NFT calls `.cuda()`; without a
   GPU, `torch.zeros_like` is given the CPU instead and `.cuda()` leaves tensors and modules where
   they are.
+* NC's mitigation reads an attribute (`attack_file`) its script never sets; the record's folder
+  is supplied as that attribute's default.
 Measurements (wrappers around the fork's functions; their behaviour is unchanged):
 * the mitigation indices the fork draws (`spc_choose_poisoned_sample`), written to
   $BD_PARITY_OUT/indices.json, so bd can be run on the same images;
@@ -95,6 +97,13 @@ def _evaluate_final_on_full_test_sets(evaluate) -> None:
                                                 "test_images": len(full_clean), "bd_test_images": len(full_bd)}))
 
 
+class RecordFolder:
+    """A non-data descriptor: a script that sets `self.attack_file` itself keeps its own value."""
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else obj.args.result_base + os.path.sep + obj.args.result_file
+
+
 def install(fork: Path) -> None:
     import numpy as np
     import torch
@@ -118,6 +127,13 @@ def install(fork: Path) -> None:
         torch.nn.Module.cuda = lambda self, *args, **kwargs: self
 
     sys.path.insert(0, str(fork))
+    import defense.base as defense_base
+
+    # NC's mitigation reads `self.attack_file`, which its `set_result` keeps only in a local
+    # variable: once a label is flagged the script stops with an AttributeError. The record's
+    # folder, as `set_result` computes it, is given as a default on the defenses' base class.
+    if not hasattr(defense_base.defense, "attack_file"):
+        defense_base.defense.attack_file = RecordFolder()
     import utils.bd_dataset_v2 as bd_dataset_v2
     import utils.trainer_cls as trainer_cls
 
