@@ -47,8 +47,10 @@ def twice_differentiable(model: nn.Module) -> nn.Module:
     return model
 
 
-def hypergradient(delta: Tensor, params: list[Tensor], K: int, inner_map, outer_loss) -> list[Tensor]:
-    """d outer / d params through delta* = inner_map(delta*, params) (fixed-point method)."""
+def hypergradient(delta: Tensor, params: list[Tensor], K: int, inner_map, outer_loss
+                  ) -> tuple[list[Tensor], Tensor]:
+    """(d outer / d params through delta* = inner_map(delta*, params) (fixed-point method), the
+    outer loss at delta, detached)."""
     delta = delta.detach().requires_grad_(True)
     o_loss = outer_loss(delta)
     g_delta, *g_params = torch.autograd.grad(o_loss, [delta, *params], allow_unused=True)
@@ -58,7 +60,8 @@ def hypergradient(delta: Tensor, params: list[Tensor], K: int, inner_map, outer_
         (jv,) = torch.autograd.grad(mapped, delta, grad_outputs=v, retain_graph=True)
         v = jv + g_delta
     indirect = torch.autograd.grad(mapped, params, grad_outputs=v, allow_unused=True)
-    return [(gi if gi is not None else 0) + (gd if gd is not None else 0) for gi, gd in zip(indirect, g_params, strict=True)]
+    grads = [(gi if gi is not None else 0) + (gd if gd is not None else 0) for gi, gd in zip(indirect, g_params, strict=True)]
+    return grads, o_loss.detach()
 
 
 @register("i-bau", family="adversarial", paper="Zeng et al., Adversarial Unlearning of Backdoors via Implicit Hypergradient (ICLR 2022)", aliases=("ibau",))
@@ -107,11 +110,10 @@ class IBAU(Defense):
             def outer_loss(d: Tensor) -> Tensor:
                 return F.cross_entropy(model(torch.where(hit.view(-1, 1, 1, 1), xn + d, xn)), y)
 
-            grads = hypergradient(delta, params, self.K, inner_map, outer_loss)
+            grads, loss = hypergradient(delta, params, self.K, inner_map, outer_loss)
             for p, gr in zip(params, grads, strict=True):
                 p.grad = gr if isinstance(gr, Tensor) else torch.zeros_like(p)
-            with torch.no_grad():
-                return outer_loss(delta)
+            return loss  # computed by the hypergradient already: no second forward
 
         optimize(implicit_hypergradient_step, batches_against_new_perturbation, opt, epochs=self.rounds,
                  description="i-BAU unlearning")
