@@ -35,6 +35,22 @@ def test_run_clp_on_vgg19(tmp_path):
     assert record["defense"] == "clp" and record["arch"] == "vgg19-bn" and record["details"]["defense"]["data_free"]
 
 
+def test_run_tuned_and_refusal_on_vit(tmp_path):
+    store = str(tmp_path / "r.sqlite")
+    tuned = bd("run", "--defense", "clp", "--tune", "--dataset", "synthetic", "--device", "cpu", "--store", store,
+               "--format", "json")
+    assert tuned.exit_code == 0, tuned.output
+    record = json_of(tuned)
+    assert record["defense"] == "clp/tuned" and record["details"]["defense"]["tuning"]["chosen"] in (
+        {"u": 4.0}, {"u": 3.0}, {"u": 2.0})
+    # refused before any model is trained: one line naming the layer type the ViT lacks
+    refused = bd("run", "--defense", "bnp", "--arch", "vit", "--dataset", "synthetic", "--store", store)
+    assert refused.exit_code == 2 and "bnp needs BatchNorm layers" in refused.output
+    dry = bd("grid", "--dataset", "synthetic", "--defense", "clp,pbe,bnp+ft", "--tune", "--store", store,
+             "--dry-run", "--format", "json")
+    assert dry.exit_code == 0 and json_of(dry)["units"] == 5  # clp, clp/tuned, pbe, bnp+ft, bnp/tuned+ft/tuned
+
+
 def test_attack_then_defend_the_saved_model_then_report(tmp_path):
     store = str(tmp_path / "r.sqlite")
     trained = bd("attack", "--dataset", "synthetic", "--attack", "blended", "--device", "cpu", "--format", "json")

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 from bd_core.errors import BdError
-from bd_core.models import MODELS, anatomy, canonical_model, create_model
+from bd_core.models import MODELS, anatomy, as_feature_map, canonical_model, create_model
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -23,21 +23,30 @@ def test_forward_and_anatomy(name, channels, size):
     torch.testing.assert_close(model.forward_head(feature_map), model(x))
     # ... and that map is what global pooling receives, made by the last conv's channels
     seen = {}
-    hooks = [a.pool[1].register_forward_pre_hook(lambda m, i: seen.setdefault("pool_in", i[0])),
-             a.last_conv[1].register_forward_hook(lambda m, i, o: seen.setdefault("last_conv", o))]
+    hooks = [a.pool[1].register_forward_pre_hook(lambda m, i: seen.setdefault("pool_in", i[0]))]
+    if a.last_conv is not None:
+        hooks.append(a.last_conv[1].register_forward_hook(lambda m, i, o: seen.setdefault("last_conv", o)))
     hooks += [s.register_forward_hook(lambda m, i, o, n=n: seen.setdefault(n, o)) for n, s in a.stages]
     model(x)
     for h in hooks:
         h.remove()
     torch.testing.assert_close(seen["pool_in"], feature_map)
+    assert all(n in seen for n, _ in a.stages), "every stage runs in the forward pass"
+    assert a.activations and all(isinstance(m, nn.BatchNorm2d) == relu_first for _, m, relu_first in a.activations)
+    assert len(a.stages) >= 3
+    if "conv" not in model.facts.layer_types:  # the ViT: tokens on the 4x4 patch grid, no conv trunk, no BN
+        assert a.last_conv is None and a.polarizer_before is None and not a.conv_bn
+        assert feature_map.shape[2:] == (size // 4, size // 4)
+        tokens = seen[a.stages[-1][0]]
+        assert tokens.shape == (2, (size // 4) ** 2, feature_map.shape[1])
+        torch.testing.assert_close(as_feature_map(tokens).flatten(2), tokens.transpose(1, 2))
+        return
     assert isinstance(a.last_conv[1], nn.Conv2d)
     assert a.last_conv[1].out_channels == feature_map.shape[1]
-    assert all(n in seen for n, _ in a.stages), "every stage runs in the forward pass"
     assert isinstance(a.polarizer_before[1], nn.Conv2d)
-    assert a.activations and all(isinstance(m, nn.BatchNorm2d) == relu_first for _, m, relu_first in a.activations)
     for _, conv, _, bn in a.conv_bn:
         assert conv.out_channels == bn.num_features
-    assert len(a.conv_bn) >= 5 and len(a.stages) >= 3
+    assert len(a.conv_bn) >= 5
 
 
 def test_preact_conv_bn_pairs_are_direct_only():
@@ -48,7 +57,7 @@ def test_preact_conv_bn_pairs_are_direct_only():
     assert not any(c.endswith("conv2") for c, _ in pairs)
 
 
-@pytest.mark.parametrize("typed, canonical", [("vgg19", "vgg19-bn"), ("VGG19-BN", "vgg19-bn"), ("preact_resnet18", "preact-resnet18"), ("MobileNetV3-Large", "mobilenetv3-large")])
+@pytest.mark.parametrize("typed, canonical", [("vgg19", "vgg19-bn"), ("VGG19-BN", "vgg19-bn"), ("preact_resnet18", "preact-resnet18"), ("MobileNetV3-Large", "mobilenetv3-large"), ("ViT-Tiny", "vit")])
 def test_names_users_type(typed, canonical):
     assert canonical_model(typed) == canonical
 
@@ -60,3 +69,5 @@ def test_bad_requests():
         create_model("vgg19", 10, 3, 96)
     with pytest.raises(BdError, match="1 or 3"):
         create_model("vgg19", 10, 4, 32)
+    with pytest.raises(BdError, match="multiple of 4"):
+        create_model("vit", 10, 3, 30)

@@ -68,6 +68,9 @@ ResultsFile = Annotated[Path | None, typer.Option(help="SQLite results file [def
 DataDir = Annotated[Path | None, typer.Option(help="dataset root (default: $BD_DATA, then Debian's /usr/share/datasets)")]
 Download = Annotated[bool, typer.Option(help="download the dataset with torchvision if it is missing")]
 Force = Annotated[bool, typer.Option(help="run again even if this experiment is already stored")]
+Tune = Annotated[bool, typer.Option(
+    "--tune", help="choose each defense's decisive setting from its candidates using only the clean mitigation "
+    "images (held-out accuracy, agreement, entropy); stored as e.g. clp/tuned")]
 OutputFormat = Annotated[Format, typer.Option(help="table for people, json for programs")]
 
 
@@ -127,12 +130,14 @@ def default_store() -> Path:
     "  bd run --defense ft --arch preact-resnet18 --dataset fashion-mnist --preset quick\n\n"
     "  bd run --defense clp --arch vgg19 --attack badnets --poison-ratio 0.05 --spc 2 --partition 3\n\n"
     "  bd run --defense ft --set epochs=20 --set lr=0.005 --format json\n\n"
-    "  bd run --defense bnp+ft --set bnp.u=2.5 --set ft.epochs=5   (BNP, then FT on its output)",
+    "  bd run --defense bnp+ft --set bnp.u=2.5 --set ft.epochs=5   (BNP, then FT on its output)\n\n"
+    "  bd run --defense clp --tune   (CLP's u chosen from its candidates on the clean images alone)\n\n"
+    "  bd run --defense ft --arch vit   (the ViT; defenses that need BatchNorm or convolutions refuse it)",
 )
 def run(
     defense: DefenseName = "ft",
     dataset: Annotated[str, typer.Option(help="cifar10, gtsrb, tiny-imagenet, fashion-mnist or synthetic")] = "fashion-mnist",
-    arch: Annotated[str, typer.Option(help="preact-resnet18, vgg19-bn (vgg19), efficientnet-b3, mobilenetv3-large")] = "preact-resnet18",
+    arch: Annotated[str, typer.Option(help="preact-resnet18, vgg19-bn (vgg19), efficientnet-b3, mobilenetv3-large, vit")] = "preact-resnet18",
     attack: Annotated[str, typer.Option(help="attack that backdoors the model (see `bd list attacks`)")] = "badnets",
     poison_ratio: Annotated[float, typer.Option(help="fraction of training images poisoned (survey: 0.01, 0.05, 0.1)")] = 0.1,
     target: Annotated[int, typer.Option(help="attack target class (all-to-one)")] = 0,
@@ -143,6 +148,7 @@ def run(
     set_: DefenseSettings = None,
     attack_set: AttackSettings = None,
     mitigation_indices: MitigationIndices = None,
+    tune: Tune = False,
     device: Device = "auto",
     store: ResultsFile = None,
     data_dir: DataDir = None,
@@ -158,13 +164,16 @@ def run(
     from bd_core.paths import cache_root
     from bd_core.store import ModelCache, ResultStore
 
+    from bd_defenses import with_tuning
+
     from bd_cli.experiment import ExperimentSpec, UnitFailed, run_experiment
 
     try:
         attack_spec = AttackSpec(dataset, arch, attack, poison_ratio, target, seed, preset.value,
                                  parse_assignments(attack_set))
         indices = read_indices(mitigation_indices) if mitigation_indices else None
-        spec = ExperimentSpec(attack_spec, defense, spc, partition, parse_assignments(set_), indices)
+        spec = ExperimentSpec(attack_spec, with_tuning(defense) if tune else defense, spc, partition,
+                              parse_assignments(set_), indices)
         dev = resolve_device(device)
         data = load_data(attack_spec.dataset, data_dir, download)
         with ResultStore(store or default_store()) as results:
@@ -302,6 +311,7 @@ def defend(
     partition: Annotated[int, typer.Option(help="which random mitigation set")] = 0,
     set_: DefenseSettings = None,
     mitigation_indices: MitigationIndices = None,
+    tune: Tune = False,
     device: Device = "auto",
     store: ResultsFile = None,
     data_dir: DataDir = None,
@@ -316,6 +326,8 @@ def defend(
     from bd_core.paths import cache_root
     from bd_core.store import ModelCache, ResultStore
     from bd_core.store.models import load_model
+
+    from bd_defenses import with_tuning
 
     from bd_cli.experiment import ExperimentSpec, UnitFailed, run_experiment
 
@@ -342,7 +354,8 @@ def defend(
                      "with the same options, or pass --model FILE")
             attacked = load_model(path)
         indices = read_indices(mitigation_indices) if mitigation_indices else None
-        spec = ExperimentSpec(attack_spec, defense, spc, partition, parse_assignments(set_), indices)
+        spec = ExperimentSpec(attack_spec, with_tuning(defense) if tune else defense, spc, partition,
+                              parse_assignments(set_), indices)
         dev = resolve_device(device)
         data = load_data(attack_spec.dataset, data_dir)
         with ResultStore(store or default_store()) as results:
@@ -507,6 +520,7 @@ def grid(
     seed: Annotated[str | None, typer.Option(help="comma-separated seeds")] = None,
     preset: Annotated[Preset | None, typer.Option(help="training preset of the attacked models")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="defense.key=value override (repeatable)")] = None,
+    tune: Annotated[bool, typer.Option("--tune", help="also run each tunable defense tuned (name/tuned) beside its defaults")] = False,
     backend: Annotated[Backend, typer.Option(help="local: process pool on this machine; ray: Ray tasks")] = Backend.local,
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start a local Ray instance)")] = None,
     workers: Annotated[int, typer.Option(help="local pool size [default: CPU cores, or GPUs with --device cuda]")] = 0,
@@ -539,7 +553,7 @@ def grid(
             spec = GridSpec.from_toml(config, **flags)
         else:
             spec = GridSpec.build(**{k: v for k, v in flags.items() if v is not None})
-        units = spec.with_overrides(set_ or []).units()
+        units = spec.with_overrides(set_ or []).units(tune=tune)
         dev = resolve_device(device)
         path = store or default_store()
         if dry_run:  # reads the store if there is one, creates and changes nothing

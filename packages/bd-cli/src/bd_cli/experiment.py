@@ -21,6 +21,7 @@ from bd_core.data.imageset import ImageSet, as_unlabeled
 from bd_core.data.mitigation import check_mitigation_request, indices_digest, mitigation_from_indices
 from bd_core.errors import BdError, InvalidRequest
 from bd_core.metrics import Metrics, arr, evaluate, rdr
+from bd_core.models import MODELS
 from bd_core.progress import log
 from bd_core.store import ModelCache, ResultStore, config_key
 from bd_core.store.models import AttackedModel
@@ -50,7 +51,10 @@ class ExperimentSpec:
         else:
             object.__setattr__(self, "spc", None)
             check_mitigation_request(1, self.partition)
-        self.build_defense()  # validate overrides early, before any training
+        defense = self.build_defense()  # validate overrides early, before any training
+        refusal = defense.refusal(MODELS[self.attack.arch].facts, self.attack.arch)
+        if refusal:
+            raise BdError(refusal)
 
     def build_defense(self):
         return create_defense(self.defense, self.defense_settings)
@@ -161,6 +165,7 @@ def execute(
             row["spc"] = round(float(per_class.mean()))
         log(f"applying {defense.name} with {len(clean)} clean images (spc {row['spc']}, partition {spec.partition})")
         started = time.perf_counter()
+        defense.check_model(model, spec.attack.arch)
         repaired = defense(model, MitigationData(clean, unlabeled_data(defense, data, spec)), ctx)
         seconds = time.perf_counter() - started
         post = evaluate(repaired, data.test, attacked.trigger, spec.attack.target, device=device)

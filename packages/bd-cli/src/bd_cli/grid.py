@@ -97,16 +97,23 @@ class GridSpec:
                     names.append(n)
         return names
 
-    def units(self) -> list[ExperimentSpec]:
-        """Every experiment of the grid, in a stable order; validated before anything runs."""
+    def units(self, tune: bool = False) -> list[ExperimentSpec]:
+        """Every experiment of the grid, in a stable order; validated before anything runs. With
+        `tune`, each defense with a tunable part also runs tuned (e.g. clp and clp/tuned)."""
+        from bd_defenses import tunable_names, with_tuning
+
         self.register_presets()
+        tunable = set(tunable_names())
+        names = [variant for n in self.defense_names()
+                 for variant in ([n, with_tuning(n)] if tune and set(n.split("+")) & tunable else [n])]
         units = []
         for ds, arch, attack, ratio, seed in itertools.product(self.datasets, self.archs, self.attacks,
                                                                 self.poison_ratios, self.seeds):
             spec = AttackSpec(ds, arch, attack, float(ratio), seed=int(seed), preset=self.preset)
-            for defense, spc, part in itertools.product(self.defense_names(), self.spc, self.partitions):
+            for defense, spc, part in itertools.product(names, self.spc, self.partitions):
+                settings = self.settings.get(defense, self.settings.get(defense.replace("/tuned", ""), {}))
                 units.append(ExperimentSpec(spec, defense, int(spc), int(part),
-                                            {k: str(v) for k, v in self.settings.get(defense, {}).items()}))
+                                            {k: str(v) for k, v in settings.items()}))
         return units
 
 

@@ -25,7 +25,7 @@ from bd_core.data.batches import clean_batches
 from bd_core.data.mitigation import stratified_index
 from bd_core.errors import InvalidRequest
 from bd_core.metrics import evaluate
-from bd_core.models import canonical_model, create_model
+from bd_core.models import TRAINING_CHANGES, canonical_model, create_model
 from bd_core.paths import cache_root
 from bd_core.progress import log
 from bd_core.safefile import load_tensors, save_tensors
@@ -91,8 +91,9 @@ class AttackSpec:
 
     @property
     def recipe(self) -> Recipe:
-        """The preset's recipe, with the attack's own changes for it (e.g. WaNet trains longer under quick)."""
-        return attack_recipe(self.attack, self.preset)
+        """The preset's recipe, with the architecture's changes (the ViT trains with AdamW) and the
+        attack's own for the preset (e.g. WaNet trains longer under quick)."""
+        return attack_recipe(self.attack, self.preset, self.arch)
 
     def config(self) -> dict[str, Any]:
         """Everything that determines the trained model (the cache key hashes this)."""
@@ -112,7 +113,7 @@ class AttackSpec:
             "target": self.target,
             "seed": self.seed,
             "preset": self.preset,
-            "recipe": dataclasses.asdict(self.recipe),
+            "recipe": self.recipe.config(),
         }
 
     @property
@@ -141,9 +142,10 @@ def weak_attack_warning(asr: float, what: str = "the attacked model") -> str | N
             "defense result on it says little; train longer or poison more")
 
 
-def attack_recipe(attack: str, preset_name: str) -> Recipe:
+def attack_recipe(attack: str, preset_name: str, arch: str | None = None) -> Recipe:
     changes = ATTACKS[canonical_attack(attack)].preset_recipes.get(preset_name, {})
-    return dataclasses.replace(preset(preset_name), **changes)
+    for_arch = TRAINING_CHANGES.get(canonical_model(arch), {}) if arch else {}
+    return dataclasses.replace(preset(preset_name), **for_arch, **changes)
 
 
 @dataclass
@@ -224,7 +226,7 @@ def train_clean_model(
 ) -> tuple[torch.nn.Module, dict]:
     """The same recipe without any poisoning: the reference for an attack's clean-accuracy cost
     (`recipe` overrides the preset's, e.g. `AttackSpec.recipe` of an attack that trains longer)."""
-    recipe = recipe or preset(preset_name)
+    recipe = recipe or dataclasses.replace(preset(preset_name), **TRAINING_CHANGES.get(canonical_model(arch), {}))
     train = training_subset(data.train, recipe, seed)
     make_batch = clean_batches(train, Augment.for_dataset(train.info), device)
     return _train(canonical_model(arch), train, TrainingPlan(make_batch), recipe, seed, device,
@@ -238,7 +240,7 @@ def _train(arch: str, train: ImageSet, plan: TrainingPlan, recipe: Recipe, seed:
     losses = fit(
         model, plan.make_batch, len(train), epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
         momentum=recipe.momentum, weight_decay=recipe.weight_decay, seed=seed, device=device, description=description,
-        step=plan.step, after_step=plan.after_step,
+        step=plan.step, after_step=plan.after_step, optimizer=recipe.optimizer,
     )
     report = {
         "train_seconds": round(time.perf_counter() - started, 2),

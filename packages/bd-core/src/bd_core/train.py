@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -42,10 +43,24 @@ class Recipe:
     weight_decay: float = 5e-4
     width: float = 1.0  # channel multiplier of the architecture
     train_limit: int | None = None  # train on this many (stratified, seeded) training images
+    optimizer: str = "sgd"  # "sgd" (with momentum) or "adamw" (transformers: bd_core.models.TRAINING_CHANGES)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise InvalidRequest(f"recipe needs epochs >= 1, batch_size >= 1, lr > 0: {self}")
+        if self.optimizer not in OPTIMIZERS:
+            raise InvalidRequest(f"recipe optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+
+    def config(self) -> dict:
+        """The recipe as stored in a model's config (and hashed into its key). The default
+        optimizer is left out, so the keys of models trained before the field existed hold."""
+        values = dataclasses.asdict(self)
+        if values["optimizer"] == "sgd":
+            del values["optimizer"]
+        return values
+
+
+OPTIMIZERS = ("sgd", "adamw")
 
 
 PRESETS: dict[str, Recipe] = {
@@ -163,16 +178,19 @@ def fit(
     description: str = "training",
     after_step: Callable[[], None] | None = None,
     schedule: str = "cosine",
+    optimizer: str = "sgd",
 ) -> list[float]:
-    """SGD over `epochs` passes of `n` rows, its learning rate cosine-annealed over the run (or
-    held constant: schedule="constant"); returns the mean loss per epoch."""
+    """SGD with momentum (or AdamW: optimizer="adamw") over `epochs` passes of `n` rows, its
+    learning rate cosine-annealed over the run (or held constant: schedule="constant");
+    returns the mean loss per epoch."""
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"schedule must be 'cosine' or 'constant', not {schedule!r}")
     if n < 1:
         raise InvalidRequest("cannot train on an empty set")
     model.to(device).train()
     params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    opt = (torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay) if optimizer == "adamw"
+           else torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay))
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs) if schedule == "cosine"
              else torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0))
     batches = shuffled_batches(make_batch, n, batch_size, torch.Generator().manual_seed(seed))

@@ -34,6 +34,8 @@ from bd_defenses.registry import (
     describe,
     family_of,
     register,
+    tunable_names,
+    with_tuning,
 )
 
 
@@ -49,5 +51,5 @@ def _load_plugins() -> None:
 
 _load_plugins()
 
-__all__ = ["DEFENSES", "benchmarked_defenses", "Context", "Defense", "MitigationData", "canonical_defense", "create_defense", "describe", "family_of", "register"]
+__all__ = ["DEFENSES", "benchmarked_defenses", "Context", "Defense", "MitigationData", "canonical_defense", "create_defense", "describe", "family_of", "register", "tunable_names", "with_tuning"]
 __version__ = "0.1.0"

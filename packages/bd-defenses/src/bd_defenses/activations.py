@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 from bd_core.data import Augment, ImageSet
 from bd_core.data.batches import augmented_batch
+from bd_core.models import as_feature_map
 from bd_kernels import ChannelStats, apply_trigger
 
 
@@ -28,7 +29,7 @@ def layers_statistics(
 
     def hook_for(s: ChannelStats):
         def hook(module, args, output):
-            s.update(args[0] if inputs else output)
+            s.update(as_feature_map(args[0] if inputs else output))
 
         return hook
 

@@ -11,6 +11,7 @@ lr 1e-2 decayed by 0.9 per epoch, delta step 10, trigger_norm 1000.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -26,6 +27,7 @@ from bd_defenses.registry import register
 @register("awm", family="masking", paper="Chai & Chen, One-shot Neural Backdoor Erasing via Adversarial Weight Masking (NeurIPS 2022)", aliases=("awn",))
 @dataclass(frozen=True)
 class AWM(Defense):
+    requires: ClassVar[dict[str, str]] = {"conv": "it learns a mask over every convolution's weights"}
     lambda1: float = 0.9  # clean loss
     lambda2: float = 0.1  # loss under the universal perturbation
     lambda3: float = 1e-7  # L1 sparsity of the mask

@@ -12,8 +12,12 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 from bd_core.data import Augment, ImageSet
+from bd_core.errors import BdError
+from bd_core.models import ModelFacts
 
 MIN_HELD_OUT = 100
+LAYER_NAMES = {"conv": "convolutions", "batchnorm": "BatchNorm layers", "attention": "self-attention",
+               "layernorm": "LayerNorm layers"}
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,27 @@ class Defense:
     paper: ClassVar[str]
     needs: ClassVar[str] = ""  # anything beyond the survey's defender (e.g. BCU's OOD data)
     benchmarked: ClassVar[bool] = True  # False for the methods the survey reviewed but did not run
+    # layer types the method's criterion is defined on (ModelFacts.layer_types), each with why:
+    # a model without them is refused before anything runs
+    requires: ClassVar[dict[str, str]] = {}
+    # `--tune`'s candidate settings for the decisive hyperparameter, mildest first, the paper's
+    # default among them (bd_defenses.tuning); empty: not tunable
+    tune: ClassVar[tuple[dict[str, Any], ...]] = ()
+
+    def refusal(self, facts: ModelFacts, arch: str) -> str | None:
+        """One line saying which layer type this defense needs and `arch` lacks, or None."""
+        for layer, why in self.requires.items():
+            if layer not in facts.layer_types:
+                return (f"{self.name} needs {LAYER_NAMES[layer]} ({why}); {arch} has none "
+                        f"(it is built from {', '.join(LAYER_NAMES[t] for t in sorted(facts.layer_types))})")
+        return None
+
+    def check_model(self, model: nn.Module, arch: str | None = None) -> None:
+        """Raise BdError with `refusal`'s line if the model lacks a layer type this defense needs."""
+        facts = getattr(model, "facts", None)
+        line = self.refusal(facts, arch or type(model).__name__) if facts is not None else None
+        if line:
+            raise BdError(line)
 
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:  # pragma: no cover
         raise NotImplementedError

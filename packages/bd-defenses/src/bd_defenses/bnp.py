@@ -20,6 +20,7 @@ and both variances get the BN's eps (see below).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -40,6 +41,8 @@ def bnp_divergence(mu_r: Tensor, var_r: Tensor, mu_c: Tensor, var_c: Tensor) -> 
 @register("bnp", family="pruning", paper="Zheng et al., Pre-activation Distributions Expose Backdoor Neurons (NeurIPS 2022)")
 @dataclass(frozen=True)
 class BNP(Defense):
+    requires: ClassVar[dict[str, str]] = {"batchnorm": "it compares each BatchNorm's running statistics with the clean data's"}
+    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"u": 4.0}, {"u": 3.0}, {"u": 2.0})  # --tune, mildest first: lower u prunes more
     u: float = 3.0  # lambda in tau_l = mean(K_l) + lambda * std(K_l)
 
     def __post_init__(self) -> None:

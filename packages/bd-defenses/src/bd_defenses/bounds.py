@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from bd_core.data.pixels import Pixels
-from bd_core.models import activation_points
+from bd_core.models import activation_points, as_feature_map
 from bd_core.train import optimize
 from torch import Tensor
 
@@ -25,17 +25,18 @@ from bd_defenses.surgery import set_module
 
 
 class ChannelBound(nn.Module):
-    def __init__(self, inner: nn.Module, channels: int, relu_first: bool) -> None:
+    def __init__(self, inner: nn.Module, channels: int, relu_first: bool, tokens: bool = False) -> None:
         super().__init__()
         self.inner = inner
         self.relu_first = relu_first
+        self.tokens = tokens  # [N, L, D] transformer tokens: channels on the last dim
         self.bound = nn.Parameter(torch.full((channels,), float("inf")))
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.inner(x)
         if self.relu_first:
             y = F.relu(y)
-        return torch.minimum(y, self.bound.view(1, -1, *([1] * (y.dim() - 2))))
+        return torch.minimum(y, self.bound if self.tokens else self.bound.view(1, -1, *([1] * (y.dim() - 2))))
 
 
 def install_bounds(model: nn.Module, example: Tensor) -> list[ChannelBound]:
@@ -43,11 +44,11 @@ def install_bounds(model: nn.Module, example: Tensor) -> list[ChannelBound]:
     points = activation_points(model)
     if not points:
         raise ValueError(f"{type(model).__name__} has no activation layers to bound")
-    channels: dict[str, int] = {}
+    channels: dict[str, tuple[int, bool]] = {}
 
     def recorder(name: str):
         def hook(module, args, output) -> None:
-            channels[name] = output.shape[1]
+            channels[name] = as_feature_map(output).shape[1], output.dim() == 3
 
         return hook
 
@@ -60,7 +61,8 @@ def install_bounds(model: nn.Module, example: Tensor) -> list[ChannelBound]:
             h.remove()
     bounds = []
     for name, module, relu_first in points:
-        bound = ChannelBound(module, channels[name], relu_first).to(example.device)
+        count, tokens = channels[name]
+        bound = ChannelBound(module, count, relu_first, tokens=tokens).to(example.device)
         set_module(model, name, bound)
         bounds.append(bound)
     for p in model.parameters():

@@ -14,6 +14,7 @@ block's last conv (its 1x1 shortcut where it has one).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -49,6 +50,8 @@ def bn_after_conv(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d, nn.Conv2d
 @register("clp", family="pruning", paper="Zheng et al., Data-free Backdoor Removal based on Channel Lipschitzness (ECCV 2022)")
 @dataclass(frozen=True)
 class CLP(Defense):
+    requires: ClassVar[dict[str, str]] = {"batchnorm": "it bounds each conv channel's Lipschitz constant through the BatchNorm after it"}
+    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"u": 4.0}, {"u": 3.0}, {"u": 2.0})  # --tune, mildest first: lower u prunes more
     u: float = 3.0
 
     def __post_init__(self) -> None:

@@ -40,6 +40,9 @@ class Combined(Defense):
     def needs(self) -> str:  # type: ignore[override]
         return "; ".join(f"{p.name}: {p.needs}" for p in self.parts if p.needs)
 
+    def refusal(self, facts, arch: str) -> str | None:
+        return next((line for line in (p.refusal(facts, arch) for p in self.parts) if line), None)
+
     def unlabeled_request(self) -> tuple[str, int] | None:
         """The parts' requests; every part that asks for unlabeled data must ask for the same."""
         requests = {r for r in (p.unlabeled_request() for p in self.parts) if r is not None}

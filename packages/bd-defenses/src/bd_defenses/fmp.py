@@ -12,6 +12,7 @@ Channels are processed in groups: one forward/backward per group, stopped at the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -54,6 +55,7 @@ def conv_output(model: nn.Module, conv: nn.Module, x: Tensor) -> Tensor:
 @register("fmp", family="pruning", paper="Huang & Bu, Feature Map Testing for Backdoor Defense / FMP (2023)")
 @dataclass(frozen=True)
 class FMP(Defense):
+    requires: ClassVar[dict[str, str]] = {"conv": "it ranks every convolution's feature maps by their FGSM sensitivity"}
     eps: float = 1 / 255
     adv_images: int = 32
     prune_fraction: float = 1 / 64  # per layer, of the most perturbation-sensitive channels

@@ -11,10 +11,12 @@ delta ascent step 10, and 1 % of each batch perturbed in the outer loss.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from bd_core.data.pixels import Pixels, epoch_batches
 from bd_core.train import optimize
 from torch import Tensor
@@ -67,6 +69,7 @@ def hypergradient(delta: Tensor, params: list[Tensor], K: int, inner_map, outer_
 @register("i-bau", family="adversarial", paper="Zeng et al., Adversarial Unlearning of Backdoors via Implicit Hypergradient (ICLR 2022)", aliases=("ibau",))
 @dataclass(frozen=True)
 class IBAU(Defense):
+    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"penalty": 0.01}, {"penalty": 0.001}, {"penalty": 0.0001})  # --tune, mildest first: a smaller penalty lets the perturbation grow
     rounds: int = 5
     K: int = 5
     lr: float = 1e-4
@@ -115,8 +118,11 @@ class IBAU(Defense):
                 p.grad = gr if isinstance(gr, Tensor) else torch.zeros_like(p)
             return loss  # computed by the hypergradient already: no second forward
 
-        optimize(implicit_hypergradient_step, batches_against_new_perturbation, opt, epochs=self.rounds,
-                 description="i-BAU unlearning")
+        # attention's fused kernels have no double backward; the math backend computes the same
+        # softmax(QK^T/sqrt(d))V with ordinary ops (only the ViT has attention)
+        with sdpa_kernel(SDPBackend.MATH):
+            optimize(implicit_hypergradient_step, batches_against_new_perturbation, opt, epochs=self.rounds,
+                     description="i-BAU unlearning")
         ctx.report(rounds=self.rounds, inner_loss_gain_per_round=[round(v, 4) for v in gains])
         return model
 

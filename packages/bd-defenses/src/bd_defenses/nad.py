@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from bd_core.models import anatomy
+from bd_core.models import anatomy, as_feature_map
 from torch import Tensor
 
 from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
@@ -29,8 +30,9 @@ from bd_defenses.finetune import finetune
 from bd_defenses.registry import register
 
 
-def attention(feature_map: Tensor, p: float) -> Tensor:
-    return F.normalize(feature_map.abs().pow(p).mean(1).flatten(1), dim=1)
+def attention(stage_output: Tensor, p: float) -> Tensor:
+    """The spatial attention map, mean over channels of |a|^p (over each token's features in a ViT)."""
+    return F.normalize(as_feature_map(stage_output).abs().pow(p).mean(1).flatten(1), dim=1)
 
 
 def attention_loss(student: list[Tensor], teacher: list[Tensor], betas: tuple[float, ...], p: float) -> Tensor:
@@ -41,6 +43,8 @@ def attention_loss(student: list[Tensor], teacher: list[Tensor], betas: tuple[fl
 @register("nad", family="fine-tuning", paper="Li et al., Neural Attention Distillation: Erasing Backdoor Triggers from Deep Neural Networks (ICLR 2021)")
 @dataclass(frozen=True)
 class NAD(Defense):
+    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"beta1": 250.0, "beta2": 500.0, "beta3": 500.0}, {"beta1": 500.0, "beta2": 1000.0, "beta3": 1000.0},
+            {"beta1": 1000.0, "beta2": 2000.0, "beta3": 2000.0})  # --tune, mildest first: attention weights
     beta1: float = 500.0  # attention weights of the last three stages, shallow to deep
     beta2: float = 1000.0
     beta3: float = 1000.0

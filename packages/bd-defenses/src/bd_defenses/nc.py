@@ -13,6 +13,7 @@ chunks in one batched pass, so 43 or 200 classes stay tractable on a GPU.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -49,6 +50,7 @@ class ReversedTriggers:
 @register("nc", family="synthesis", paper="Wang et al., Neural Cleanse: Identifying and Mitigating Backdoor Attacks in Neural Networks (IEEE S&P 2019)", aliases=("neural-cleanse",))
 @dataclass(frozen=True)
 class NC(Defense):
+    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"anomaly_threshold": 2.5}, {"anomaly_threshold": 2.0}, {"anomaly_threshold": 1.5})  # --tune, mildest first: a lower threshold flags more classes
     init_cost: float = 1e-3
     epochs: int = 80  # reverse-engineering epochs per class
     mask_lr: float = 0.1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -27,6 +28,7 @@ from bd_defenses.registry import register
 @register("nft", family="masking", paper="Karim et al., Augmented Neural Fine-Tuning for Efficient Backdoor Purification (AAAI 2024)")
 @dataclass(frozen=True)
 class NFT(Defense):
+    requires: ClassVar[dict[str, str]] = {"conv": "it learns a mask over every convolution's output channels"}
     alpha: float = 0.8  # mask lower bound scale
     beta: float = 0.5  # mask lower bound decay per layer
     l1_weight: float = 1e-3

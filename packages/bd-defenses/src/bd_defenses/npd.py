@@ -21,6 +21,7 @@ get_perturbed_image), 2 inner steps, early stop at 60 % targeted success.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -59,6 +60,7 @@ def project_l2(delta: Tensor, radius: float) -> Tensor:
 @register("npd", family="additive", paper="Zhu et al., Neural Polarizer: A Lightweight and Effective Backdoor Defense via Purifying Poisoned Features (NeurIPS 2023/2024)")
 @dataclass(frozen=True)
 class NPD(Defense):
+    requires: ClassVar[dict[str, str]] = {"conv": "its polarizer is a convolution inserted before one of the model's"}
     lambda1: float = 1.0
     lambda2: float = 0.4
     lambda3: float = 0.4

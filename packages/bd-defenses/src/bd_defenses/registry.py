@@ -11,8 +11,10 @@ from bd_core.registry import Registry
 
 from bd_defenses.base import Defense
 from bd_defenses.combined import SEPARATOR, Combined
+from bd_defenses.tuning import SUFFIX as TUNED, Tuned
 
-DEFENSES: Registry[type[Defense]] = Registry("defense", hint=" (or several joined by '+', e.g. bnp+ft)",
+DEFENSES: Registry[type[Defense]] = Registry("defense", hint=" (or several joined by '+', e.g. bnp+ft; "
+                                             "clp/tuned: its setting chosen by --tune)",
                                              sort_valid=True)
 
 
@@ -36,13 +38,38 @@ def benchmarked_defenses() -> list[str]:
 
 def canonical_defense(name: str) -> str:
     """The registered name of `name` (aliases, case and dashes ignored); a combination such as
-    'BNP + ft' becomes 'bnp+ft'."""
+    'BNP + ft' becomes 'bnp+ft'; 'CLP/tuned' (tuned by `--tune`) becomes 'clp/tuned'."""
     if SEPARATOR not in name:
-        return DEFENSES.canonical(name)
+        return _canonical_part(name)
     parts = [p.strip() for p in name.split(SEPARATOR)]
     if len(parts) < 2 or not all(parts):
         raise BdError(f"combined defense {name!r}: name two or more defenses joined by '+', e.g. bnp+ft")
-    return SEPARATOR.join(DEFENSES.canonical(p) for p in parts)
+    return SEPARATOR.join(_canonical_part(p) for p in parts)
+
+
+def _canonical_part(name: str) -> str:
+    base, slash, variant = name.strip().partition("/")
+    if not slash:
+        return DEFENSES.canonical(base)
+    if variant.strip().lower() != TUNED.strip("/"):
+        raise BdError(f"defense {name!r}: the only variant is {base.strip()}{TUNED} (its setting chosen by --tune)")
+    canonical = DEFENSES.canonical(base)
+    if not DEFENSES[canonical].tune:
+        raise BdError(f"{canonical} has no tunable setting; tunable: {', '.join(tunable_names())}")
+    return canonical + TUNED
+
+
+def tunable_names() -> list[str]:
+    return sorted(n for n, cls in DEFENSES.items() if cls.tune)
+
+
+def with_tuning(name: str) -> str:
+    """`name` with every tunable part tuned ('bnp+ft' -> 'bnp/tuned+ft/tuned'): what --tune runs."""
+    parts = canonical_defense(name).split(SEPARATOR)
+    tuned = [p if p.endswith(TUNED) or not DEFENSES[p].tune else p + TUNED for p in parts]
+    if tuned == parts:
+        raise BdError(f"--tune: {name} has no tunable setting; tunable: {', '.join(tunable_names())}")
+    return SEPARATOR.join(tuned)
 
 
 def _split_settings(parts: list[str], overrides: dict[str, Any], name: str) -> list[dict[str, Any]]:
@@ -53,11 +80,12 @@ def _split_settings(parts: list[str], overrides: dict[str, Any], name: str) -> l
         if not dot:
             raise BdError(f"combined defense {name}: setting {key!r} must name its defense, e.g. "
                           f"{parts[-1]}.{key}={value}")
-        target = DEFENSES.canonical(prefix)
-        if target not in parts:
+        target = DEFENSES.canonical(prefix.partition("/")[0])
+        bases = [p.removesuffix(TUNED) for p in parts]
+        if target not in bases:
             raise BdError(f"combined defense {name}: setting {key!r} names {target}, which is not one of its "
                           f"parts ({', '.join(parts)})")
-        for i, part in enumerate(parts):  # a part named twice (ft+clp+ft) takes the setting each time
+        for i, part in enumerate(bases):  # a part named twice (ft+clp+ft) takes the setting each time
             if part == target:
                 per_part[i][setting] = value
     return per_part
@@ -66,11 +94,21 @@ def _split_settings(parts: list[str], overrides: dict[str, Any], name: str) -> l
 def create_defense(name: str, overrides: dict[str, Any] | None = None) -> Defense:
     canonical = canonical_defense(name)
     if SEPARATOR not in canonical:
-        return build_dataclass(DEFENSES[canonical], overrides or {}, what=f"defense {name}")
+        return _build_part(canonical, overrides or {}, f"defense {name}")
     parts = canonical.split(SEPARATOR)
     settings = _split_settings(parts, overrides or {}, canonical)
-    return Combined(tuple(build_dataclass(DEFENSES[p], s, what=f"defense {p} (in {canonical})")
+    return Combined(tuple(_build_part(p, s, f"defense {p} (in {canonical})")
                           for p, s in zip(parts, settings, strict=True)))
+
+
+def _build_part(canonical: str, overrides: dict[str, Any], what: str) -> Defense:
+    """One defense; a tuned one takes its own `tolerance` setting, the rest go to the defense."""
+    if not canonical.endswith(TUNED):
+        return build_dataclass(DEFENSES[canonical], overrides, what=what)
+    inner = {k: v for k, v in overrides.items() if k != "tolerance"}
+    tuning = {k: v for k, v in overrides.items() if k == "tolerance"}
+    return build_dataclass(Tuned, {**tuning, "inner": build_dataclass(DEFENSES[canonical.removesuffix(TUNED)], inner,
+                                                                       what=what)}, what=what)
 
 
 def family_of(name: str) -> str:
@@ -79,7 +117,7 @@ def family_of(name: str) -> str:
         canonical = canonical_defense(name)
     except BdError:
         return "other"
-    return Combined.family if SEPARATOR in canonical else DEFENSES[canonical].family
+    return Combined.family if SEPARATOR in canonical else DEFENSES[canonical.removesuffix(TUNED)].family
 
 
 def describe(name: str) -> dict[str, Any]:
@@ -95,9 +133,9 @@ def describe(name: str) -> dict[str, Any]:
             "components": [p["name"] for p in parts],
             "hyperparameters": {f"{p['name']}.{k}": v for p in parts for k, v in p["hyperparameters"].items()},
         }
-    cls = DEFENSES[canonical]
+    cls = DEFENSES[canonical.removesuffix(TUNED)]
     return {
-        "name": cls.name,
+        "name": canonical,
         "family": cls.family,
         "paper": cls.paper,
         "needs": cls.needs,

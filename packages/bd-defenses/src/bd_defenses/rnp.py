@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -30,6 +31,7 @@ from bd_defenses.registry import register
 @register("rnp", family="masking", paper="Li et al., Reconstructive Neuron Pruning for Backdoor Defense (ICML 2023)")
 @dataclass(frozen=True)
 class RNP(Defense):
+    requires: ClassVar[dict[str, str]] = {"conv": "it learns a mask over every convolution's output channels"}
     unlearn_threshold: float = 0.1
     unlearn_lr: float = 1e-3
     unlearn_epochs: int = 20

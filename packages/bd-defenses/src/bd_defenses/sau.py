@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
@@ -37,6 +38,7 @@ def js_divergence(p: Tensor, q: Tensor) -> Tensor:
 @register("sau", family="adversarial", paper="Wei et al., Shared Adversarial Unlearning: Backdoor Mitigation by Unlearning Shared Adversarial Examples (NeurIPS 2023)")
 @dataclass(frozen=True)
 class SAU(Defense):
+    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"trigger_norm": 0.1}, {"trigger_norm": 0.2}, {"trigger_norm": 0.3})  # --tune, mildest first: perturbation budget
     rounds: int = 100
     lr: float = 1e-4
     trigger_norm: float = 0.2  # L-inf radius in pixel units

@@ -17,7 +17,7 @@ def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 @torch.no_grad()
-def fold_batchnorm(model: nn.Module, image_size: int = 32) -> nn.Module:
+def fold_batchnorm(model: nn.Module, image_size: int | None = None) -> nn.Module:
     """Fold every BN that directly normalizes a conv's output into that conv (eval-mode
     semantics) and replace the BN by Identity. The function computed in eval mode is
     unchanged; each conv output channel is then one neuron with weight w and bias b, the

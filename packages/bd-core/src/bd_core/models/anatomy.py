@@ -20,18 +20,19 @@ ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.Hardswish, nn.GELU, nn.LeakyReLU)
 class Anatomy:
     convs: list[tuple[str, nn.Conv2d]]  # every conv, in the order the forward pass runs them
     conv_bn: list[tuple[str, nn.Conv2d, str, nn.BatchNorm2d]]  # BN that directly normalizes the conv's output
-    last_conv: tuple[str, nn.Conv2d]  # the conv whose channels feed global pooling (FP prunes here)
+    last_conv: tuple[str, nn.Conv2d] | None  # the conv whose channels feed global pooling (None: ViT)
     pool: tuple[str, nn.Module]  # global pooling: input the feature map, output (flattened) the feature vector
     classifier: tuple[str, nn.Module]  # maps features to logits
     stages: list[tuple[str, nn.Module]]  # attention stages (NAD), shallow to deep
-    polarizer_before: tuple[str, nn.Conv2d]  # where NPD inserts its polarizer
+    polarizer_before: tuple[str, nn.Conv2d] | None  # where NPD inserts its polarizer (None: ViT)
     # where each ReLU (or other activation) acts: (name, module, relu_first). relu_first: the
     # module is a BatchNorm2d whose output the model passes through a functional ReLU.
     activations: list[tuple[str, nn.Module, bool]]
 
 
-def anatomy(model: nn.Module, in_channels: int | None = None, image_size: int = 32) -> Anatomy:
-    """Resolve the model's anatomy; conv->BN pairs are found by tracing one forward pass."""
+def anatomy(model: nn.Module, in_channels: int | None = None, image_size: int | None = None) -> Anatomy:
+    """Resolve the model's anatomy; conv->BN pairs are found by tracing one forward pass (at
+    `image_size`, by default the size the model is built for, else 32 px)."""
     if not isinstance(model, BdModel):
         raise TypeError(f"{type(model).__name__} is not a bd model (bd_core.models.contract.BdModel); "
                         "create models with bd_core.models.create_model")
@@ -39,15 +40,15 @@ def anatomy(model: nn.Module, in_channels: int | None = None, image_size: int = 
     modules = dict(model.named_modules())
     if in_channels is None:
         in_channels = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
-    convs, conv_bn = _trace(model, in_channels, image_size)
+    convs, conv_bn = _trace(model, in_channels, image_size or model.input_size or 32)
     return Anatomy(
         convs=convs,
         conv_bn=conv_bn,
-        last_conv=(facts.last_conv, modules[facts.last_conv]),
+        last_conv=(facts.last_conv, modules[facts.last_conv]) if facts.last_conv else None,
         pool=(facts.pool, modules[facts.pool]),
         classifier=(facts.classifier, modules[facts.classifier]),
         stages=[(s, modules[s]) for s in facts.stages],
-        polarizer_before=(facts.polarizer_before, modules[facts.polarizer_before]),
+        polarizer_before=(facts.polarizer_before, modules[facts.polarizer_before]) if facts.polarizer_before else None,
         activations=activation_points(model),
     )
 

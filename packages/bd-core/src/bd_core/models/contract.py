@@ -22,18 +22,27 @@ class ModelFacts:
 
     pool: str  # global pooling: its input is the feature map, its output the feature vector
     classifier: str  # maps the pooled feature vector to logits
-    last_conv: str  # the conv whose channels feed global pooling (FP prunes here)
-    polarizer_before: str  # NPD inserts its polarizer before this conv (the survey fork's choice)
-    stages: tuple[str, ...]  # stage outputs, shallow to deep (NAD distils the deepest three)
+    # the conv whose channels feed global pooling (FP names it); None where no conv does (ViT)
+    last_conv: str | None
+    polarizer_before: str | None  # NPD inserts its polarizer before this conv (the survey fork's choice)
+    # stage outputs, shallow to deep (NAD distils the deepest three): [N, C, H, W] maps, or for a
+    # transformer [N, L, D] tokens (`as_feature_map` lays those out as maps)
+    stages: tuple[str, ...]
     # True where ReLUs are applied functionally, each right after a BatchNorm2d (PreAct-ResNet):
     # then the BN is where an activation bound goes (MM-BD, UNIT). Otherwise activations are modules.
     relu_after_bn: bool = False
+    # the kinds of layer the network is built from, which defenses check before they start:
+    # "conv" and "batchnorm" for bd's CNNs, "attention" and "layernorm" for the ViT
+    layer_types: frozenset[str] = frozenset({"conv", "batchnorm"})
 
 
 class BdModel(nn.Module):
     """Base of bd's architectures: subclasses define `facts`, `forward_features` and `forward_head`."""
 
     facts: ClassVar[ModelFacts]
+    # the one input size the network is built for (a transformer's position embeddings fix its
+    # token count); None where global pooling takes any size
+    input_size: int | None = None
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The map global pooling receives, [N, C, H, W]."""
@@ -50,3 +59,9 @@ class BdModel(nn.Module):
     def feature_layers(self) -> list[str]:
         """The stage modules whose outputs are the model's intermediate features, shallow to deep."""
         return list(self.facts.stages)
+
+
+def as_feature_map(activation: Tensor) -> Tensor:
+    """A layer's output with channels on dim 1: [N, C, H, W] maps and [N, C] vectors as they are,
+    a transformer's [N, L, D] tokens as [N, D, L, 1] (the tokens are the spatial positions)."""
+    return activation.transpose(1, 2).unsqueeze(-1) if activation.dim() == 3 else activation

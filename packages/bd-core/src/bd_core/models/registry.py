@@ -10,13 +10,22 @@ from bd_core.errors import BdError
 from bd_core.models.preact_resnet import PreActResNet18
 from bd_core.models.torchvision_nets import EfficientNetB3, MobileNetV3Large
 from bd_core.models.vgg import VGG19BN
+from bd_core.models.vit import ViT
 from bd_core.registry import Registry
 
-MODELS: Registry[Callable[..., nn.Module]] = Registry("architecture", hint=" (aliases: vgg19, resnet18, mobilenet)")
+MODELS: Registry[Callable[..., nn.Module]] = Registry("architecture", hint=" (aliases: vgg19, resnet18, mobilenet, vit-tiny)")
 MODELS.add("preact-resnet18", PreActResNet18, ("resnet", "resnet18"))
 MODELS.add("vgg19-bn", VGG19BN, ("vgg19", "vgg"))
 MODELS.add("efficientnet-b3", EfficientNetB3, ("efficientnet",))
 MODELS.add("mobilenetv3-large", MobileNetV3Large, ("mobilenetv3", "mobilenet"))
+MODELS.add("vit", ViT, ("vit-tiny",))
+# position embeddings fix a transformer's token count, so it is built for one input size; the
+# CNNs' global pooling takes any size
+BUILT_FOR_SIZE = {"vit"}
+# how an architecture departs from the preset's training recipe: SGD at the CNNs' learning rate
+# barely trains a ViT in a few epochs (quick preset: ACC 69 %, BadNets ASR 12 %); transformers
+# are trained with AdamW, lr 1e-3 and weight decay 0.05 (DeiT's recipe, Touvron et al., 2021)
+TRAINING_CHANGES: dict[str, dict[str, object]] = {"vit": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05}}
 canonical_model = MODELS.canonical
 MIN_SIZE, MAX_SIZE = 28, 64
 MAX_CLASSES = 1000  # bounds what a model file can make bd allocate
@@ -46,4 +55,7 @@ def create_model(
         raise BdError(f"width must be in (0, 4], got {width}")
     if not 2 <= num_classes <= MAX_CLASSES:
         raise BdError(f"num_classes must be within 2..{MAX_CLASSES}, got {num_classes}")
-    return MODELS[arch](num_classes=num_classes, in_channels=in_channels, width=width, **(options or {}))
+    if arch in BUILT_FOR_SIZE and image_size % 4:
+        raise BdError(f"{arch} splits images into 4x4 patches: image_size must be a multiple of 4, got {image_size}")
+    sized = {"image_size": image_size} if arch in BUILT_FOR_SIZE else {}
+    return MODELS[arch](num_classes=num_classes, in_channels=in_channels, width=width, **sized, **(options or {}))
