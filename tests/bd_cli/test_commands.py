@@ -49,6 +49,11 @@ def test_run_tuned_and_refusal_on_vit(tmp_path):
     dry = bd("grid", "--dataset", "synthetic", "--defense", "clp,pbe,bnp+ft", "--tune", "--store", store,
              "--dry-run", "--format", "json")
     assert dry.exit_code == 0 and json_of(dry)["units"] == 5  # clp, clp/tuned, pbe, bnp+ft, bnp/tuned+ft/tuned
+    # a grid over architectures leaves out what an architecture refuses, and says why
+    mixed = bd("grid", "--dataset", "synthetic", "--arch", "vit,preact-resnet18", "--defense", "bnp,ft",
+               "--store", store, "--dry-run", "--format", "json")
+    assert mixed.exit_code == 0 and json_of(mixed)["units"] == 3
+    assert "left out: bnp needs BatchNorm" in mixed.output
 
 
 def test_attack_then_defend_the_saved_model_then_report(tmp_path):

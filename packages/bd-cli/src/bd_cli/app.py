@@ -553,7 +553,10 @@ def grid(
             spec = GridSpec.from_toml(config, **flags)
         else:
             spec = GridSpec.build(**{k: v for k, v in flags.items() if v is not None})
-        units = spec.with_overrides(set_ or []).units(tune=tune)
+        refused: list[str] = []
+        units = spec.with_overrides(set_ or []).units(tune=tune, refused=refused)
+        for line in refused:
+            err.print(f"left out: {line}", highlight=False)
         dev = resolve_device(device)
         path = store or default_store()
         if dry_run:  # reads the store if there is one, creates and changes nothing

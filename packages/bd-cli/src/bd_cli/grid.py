@@ -97,10 +97,13 @@ class GridSpec:
                     names.append(n)
         return names
 
-    def units(self, tune: bool = False) -> list[ExperimentSpec]:
+    def units(self, tune: bool = False, refused: list[str] | None = None) -> list[ExperimentSpec]:
         """Every experiment of the grid, in a stable order; validated before anything runs. With
-        `tune`, each defense with a tunable part also runs tuned (e.g. clp and clp/tuned)."""
-        from bd_defenses import tunable_names, with_tuning
+        `tune`, each defense with a tunable part also runs tuned (e.g. clp and clp/tuned). A
+        defense that refuses an architecture of the grid (BNP on the ViT) is left out for that
+        architecture, its one-line reason appended to `refused`."""
+        from bd_core.models import MODELS, canonical_model
+        from bd_defenses import create_defense, tunable_names, with_tuning
 
         self.register_presets()
         tunable = set(tunable_names())
@@ -110,7 +113,13 @@ class GridSpec:
         for ds, arch, attack, ratio, seed in itertools.product(self.datasets, self.archs, self.attacks,
                                                                 self.poison_ratios, self.seeds):
             spec = AttackSpec(ds, arch, attack, float(ratio), seed=int(seed), preset=self.preset)
+            facts = MODELS[canonical_model(arch)].facts
             for defense, spc, part in itertools.product(names, self.spc, self.partitions):
+                refusal = create_defense(defense).refusal(facts, canonical_model(arch))
+                if refusal:
+                    if refused is not None and refusal not in refused:
+                        refused.append(refusal)
+                    continue
                 settings = self.settings.get(defense, self.settings.get(defense.replace("/tuned", ""), {}))
                 units.append(ExperimentSpec(spec, defense, int(spc), int(part),
                                             {k: str(v) for k, v in settings.items()}))

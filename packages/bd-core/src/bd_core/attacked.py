@@ -25,7 +25,7 @@ from bd_core.data.batches import clean_batches
 from bd_core.data.mitigation import stratified_index
 from bd_core.errors import InvalidRequest
 from bd_core.metrics import evaluate
-from bd_core.models import TRAINING_CHANGES, canonical_model, create_model
+from bd_core.models import canonical_model, create_model, training_changes
 from bd_core.paths import cache_root
 from bd_core.progress import log
 from bd_core.safefile import load_tensors, save_tensors
@@ -144,8 +144,8 @@ def weak_attack_warning(asr: float, what: str = "the attacked model") -> str | N
 
 def attack_recipe(attack: str, preset_name: str, arch: str | None = None) -> Recipe:
     changes = ATTACKS[canonical_attack(attack)].preset_recipes.get(preset_name, {})
-    for_arch = TRAINING_CHANGES.get(canonical_model(arch), {}) if arch else {}
-    return dataclasses.replace(preset(preset_name), **for_arch, **changes)
+    for_arch = training_changes(arch, preset_name) if arch else {}
+    return dataclasses.replace(preset(preset_name), **{**for_arch, **changes})  # the attack's own last
 
 
 @dataclass
@@ -226,7 +226,7 @@ def train_clean_model(
 ) -> tuple[torch.nn.Module, dict]:
     """The same recipe without any poisoning: the reference for an attack's clean-accuracy cost
     (`recipe` overrides the preset's, e.g. `AttackSpec.recipe` of an attack that trains longer)."""
-    recipe = recipe or dataclasses.replace(preset(preset_name), **TRAINING_CHANGES.get(canonical_model(arch), {}))
+    recipe = recipe or dataclasses.replace(preset(preset_name), **training_changes(arch, preset_name))
     train = training_subset(data.train, recipe, seed)
     make_batch = clean_batches(train, Augment.for_dataset(train.info), device)
     return _train(canonical_model(arch), train, TrainingPlan(make_batch), recipe, seed, device,

@@ -1,0 +1,123 @@
+"""Write docs/beyond.md's measured tables from docs/beyond.sqlite: defender-only tuning
+(`name/tuned`) against each defense's defaults, combined defenses against their parts, and
+every defense on the ViT. The runs themselves are `bd grid` commands (listed in beyond.md),
+stored in docs/beyond.sqlite; this script only reads the store.
+
+Usage: python docs/beyond.py
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from pathlib import Path
+
+from bd_core.errors import BdError
+from bd_core.models import MODELS
+from bd_core.store import ResultStore
+from bd_defenses import DEFENSES, create_defense
+
+OUT = Path(__file__).with_name("beyond.md")
+STORE = Path(__file__).with_name("beyond.sqlite")
+METRICS = [("acc_post", "ACC", 100.0), ("asr_post", "ASR", 100.0), ("ra_post", "RA", 100.0), ("arr", "ARR", 1.0),
+           ("rdr", "RDR", 1.0)]
+COMBINATIONS = ["bnp+ft", "clp+nad", "fp+i-bau"]
+
+
+def spread(values: list[float], scale: float) -> str:
+    if not values:
+        return "—"
+    v = sorted(x * scale for x in values)
+    digits = 1 if scale == 100.0 else 3
+    return f"{statistics.median(v):.{digits}f} ({v[0]:.{digits}f}–{v[-1]:.{digits}f})"
+
+
+def cells(runs: list[dict]) -> str:
+    return " | ".join(spread([r[k] for r in runs], scale) for k, _, scale in METRICS)
+
+
+def chosen(runs: list[dict]) -> str:
+    counts = Counter(", ".join(f"{k}={v:g}" for k, v in r["details"]["defense"]["tuning"]["chosen"].items())
+                     for r in runs)
+    return "; ".join(f"{setting} ×{n}" for setting, n in sorted(counts.items()))
+
+
+def grouped(rows: list[dict]) -> dict[tuple, list[dict]]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["arch"], r["attack"], r["spc"], r["defense"]), []).append(r)
+    return groups
+
+
+def tuning_table(groups: dict[tuple, list[dict]]) -> list[str]:
+    lines = ["| attack | SPC | defense | runs | " + " | ".join(h for _, h, _ in METRICS) + " | chosen |",
+             "|---|---|---|---|" + "---|" * len(METRICS) + "---|"]
+    for (arch, attack, spc, defense), runs in sorted(groups.items()):
+        if arch != "preact-resnet18" or not defense.endswith("/tuned") or "+" in defense:
+            continue
+        base = groups.get((arch, attack, spc, defense.removesuffix("/tuned")), [])
+        lines.append(f"| {attack} | {spc} | {base[0]['defense'] if base else defense} (defaults) | {len(base)} | "
+                     f"{cells(base)} | – |")
+        lines.append(f"| {attack} | {spc} | **{defense}** | {len(runs)} | {cells(runs)} | {chosen(runs)} |")
+    return lines
+
+
+def combination_table(groups: dict[tuple, list[dict]]) -> list[str]:
+    lines = ["| attack | SPC | defense | runs | " + " | ".join(h for _, h, _ in METRICS) + " |",
+             "|---|---|---|---|" + "---|" * len(METRICS)]
+    for combo in COMBINATIONS:
+        for (arch, attack, spc, defense), runs in sorted(groups.items()):
+            if arch != "preact-resnet18" or defense != combo:
+                continue
+            for part in combo.split("+"):
+                base = groups.get((arch, attack, spc, part), [])
+                lines.append(f"| {attack} | {spc} | {part} | {len(base)} | {cells(base)} |")
+            lines.append(f"| {attack} | {spc} | **{combo}** | {len(runs)} | {cells(runs)} |")
+    return lines
+
+
+def vit_table(groups: dict[tuple, list[dict]], rows: list[dict]) -> list[str]:
+    vit = [r for r in rows if r["arch"] == "vit"]
+    if not vit:
+        return ["(no ViT runs stored yet)"]
+    pre = vit[0]
+    lines = [f"BadNets on the ViT before any defense: ACC {pre['acc_pre'] * 100:.1f}, ASR {pre['asr_pre'] * 100:.1f}, "
+             f"RA {pre['ra_pre'] * 100:.1f} (quick preset, SPC {pre['spc']}, partition {pre['partition']}).", "",
+             "| defense | ACC | ASR | RA | ARR | RDR | time (s) |", "|---|---|---|---|---|---|---|"]
+    by_defense = {r["defense"]: r for r in sorted(vit, key=lambda r: r["status"] == "ok")}  # a success wins
+    for name in sorted(DEFENSES):
+        refusal = None
+        try:
+            refusal = create_defense(name).refusal(MODELS["vit"].facts, "vit")
+        except BdError:
+            pass
+        r = by_defense.get(name)
+        if refusal:
+            lines.append(f"| {name} | refused: {refusal} | | | | | |")
+        elif r is None:
+            lines.append(f"| {name} | not run yet | | | | | |")
+        elif r["status"] != "ok":
+            lines.append(f"| {name} | failed: {r['error'].splitlines()[0]} | | | | | |")
+        else:
+            lines.append(f"| {name} | {r['acc_post'] * 100:.1f} | {r['asr_post'] * 100:.1f} | {r['ra_post'] * 100:.1f} | "
+                         f"{r['arr']:.3f} | {r['rdr']:.3f} | {r['defense_seconds']:.0f} |")
+    return lines
+
+
+def main() -> None:
+    with ResultStore(STORE, readonly=True) as store:
+        rows = store.query()
+    ok = [r for r in rows if r["status"] == "ok"]
+    groups = grouped(ok)
+    text = OUT.read_text()
+    for marker, table in (("tuning", tuning_table(groups)), ("combinations", combination_table(groups)),
+                          ("vit", vit_table(groups, rows))):
+        start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+        head, rest = text.split(start, 1)
+        text = head + start + "\n" + "\n".join(table) + "\n" + end + rest.split(end, 1)[1]
+    OUT.write_text(text)
+    print(f"wrote {OUT}: {len(ok)} runs")
+
+
+if __name__ == "__main__":
+    main()
