@@ -73,3 +73,27 @@ def test_fit_refuses_an_unknown_schedule():
     with pytest.raises(ValueError, match="schedule"):
         fit(torch.nn.Linear(1, 1), lambda idx, g: (torch.zeros(1, 1), torch.zeros(1)), 1, epochs=1, batch_size=1, lr=0.1,
             schedule="step")
+
+
+def test_architectures_change_the_recipe_only_where_they_must():
+    """The ViT trains with AdamW (and, under quick, longer at a higher rate); the CNNs keep the
+    preset's SGD recipe, and their stored recipe has no optimizer field, so keys made before
+    the field existed still hold."""
+    vit = AttackSpec("synthetic", "vit", "badnets", 0.1, preset="quick").recipe
+    cnn = AttackSpec("synthetic", "preact-resnet18", "badnets", 0.1, preset="quick").recipe
+    assert cnn == PRESETS["quick"] and "optimizer" not in cnn.config()
+    assert vit.optimizer == "adamw" and vit.config()["optimizer"] == "adamw" and vit.width == cnn.width
+    assert AttackSpec("synthetic", "vit", "badnets", 0.1, preset="paper").recipe.epochs == PRESETS["paper"].epochs
+    assert AttackSpec("synthetic", "vit", "wanet", 0.1, preset="quick").recipe.epochs == 15  # the attack's own last
+    with pytest.raises(InvalidRequest, match="optimizer"):
+        Recipe(epochs=1, batch_size=1, lr=0.1, optimizer="lion")
+
+
+def test_fit_with_adamw_decouples_weight_decay():
+    """AdamW's first step moves every weight by lr (sign of the gradient) plus lr * wd * w."""
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[1.0, -1.0]]))
+    fit(model, lambda idx, g: (torch.ones(len(idx), 2), torch.zeros(len(idx))), 1, epochs=1, batch_size=1, lr=0.1,
+        weight_decay=0.5, step=lambda m, x, y: m(x).sum(), schedule="constant", optimizer="adamw")
+    torch.testing.assert_close(model.weight, torch.tensor([[1.0 - 0.1 * 0.5 - 0.1, -1.0 + 0.1 * 0.5 - 0.1]]))
