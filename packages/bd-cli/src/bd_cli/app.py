@@ -638,7 +638,8 @@ def _listing(what: Listing) -> list[dict]:
     if what is Listing.models:
         from bd_core.models import MODELS
 
-        return [{"name": n, "class": c.__name__} for n, c in MODELS.items()]
+        return [{"name": n, "class": c.__name__, "layers": ", ".join(sorted(c.facts.layer_types))}
+                for n, c in MODELS.items()]
     from bd_core.data.datasets import SPECS
 
     return [{"name": n, "layout": s.layout, "note": s.note} for n, s in SPECS.items()] + [

@@ -131,6 +131,8 @@ def describe(name: str) -> dict[str, Any]:
             "needs": "; ".join(p["needs"] for p in parts if p["needs"]),
             "benchmarked": False,
             "components": [p["name"] for p in parts],
+            "requires": ", ".join(sorted({r for p in parts for r in p["requires"].split(", ") if r})),
+            "tune": [],
             "hyperparameters": {f"{p['name']}.{k}": v for p in parts for k, v in p["hyperparameters"].items()},
         }
     cls = DEFENSES[canonical.removesuffix(TUNED)]
@@ -140,5 +142,7 @@ def describe(name: str) -> dict[str, Any]:
         "paper": cls.paper,
         "needs": cls.needs,
         "benchmarked": cls.benchmarked,
+        "requires": ", ".join(sorted(cls.requires)),  # layer types; a model without them is refused
+        "tune": [dict(c) for c in cls.tune],  # --tune's candidates, mildest first
         "hyperparameters": {f.name: f.default for f in dataclasses.fields(cls)},
     }
