@@ -49,6 +49,15 @@ def test_run_tuned_and_refusal_on_vit(tmp_path):
     dry = bd("grid", "--dataset", "synthetic", "--defense", "clp,pbe,bnp+ft", "--tune", "--store", store,
              "--dry-run", "--format", "json")
     assert dry.exit_code == 0 and json_of(dry)["units"] == 5  # clp, clp/tuned, pbe, bnp+ft, bnp/tuned+ft/tuned
+    # a real grid runs what its dry run counted, with the --set overrides (both were lost once)
+    ran = bd("grid", "--dataset", "synthetic", "--defense", "clp", "--tune", "--set", "clp.u=5", "--partitions", "1",
+             "--workers", "1", "--store", str(tmp_path / "g.sqlite"), "--device", "cpu", "--format", "json")
+    assert ran.exit_code == 0, ran.output
+    from bd_core.store import ResultStore
+
+    with ResultStore(tmp_path / "g.sqlite", readonly=True) as results:
+        rows = {r["defense"]: r for r in results.query()}
+    assert set(rows) == {"clp", "clp/tuned"} and rows["clp"]["config"]["defense_settings"] == {"u": 5.0}
     # a grid over architectures leaves out what an architecture refuses, and says why
     mixed = bd("grid", "--dataset", "synthetic", "--arch", "vit,preact-resnet18", "--defense", "bnp,ft",
                "--store", store, "--dry-run", "--format", "json")

@@ -75,9 +75,9 @@ def test_bad_grid_file_names_the_valid_keys(tmp_path):
 def test_local_backend_runs_every_unit_once_and_resumes(grid_file, cache_dir, tmp_path):
     grid = GridSpec.from_toml(grid_file)
     with ResultStore(tmp_path / "r.sqlite") as store:
-        report = run_grid(grid, store, cache_dir, local_runner(2), threads=1)
+        report = run_grid(grid.units(), store, cache_dir, local_runner(2), threads=1)
         assert (report.total, report.ok, report.failed, report.attacks_trained) == (32, 32, 0, 2), report.failures
-        again = run_grid(grid, store, cache_dir, local_runner(2), threads=1)
+        again = run_grid(grid.units(), store, cache_dir, local_runner(2), threads=1)
         assert (again.skipped, again.ok, again.attacks_trained) == (32, 0, 0)
     rows = keys_in(tmp_path / "r.sqlite")
     assert len(rows) == 32 and all(status == "ok" for _, status in rows)
@@ -91,7 +91,7 @@ def test_ray_backend_streams_the_same_units_into_the_store(grid_file, cache_dir,
     try:
         with ResultStore(tmp_path / "ray.sqlite") as store:
             seen = []
-            report = run_grid(grid, store, cache_dir, ray_runner(None), threads=1, on_result=seen.append)
+            report = run_grid(grid.units(), store, cache_dir, ray_runner(None), threads=1, on_result=seen.append)
         assert report.ok == 32 and len(seen) == 32
     finally:
         ray.shutdown()
@@ -122,7 +122,7 @@ def test_a_failing_unit_is_recorded_and_the_rest_complete(grid_file, cache_dir, 
 
     try:
         with ResultStore(tmp_path / "f.sqlite") as store:
-            report = run_grid(GridSpec.from_toml(grid_path), store, cache_dir, local_runner(2), threads=1)
+            report = run_grid(GridSpec.from_toml(grid_path).units(), store, cache_dir, local_runner(2), threads=1)
             failed = store.query(status="failed")
     finally:
         DEFENSES.pop("explode", None)  # other tests iterate over the registry

@@ -580,7 +580,7 @@ def grid(
                 def advance(row: dict) -> None:
                     progress.update(task, advance=1, status=f"{row['defense']}/{row['attack']}: {row['status']}")
 
-                report = run_grid(spec, results, cache_root() / "models", runner, device=dev, data_dir=data_dir,
+                report = run_grid(units, results, cache_root() / "models", runner, device=dev, data_dir=data_dir,
                                   threads=threads, on_result=advance)
     except BdError as e:
         fail(str(e))

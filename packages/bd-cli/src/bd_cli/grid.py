@@ -255,7 +255,7 @@ def bind_units(units: list[ExperimentSpec], data_dir: Path | None) -> list[Exper
 
 
 def run_grid(
-    grid: GridSpec,
+    units: list[ExperimentSpec],
     store: ResultStore,
     cache_dir: Path,
     runner: Runner,
@@ -265,7 +265,7 @@ def run_grid(
     threads: int = 0,
     on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> GridReport:
-    units = bind_units(grid.units(), data_dir)
+    units = bind_units(units, data_dir)
     report = GridReport(total=len(units))
     todo = [u for u in units if not store.has(u.key)]
     report.skipped = len(units) - len(todo)
