@@ -43,9 +43,12 @@ def chosen(runs: list[dict]) -> str:
 
 
 def grouped(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """Runs by (arch, attack, SPC, defense); one per partition, the last stored (a tuned defense
+    rerun with other candidates is stored under another key)."""
+    latest = {(r["arch"], r["attack"], r["spc"], r["defense"], r["partition"]): r for r in rows}
     groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["arch"], r["attack"], r["spc"], r["defense"]), []).append(r)
+    for (arch, attack, spc, defense, _), r in latest.items():
+        groups.setdefault((arch, attack, spc, defense), []).append(r)
     return groups
 
 

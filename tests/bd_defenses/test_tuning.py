@@ -26,6 +26,14 @@ def test_every_tunable_defense_lists_its_default_among_ordered_candidates():
         assert any(all(fields[k] == v for k, v in c.items()) for c in cls.tune), f"{name}: the default is a candidate"
 
 
+def test_the_candidates_are_part_of_the_stored_settings():
+    """Results made with other candidates are stored under another key, never reused."""
+    tuned = create_defense("clp/tuned")
+    assert list(dataclasses.asdict(tuned)["candidates"]) == [{"u": 4.0}, {"u": 3.0}, {"u": 2.0}]
+    other = Tuned(tuned.inner, candidates=({"u": 1.0}, {"u": 3.0}))
+    assert dataclasses.asdict(other) != dataclasses.asdict(tuned)
+
+
 def test_rule_takes_the_strongest_candidate_within_the_tolerance():
     signals = [{"acc": 0.90}, {"acc": 0.89}, {"acc": 0.80}]
     assert choose(signals, 0.02) == 1  # the last is 10 points below the best

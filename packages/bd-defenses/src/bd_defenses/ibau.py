@@ -69,7 +69,9 @@ def hypergradient(delta: Tensor, params: list[Tensor], K: int, inner_map, outer_
 @register("i-bau", family="adversarial", paper="Zeng et al., Adversarial Unlearning of Backdoors via Implicit Hypergradient (ICLR 2022)", aliases=("ibau",))
 @dataclass(frozen=True)
 class IBAU(Defense):
-    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"penalty": 0.01}, {"penalty": 0.001}, {"penalty": 0.0001})  # --tune, mildest first: a smaller penalty lets the perturbation grow
+    # --tune, mildest first: the ascent step sets the perturbation's size (the L2 penalty cannot:
+    # delta starts at zero, where the penalty's gradient vanishes; measured inert, docs/beyond.md)
+    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"delta_lr": 5.0}, {"delta_lr": 10.0}, {"delta_lr": 20.0})
     rounds: int = 5
     K: int = 5
     lr: float = 1e-4

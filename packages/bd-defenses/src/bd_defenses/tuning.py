@@ -69,6 +69,9 @@ class Tuned(Defense):
 
     inner: Defense
     tolerance: float = 0.02  # accuracy a stronger candidate may lose against the best one
+    # the settings tried, mildest first: `inner.tune` unless given; part of the stored config, so
+    # a result made with other candidates is never taken for this one
+    candidates: tuple[dict[str, Any], ...] = ()
 
     family: ClassVar[str] = "tuned"
     paper: ClassVar[str] = "defender-only selection of the decisive setting (survey Sec. 8, challenge 2)"
@@ -78,6 +81,8 @@ class Tuned(Defense):
         if not self.inner.tune:
             raise ValueError(f"{self.inner.name} has no tunable setting")
         check_between("tolerance", self.tolerance, 0.0, 1.0)
+        if not self.candidates:
+            object.__setattr__(self, "candidates", tuple(dict(c) for c in self.inner.tune))
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -93,15 +98,15 @@ class Tuned(Defense):
     def unlabeled_request(self) -> tuple[str, int] | None:
         return self.inner.unlabeled_request()
 
-    def candidates(self) -> list[Defense]:
-        return [dataclasses.replace(self.inner, **settings) for settings in self.inner.tune]
+    def candidate_defenses(self) -> list[Defense]:
+        return [dataclasses.replace(self.inner, **settings) for settings in self.candidates]
 
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
         fit, check, rule = data.selection_split(ctx.seed)
         fit_data = dataclasses.replace(data, clean=fit)
         original = copy.deepcopy(model)
         results, trials = [], []
-        for candidate, settings in zip(self.candidates(), self.inner.tune, strict=True):
+        for candidate, settings in zip(self.candidate_defenses(), self.candidates, strict=True):
             trial_ctx = Context(device=ctx.device, seed=ctx.seed)  # every candidate sees the same draws
             defended = candidate(copy.deepcopy(original), fit_data, trial_ctx)
             signals = clean_signals(defended, original, check, ctx.device, ctx.seed)
@@ -112,9 +117,9 @@ class Tuned(Defense):
             defended, record = results[chosen]
         else:  # chosen on a held-out part: the chosen setting now uses all of D_m
             final_ctx = Context(device=ctx.device, seed=ctx.seed)
-            defended, record = self.candidates()[chosen](original, data, final_ctx), final_ctx.record
+            defended, record = self.candidate_defenses()[chosen](original, data, final_ctx), final_ctx.record
         ctx.report(**record, tuning={
-            "chosen": self.inner.tune[chosen], "candidates": trials, "check": rule, "tolerance": self.tolerance,
+            "chosen": self.candidates[chosen], "candidates": trials, "check": rule, "tolerance": self.tolerance,
             "rule": "the strongest candidate within the tolerance of the best check accuracy",
         })
         return defended
