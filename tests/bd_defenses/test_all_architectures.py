@@ -10,9 +10,8 @@ import pytest
 import torch
 from bd_core.data import make_synthetic, mitigation_set
 from bd_core.data.imageset import as_unlabeled
-from bd_core.models import create_model
 from bd_core.errors import BdError
-from bd_core.models import MODELS, canonical_model
+from bd_core.models import MODELS, canonical_model, create_model
 from bd_defenses import DEFENSES, Context, MitigationData, create_defense
 
 # the fewest epochs/iterations that still run every phase of each method

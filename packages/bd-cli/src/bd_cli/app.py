@@ -163,7 +163,6 @@ def run(
     from bd_core.errors import BdError
     from bd_core.paths import cache_root
     from bd_core.store import ModelCache, ResultStore
-
     from bd_defenses import with_tuning
 
     from bd_cli.experiment import ExperimentSpec, UnitFailed, run_experiment
@@ -326,7 +325,6 @@ def defend(
     from bd_core.paths import cache_root
     from bd_core.store import ModelCache, ResultStore
     from bd_core.store.models import load_model
-
     from bd_defenses import with_tuning
 
     from bd_cli.experiment import ExperimentSpec, UnitFailed, run_experiment

@@ -14,9 +14,9 @@ cosine annealing. A training-controlled attack or a defense passes its own `step
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-import dataclasses
 from dataclasses import dataclass
 
 import torch

@@ -12,8 +12,8 @@ ASR, which a defender does not have).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
 from itertools import cycle
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn

@@ -16,10 +16,10 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from bd_core.data.pixels import Pixels, epoch_batches
 from bd_core.train import optimize
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
 from bd_defenses.registry import register

@@ -11,7 +11,8 @@ from bd_core.registry import Registry
 
 from bd_defenses.base import Defense
 from bd_defenses.combined import SEPARATOR, Combined
-from bd_defenses.tuning import SUFFIX as TUNED, Tuned
+from bd_defenses.tuning import SUFFIX as TUNED
+from bd_defenses.tuning import Tuned
 
 DEFENSES: Registry[type[Defense]] = Registry("defense", hint=" (or several joined by '+', e.g. bnp+ft; "
                                              "clp/tuned: its setting chosen by --tune)",
