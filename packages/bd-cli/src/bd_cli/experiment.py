@@ -165,7 +165,6 @@ def execute(
             row["spc"] = round(float(per_class.mean()))
         log(f"applying {defense.name} with {len(clean)} clean images (spc {row['spc']}, partition {spec.partition})")
         started = time.perf_counter()
-        defense.check_model(model, spec.attack.arch)
         repaired = defense(model, MitigationData(clean, unlabeled_data(defense, data, spec)), ctx)
         seconds = time.perf_counter() - started
         post = evaluate(repaired, data.test, attacked.trigger, spec.attack.target, device=device)

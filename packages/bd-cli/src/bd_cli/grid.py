@@ -104,23 +104,27 @@ class GridSpec:
         architecture, its one-line reason appended to `refused`."""
         from bd_core.models import MODELS, canonical_model
         from bd_defenses import create_defense, tunable_names, with_tuning
+        from bd_defenses.combined import SEPARATOR
+        from bd_defenses.tuning import SUFFIX
 
         self.register_presets()
         tunable = set(tunable_names())
         names = [variant for n in self.defense_names()
-                 for variant in ([n, with_tuning(n)] if tune and set(n.split("+")) & tunable else [n])]
+                 for variant in ([n, with_tuning(n)] if tune and set(n.split(SEPARATOR)) & tunable else [n])]
+        defenses = {n: create_defense(n) for n in names}
+        refusals = {(a, n): d.refusal(MODELS[canonical_model(a)].facts, canonical_model(a))
+                    for a in self.archs for n, d in defenses.items()}
+        for line in dict.fromkeys(r for r in refusals.values() if r):
+            if refused is not None:
+                refused.append(line)
         units = []
         for ds, arch, attack, ratio, seed in itertools.product(self.datasets, self.archs, self.attacks,
                                                                 self.poison_ratios, self.seeds):
             spec = AttackSpec(ds, arch, attack, float(ratio), seed=int(seed), preset=self.preset)
-            facts = MODELS[canonical_model(arch)].facts
             for defense, spc, part in itertools.product(names, self.spc, self.partitions):
-                refusal = create_defense(defense).refusal(facts, canonical_model(arch))
-                if refusal:
-                    if refused is not None and refusal not in refused:
-                        refused.append(refusal)
+                if refusals[arch, defense]:
                     continue
-                settings = self.settings.get(defense, self.settings.get(defense.replace("/tuned", ""), {}))
+                settings = self.settings.get(defense, self.settings.get(defense.replace(SUFFIX, ""), {}))
                 units.append(ExperimentSpec(spec, defense, int(spc), int(part),
                                             {k: str(v) for k, v in settings.items()}))
         return units

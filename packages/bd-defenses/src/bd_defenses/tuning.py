@@ -88,10 +88,6 @@ class Tuned(Defense):
     def name(self) -> str:  # type: ignore[override]
         return self.inner.name + SUFFIX
 
-    @property
-    def requires(self) -> dict[str, str]:  # type: ignore[override]
-        return self.inner.requires
-
     def refusal(self, facts, arch: str) -> str | None:
         return self.inner.refusal(facts, arch)
 
