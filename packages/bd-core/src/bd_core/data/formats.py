@@ -101,7 +101,7 @@ def _load_cifar_pickle(path: Path, what: str) -> dict:
     except OSError as e:
         raise BdError(f"cannot read {path}: {e.strerror or e}") from None
     except Exception as e:  # any way a damaged or hostile pickle fails: refused, nothing of it ran
-        raise BdError(f"{path} is not a CIFAR-10 python {what} ({type(e).__name__}: {" ".join(str(e).split())[:120]}); "
+        raise BdError(f"{path} is not a CIFAR-10 python {what} ({type(e).__name__}: {' '.join(str(e).split())[:120]}); "
                       "re-extract the dataset") from None
     if not isinstance(content, dict):
         raise BdError(f"{path} is not a CIFAR-10 python {what} (holds a {type(content).__name__}, not a dict)")
