@@ -119,6 +119,39 @@ def test_anp_masks_the_planted_neurons(world):
     assert success_rates(out, test)[1] < 0.05
 
 
+def test_anp_perturbation_is_one_signed_step_of_size_eps_from_its_random_start(world):
+    """ANP's inner maximisation (the authors' code and the survey's fork): uniform start in
+    [-eps, eps], then eps * sign(gradient), not projected. An unsigned step of size eps * grad
+    would leave the start almost unchanged (the gradient is tiny)."""
+    from bd_defenses.anp import perturb_neurons
+    from bd_defenses.masking import masked_model
+
+    _, _, model, clean = world
+    model = copy.deepcopy(model)
+    wrapped = masked_model(model)
+    noises = [t for m in wrapped.values() for t in (m.perturb, m.bias_perturb)]
+    for t in noises:
+        t.requires_grad_(True)
+    pixels = Pixels.of(clean, "cpu")
+    x, y = pixels.normalize(pixels.x), pixels.y
+    eps = 0.4
+    torch.manual_seed(3)
+    starts = [torch.empty_like(t).uniform_(-eps, eps) for t in noises]
+    torch.manual_seed(3)
+    perturb_neurons(model, noises, torch.optim.SGD(noises, lr=eps), x, y, eps)
+    steps = torch.cat([(t.detach() - s).flatten() for t, s in zip(noises, starts, strict=True)])
+    moved = (steps.abs() - eps).abs() < 1e-6
+    assert bool((moved | (steps == 0)).all())  # sign(0) = 0 for a channel the loss does not reach
+    assert float(moved.float().mean()) > 0.9
+    assert float(torch.cat([t.detach().flatten() for t in noises]).abs().max()) > eps  # not projected
+    with torch.no_grad():
+        perturbed = torch.nn.functional.cross_entropy(model(x), y)
+        for t, s in zip(noises, starts, strict=True):
+            t.copy_(s)
+        started = torch.nn.functional.cross_entropy(model(x), y)
+    assert perturbed > started
+
+
 def test_rnp_masks_the_planted_neuron_after_unlearning(world):
     _, test, model, clean = world
     out, record = run("rnp", model, clean)

@@ -2,7 +2,7 @@
 
 Neurons (conv output channels, BN folded in) are scaled by a mask m and adversarially
 perturbed by xi in [-eps, eps] on weights and biases (survey Eq. 5). The mask solves the
-minimax of Eq. 6: min_m  alpha * L(m) + (1 - alpha) * max_xi L(m + xi), one gradient
+minimax of Eq. 6: min_m  alpha * L(m) + (1 - alpha) * max_xi L(m + xi), one signed gradient
 step per iteration from a random start, 2000 iterations. Neurons whose mask falls below a
 threshold are pruned; the threshold is raised in steps of 0.05 up to 0.9 while clean
 accuracy on the defender's data stays within acc_ratio (BackdoorBench picked it with test
@@ -35,8 +35,8 @@ class ANP(Defense):
     eps: float = 0.4  # perturbation budget on each neuron's weight and bias multipliers
     alpha: float = 0.2  # weight of the natural loss (lambda in survey Eq. 6)
     iterations: int = 2000
-    batch_size: int = 128
-    mask_lr: float = 0.2
+    batch_size: int = 256  # images per iteration, as the survey's code (it samples with replacement)
+    mask_lr: float = 0.01  # the survey's code (BackdoorBench's config); ANP's paper used 0.2
     acc_ratio: float = 0.1
     pruning_max: float = 0.9
     pruning_step: float = 0.05
@@ -75,7 +75,7 @@ class ANP(Defense):
         for t in noises:
             t.requires_grad_(self.eps > 0)
         mask_opt = torch.optim.SGD(masks, lr=self.mask_lr, momentum=0.9)
-        noise_opt = torch.optim.SGD(noises, lr=self.eps) if self.eps > 0 else None  # one step of size eps
+        noise_opt = torch.optim.SGD(noises, lr=self.eps) if self.eps > 0 else None  # one signed step of size eps
         batches = cycle(list(pixels.batches(self.batch_size, ctx.generator(1))))  # small D_m: reshuffling adds nothing
 
         def next_batch():  # one iteration of ANP is one "epoch" of the loop: a single batch
@@ -85,15 +85,7 @@ class ANP(Defense):
         def perturbed_and_natural_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             x = pixels.normalize(x)
             if noise_opt is not None:
-                with torch.no_grad():  # random start inside the budget
-                    for t in noises:
-                        t.uniform_(-self.eps, self.eps)
-                noise_opt.zero_grad(set_to_none=True)
-                (-F.cross_entropy(model(x), y)).backward()
-                noise_opt.step()
-                with torch.no_grad():
-                    for t in noises:
-                        t.clamp_(-self.eps, self.eps)
+                perturb_neurons(model, noises, noise_opt, x, y, self.eps)
                 for m in masks:  # the ascent on the noise must not reach the masks' gradient
                     m.grad = None
                 ((1 - self.alpha) * F.cross_entropy(model(x), y)).backward()  # the loss under perturbation
@@ -107,3 +99,22 @@ class ANP(Defense):
         for t in noises:
             t.requires_grad_(False)
             t.data.zero_()
+
+
+def perturb_neurons(model: nn.Module, noises: list[torch.Tensor], noise_opt: torch.optim.Optimizer,
+                    x: torch.Tensor, y: torch.Tensor, eps: float) -> None:
+    """The inner maximisation of survey Eq. 6 as ANP's code does it: a random start in
+    [-eps, eps], then one ascent step of size eps along the *sign* of the loss gradient (an
+    FGSM step on the neurons; `noise_opt` is SGD with lr eps). The gradient itself is tiny, so
+    without the sign the perturbation never leaves its random start. Like the authors' code
+    (and the survey's fork) the result is not projected back: it lies in [-2 eps, 2 eps]."""
+    with torch.no_grad():
+        for t in noises:
+            t.uniform_(-eps, eps)
+    noise_opt.zero_grad(set_to_none=True)
+    (-F.cross_entropy(model(x), y)).backward()
+    with torch.no_grad():
+        for t in noises:
+            if t.grad is not None:
+                t.grad.sign_()
+    noise_opt.step()
