@@ -39,31 +39,48 @@ def median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def by_model(parts: dict[int, dict]) -> list[tuple[str, dict[int, dict]]]:
+    """The partitions of one defense grouped by the attacked model they ran on (its ACC / ASR):
+    the fork's attack training gave two models on two machines, and a median over both would
+    mix a 61.7 % and an 81.8 % model."""
+    groups: dict[str, dict[int, dict]] = {}
+    for partition, r in sorted(parts.items()):
+        model = r.get("model") or {}
+        groups.setdefault(f"{pct(model.get('acc'))} / {pct(model.get('asr'))}", {})[partition] = r
+    return sorted(groups.items(), key=lambda kv: min(kv[1]))
+
+
 def summary_rows(runs: dict[str, dict[int, dict]], defenses: dict[str, dict]) -> list[str]:
     rows = []
-    for defense, parts in runs.items():
-        pairs = [(r["fork"], r["bd"]) for r in parts.values()
-                 if r.get("bd") and "acc" in r["fork"] and "acc" in r["bd"]]
-        if not pairs:
-            failed = next(iter(parts.values()))
-            why = ("fork failed" if "acc" not in failed["fork"] else "bd not run yet" if not failed.get("bd")
-                   else "bd failed")
-            rows.append(f"| {defense} | {why} |" + " |" * 12)
-            continue
-        cell = {side: {m: median([p[i][m] for p in pairs]) for m in ("acc", "asr", "ra")}
-                for i, side in enumerate(("fork", "bd"))}
-        gap = {m: max(abs(f[m] - b[m]) for f, b in pairs) for m in ("acc", "asr")}
-        fork_s = median([f.get("defense_seconds") for f, _ in pairs if f.get("defense_seconds") is not None])
-        bd_s = median([b["defense_seconds"] for _, b in pairs])
-        ratio = f"{fork_s / bd_s:.1f}x" if fork_s and bd_s else "–"
-        verdict = parity_verdict([r for r in parts.values() if r.get("bd") and "acc" in r["bd"]])
-        shortened = ", ".join(f"{k} {v}" for k, v in defenses[defense].get("bd", {}).items()) or "defaults"
-        rows.append(
-            f"| {defense} | {pct(cell['fork']['acc'])} | {pct(cell['bd']['acc'])} | {pct(cell['fork']['asr'])} | "
-            f"{pct(cell['bd']['asr'])} | {pct(cell['fork']['ra'])} | {pct(cell['bd']['ra'])} | "
-            f"{100 * gap['acc']:.1f} | {100 * gap['asr']:.1f} | {seconds(fork_s)} | {seconds(bd_s)} | {ratio} | "
-            f"{shortened} | {verdict} |")
+    for defense, every in runs.items():
+        for model, parts in by_model(every):
+            rows.append(summary_row(defense, model, parts, defenses))
     return rows
+
+
+def summary_row(defense: str, model: str, parts: dict[int, dict], defenses: dict[str, dict]) -> str:
+    pairs = [(r["fork"], r["bd"]) for r in parts.values()
+             if r.get("bd") and "acc" in r["fork"] and "acc" in r["bd"]]
+    partitions = ",".join(str(p) for p in parts)
+    if not pairs:
+        failed = next(iter(parts.values()))
+        why = ("fork failed" if "acc" not in failed["fork"] else "bd not run yet" if not failed.get("bd")
+               else "bd failed")
+        return f"| {defense} | {model} | {partitions} | {why} |" + " |" * 12
+    cell = {side: {m: median([p[i][m] for p in pairs]) for m in ("acc", "asr", "ra")}
+            for i, side in enumerate(("fork", "bd"))}
+    gap = {m: max(abs(f[m] - b[m]) for f, b in pairs) for m in ("acc", "asr")}
+    fork_s = median([f.get("defense_seconds") for f, _ in pairs if f.get("defense_seconds") is not None])
+    bd_s = median([b["defense_seconds"] for _, b in pairs])
+    ratio = f"{fork_s / bd_s:.1f}x" if fork_s and bd_s else "–"
+    verdict = parity_verdict([r for r in parts.values() if r.get("bd") and "acc" in r["bd"]])
+    shortened = ", ".join(f"{k} {v}" for k, v in defenses[defense].get("bd", {}).items()) or "defaults"
+    return (
+        f"| {defense} | {model} | {partitions} | {pct(cell['fork']['acc'])} | {pct(cell['bd']['acc'])} | "
+        f"{pct(cell['fork']['asr'])} | {pct(cell['bd']['asr'])} | "
+        f"{pct(cell['fork']['ra'])} | {pct(cell['bd']['ra'])} | "
+        f"{100 * gap['acc']:.1f} | {100 * gap['asr']:.1f} | {seconds(fork_s)} | {seconds(bd_s)} | {ratio} | "
+        f"{shortened} | {verdict} |")
 
 
 def close(fork: dict, bd: dict) -> bool:
@@ -142,9 +159,9 @@ def replace_between(text: str, begin: str, end: str, body: str) -> str:
 def write_table(runs_file: Path, target: Path, defenses: dict[str, dict]) -> None:
     runs = load_runs(runs_file, list(defenses))
     summary = [
-        "| defense | fork ACC | bd ACC | fork ASR | bd ASR | fork RA | bd RA | max ΔACC | max ΔASR | fork s | bd s | "
-        "fork/bd time | schedule (both tools) | parity |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| defense | model ACC / ASR | partitions | fork ACC | bd ACC | fork ASR | bd ASR | fork RA | bd RA | "
+        "max ΔACC | max ΔASR | fork s | bd s | fork/bd time | schedule (both tools) | parity |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         *summary_rows(runs, defenses),
     ]
     detail = [
