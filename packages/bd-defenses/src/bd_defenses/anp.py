@@ -75,7 +75,6 @@ class ANP(Defense):
         for t in noises:
             t.requires_grad_(self.eps > 0)
         mask_opt = torch.optim.SGD(masks, lr=self.mask_lr, momentum=0.9)
-        noise_opt = torch.optim.SGD(noises, lr=self.eps) if self.eps > 0 else None  # one signed step of size eps
         batches = cycle(list(pixels.batches(self.batch_size, ctx.generator(1))))  # small D_m: reshuffling adds nothing
 
         def next_batch():  # one iteration of ANP is one "epoch" of the loop: a single batch
@@ -84,10 +83,8 @@ class ANP(Defense):
 
         def perturbed_and_natural_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             x = pixels.normalize(x)
-            if noise_opt is not None:
-                perturb_neurons(model, noises, noise_opt, x, y, self.eps)
-                for m in masks:  # the ascent on the noise must not reach the masks' gradient
-                    m.grad = None
+            if self.eps > 0:
+                perturb_neurons(model, noises, x, y, self.eps)  # autograd.grad: the masks' gradients stay untouched
                 ((1 - self.alpha) * F.cross_entropy(model(x), y)).backward()  # the loss under perturbation
                 with torch.no_grad():
                     for t in noises:
@@ -101,20 +98,18 @@ class ANP(Defense):
             t.data.zero_()
 
 
-def perturb_neurons(model: nn.Module, noises: list[torch.Tensor], noise_opt: torch.optim.Optimizer,
-                    x: torch.Tensor, y: torch.Tensor, eps: float) -> None:
+def perturb_neurons(model: nn.Module, noises: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                    eps: float) -> None:
     """The inner maximisation of survey Eq. 6 as ANP's code does it: a random start in
     [-eps, eps], then one ascent step of size eps along the *sign* of the loss gradient (an
-    FGSM step on the neurons; `noise_opt` is SGD with lr eps). The gradient itself is tiny, so
-    without the sign the perturbation never leaves its random start. Like the authors' code
-    (and the survey's fork) the result is not projected back: it lies in [-2 eps, 2 eps]."""
+    FGSM step on the neurons). The gradient itself is tiny, so without the sign the
+    perturbation never leaves its random start. Like the authors' code (and the survey's
+    fork) the result is not projected back: it lies in [-2 eps, 2 eps]."""
     with torch.no_grad():
         for t in noises:
             t.uniform_(-eps, eps)
-    noise_opt.zero_grad(set_to_none=True)
-    (-F.cross_entropy(model(x), y)).backward()
+    grads = torch.autograd.grad(F.cross_entropy(model(x), y), noises, allow_unused=True)
     with torch.no_grad():
-        for t in noises:
-            if t.grad is not None:
-                t.grad.sign_()
-    noise_opt.step()
+        for t, g in zip(noises, grads, strict=True):
+            if g is not None:
+                t.add_(eps * g.sign())
