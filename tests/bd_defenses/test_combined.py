@@ -36,6 +36,18 @@ def test_settings_go_to_the_part_they_name():
         create_defense("clp+ft", {"ft.nosuch": "1"})
 
 
+def test_a_single_defense_takes_its_settings_with_or_without_its_name():
+    """`bd defend --defense anp --set anp.iterations=50` is how combinations spell settings; a
+    single defense accepts it too (also by alias), and a setting naming another defense fails."""
+    assert create_defense("anp", {"anp.iterations": "50"}).iterations == 50
+    assert create_defense("mm-bd", {"mmbd.epochs": "3", "lr": "0.01"}).epochs == 3
+    assert create_defense("ft/tuned", {"ft.epochs": "4"}).inner.epochs == 4
+    with pytest.raises(BdError, match="names ft, not anp"):
+        create_defense("anp", {"ft.epochs": "3"})
+    with pytest.raises(BdError, match="no setting"):
+        create_defense("anp", {"anp.nosuch": "1"})
+
+
 def test_registry_facts_of_a_combination():
     info = describe("bnp+ft")
     assert info["family"] == "combined" == family_of("bnp+ft")

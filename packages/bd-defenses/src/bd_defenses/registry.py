@@ -92,10 +92,30 @@ def _split_settings(parts: list[str], overrides: dict[str, Any], name: str) -> l
     return per_part
 
 
+def _own_settings(canonical: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """A single defense's settings may name it, as a combination's must ('anp.iterations=50'
+    for anp); a setting that names another defense is an error, not silently dropped."""
+    own: dict[str, Any] = {}
+    base = canonical.removesuffix(TUNED)
+    for key, value in overrides.items():
+        prefix, dot, setting = key.partition(".")
+        if dot:
+            try:
+                named = DEFENSES.canonical(prefix.partition("/")[0])
+            except BdError:
+                named = prefix
+            if named != base:
+                raise BdError(f"defense {canonical}: setting {key!r} names {prefix}, not {base}; "
+                              f"write {base}.{setting}={value} or {setting}={value}")
+            key = setting
+        own[key] = value
+    return own
+
+
 def create_defense(name: str, overrides: dict[str, Any] | None = None) -> Defense:
     canonical = canonical_defense(name)
     if SEPARATOR not in canonical:
-        return _build_part(canonical, overrides or {}, f"defense {name}")
+        return _build_part(canonical, _own_settings(canonical, overrides or {}), f"defense {name}")
     parts = canonical.split(SEPARATOR)
     settings = _split_settings(parts, overrides or {}, canonical)
     return Combined(tuple(_build_part(p, s, f"defense {p} (in {canonical})")
