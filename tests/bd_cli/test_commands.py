@@ -93,6 +93,23 @@ def test_attack_then_defend_the_saved_model_then_report(tmp_path):
     assert re.search(r"\| BNP† \| 1 \|", summary) and re.search(r"\| BNP\+FP \| 1 \|", summary)
 
 
+def test_bd_profile_writes_where_the_defense_spends_its_time(tmp_path, monkeypatch):
+    """BD_PROFILE=DIR: the defense (not the evaluation) under torch.profiler, as an operator
+    table and a trace; a file in its place is one clear error."""
+    monkeypatch.setenv("BD_PROFILE", str(tmp_path / "prof"))
+    result = bd("run", "--defense", "ft", "--set", "epochs=2", "--dataset", "synthetic", "--device", "cpu",
+                "--store", str(tmp_path / "r.sqlite"), "--format", "json")
+    assert result.exit_code == 0, result.output
+    (table,) = (tmp_path / "prof").glob("ft-*.txt")
+    text = table.read_text()
+    assert text.startswith("ft-") and "aten::convolution_backward" in text  # FT's own backward passes
+    assert len(list((tmp_path / "prof").glob("ft-*.trace.json"))) == 1
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("BD_PROFILE", str(tmp_path / "file"))
+    bad = bd("run", "--defense", "ft", "--dataset", "synthetic", "--store", str(tmp_path / "r.sqlite"))
+    assert bad.exit_code == 2 and "BD_PROFILE" in bad.output and "give a folder" in bad.output
+
+
 def test_defend_without_a_model_says_how_to_get_one(tmp_path):
     result = bd("defend", "--attack", "sig", "--dataset", "synthetic", "--store", str(tmp_path / "r.sqlite"))
     assert result.exit_code == 2 and "train it with `bd attack`" in result.output
@@ -112,7 +129,8 @@ def test_grid_dry_run_counts_units(tmp_path):
     summary = json_of(result)
     from bd_defenses import benchmarked_defenses
 
-    assert summary["units"] == 2 * len(benchmarked_defenses()) * 2 * 3 and summary["attacked_models"] == 2 and summary["to_run"] == summary["units"]
+    assert summary["units"] == 2 * len(benchmarked_defenses()) * 2 * 3
+    assert summary["attacked_models"] == 2 and summary["to_run"] == summary["units"]
     bad = bd("grid", "--set", "epochs=2", "--dry-run")
     assert bad.exit_code == 2 and "defense.key=value" in bad.output
     # a combined defense is one unit per setting, its parts' settings given through its name

@@ -22,6 +22,7 @@ from bd_core.data.mitigation import check_mitigation_request, indices_digest, mi
 from bd_core.errors import BdError, InvalidRequest
 from bd_core.metrics import Metrics, arr, evaluate, rdr
 from bd_core.models import MODELS
+from bd_core.profiling import profiled
 from bd_core.progress import log
 from bd_core.store import ModelCache, ResultStore, config_key
 from bd_core.store.models import AttackedModel
@@ -130,7 +131,8 @@ def unlabeled_data(defense, data: DataBundle, spec: ExperimentSpec):
 
 
 def execute(
-    spec: ExperimentSpec, data: DataBundle, cache: ModelCache, device: str = "cpu", attacked: AttackedModel | None = None
+    spec: ExperimentSpec, data: DataBundle, cache: ModelCache, device: str = "cpu",
+    attacked: AttackedModel | None = None,
 ) -> dict[str, Any]:
     """Run one unit and return its result row (status ok, or failed with the error); stores nothing.
     `attacked` supplies the attacked model directly (`bd defend --model FILE`) instead of the cache.
@@ -164,9 +166,12 @@ def execute(
             per_class = clean.class_counts().float()
             row["spc"] = round(float(per_class.mean()))
         log(f"applying {defense.name} with {len(clean)} clean images (spc {row['spc']}, partition {spec.partition})")
-        started = time.perf_counter()
-        repaired = defense(model, MitigationData(clean, unlabeled_data(defense, data, spec)), ctx)
-        seconds = time.perf_counter() - started
+        with profiled(f"{defense.name}-{spec.key}") as profile:
+            started = time.perf_counter()
+            repaired = defense(model, MitigationData(clean, unlabeled_data(defense, data, spec)), ctx)
+            seconds = time.perf_counter() - started
+        if profile is not None:
+            log(f"profile of {defense.name}: {profile}")
         post = evaluate(repaired, data.test, attacked.trigger, spec.attack.target, device=device)
     except BdError:
         raise
