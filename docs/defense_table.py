@@ -75,6 +75,11 @@ def non_default_settings(row: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in chosen.items() if defaults.get(k) != v) or "defaults"
 
 
+def training(row: dict) -> str:
+    """Which training of the attacked model a run used, named by its ACC / ASR before any defense."""
+    return f"{100 * row['acc_pre']:.1f} / {100 * row['asr_pre']:.1f}"
+
+
 def write(args, store: ResultStore) -> None:
     query = {"dataset": args.dataset, "arch": args.arch, "preset": args.preset, "spc": args.spc, "poison_ratio": 0.1}
     stored = store.query(**query)
@@ -86,8 +91,8 @@ def write(args, store: ResultStore) -> None:
     groups: dict[tuple, list] = {}
     for r in stored:
         if r["partition"] < args.partitions and r["attack"] in args.attacks.split(","):
-            groups.setdefault((r["defense"], r["attack"], non_default_settings(r)), []).append(r)
-    rows = [(d, a, runs, setting) for (d, a, setting), runs in sorted(groups.items())]
+            groups.setdefault((r["defense"], r["attack"], training(r), non_default_settings(r)), []).append(r)
+    rows = [(d, a, model, runs, setting) for (d, a, model, setting), runs in sorted(groups.items())]
     by_family: dict[str, list] = {}
     for row in rows:
         by_family.setdefault(describe(row[0])["family"], []).append(row)
@@ -106,21 +111,28 @@ def write(args, store: ResultStore) -> None:
         "",
     ]
     for attack in args.attacks.split(","):
-        pre = {r["partition"]: r for r in stored if r["attack"] == attack and r["status"] == "ok"}.values()
-        if pre:
-            lines.append(f"- {attack} before any defense: ACC {spread([r['acc_pre'] for r in pre])}, "
-                         f"ASR {spread([r['asr_pre'] for r in pre])}, RA {spread([r['ra_pre'] for r in pre])}")
-    lines += ["", "| family | defense | attack | " + " | ".join(h for _, h in METRICS) + " | time (s) | settings |",
-              "|---|---|---|" + "---|" * len(METRICS) + "---|---|"]
+        models = {training(r): r for r in stored if r["attack"] == attack and r["status"] == "ok"}
+        for model, r in sorted(models.items()):
+            lines.append(f"- {attack} before any defense, model {model}: ACC {100 * r['acc_pre']:.1f}, "
+                         f"ASR {100 * r['asr_pre']:.1f}, RA {100 * r['ra_pre']:.1f}")
+    if any(len({training(r) for r in stored if r["attack"] == a}) > 1 for a in args.attacks.split(",")):
+        lines += ["", "The quick models were trained twice under the same cache key (the model cache was rebuilt "
+                  "between work sessions, on 2026-12-02; attack training on a CPU is not bit-reproducible across "
+                  "machines), so the rows come from two models per attack; each row names its model by that "
+                  "model's ACC / ASR before any defense."]
+    header = "| family | defense | attack | model | " + " | ".join(h for _, h in METRICS) + " | time (s) | settings |"
+    lines += ["", header,
+              "|---|---|---|---|" + "---|" * len(METRICS) + "---|---|"]
     for family in FAMILY_ORDER + sorted(set(by_family) - set(FAMILY_ORDER)):
-        for defense, attack, runs, setting in by_family.get(family, []):
+        for defense, attack, model, runs, setting in by_family.get(family, []):
             ok = [r for r in runs if r.get("status") == "ok"]
             cells = [spread([r[k] for r in ok], 1.0 if k in ("arr", "rdr") else 100.0, 3 if k in ("arr", "rdr") else 1)
                      for k, _ in METRICS]
             t = spread([r["defense_seconds"] for r in ok], 1.0, 1)
             if len(ok) < args.partitions:
                 setting += f" ({len(ok)} of {args.partitions} partitions so far)"
-            lines.append(f"| {family} | {defense} | {attack} | " + " | ".join(cells) + f" | {t} | {setting} |")
+            lines.append(f"| {family} | {defense} | {attack} | {model} | " + " | ".join(cells)
+                         + f" | {t} | {setting} |")
     text = OUT.read_text() if OUT.exists() else ""
     notes = text.split("<!-- notes -->", 1)[1] if "<!-- notes -->" in text else "\n"
     OUT.write_text("\n".join(lines) + "\n\n<!-- notes -->" + notes)
