@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import re
 import statistics
 from pathlib import Path
 
@@ -135,7 +136,9 @@ def write(args, store: ResultStore) -> None:
                          + f" | {t} | {setting} |")
     text = OUT.read_text() if OUT.exists() else ""
     notes = text.split("<!-- notes -->", 1)[1] if "<!-- notes -->" in text else "\n"
-    OUT.write_text("\n".join(lines) + "\n\n<!-- notes -->" + notes)
+    # docs/findings.py's block (between the table and the notes) is kept; rerun it for new rows
+    found = re.search(r"<!-- findings -->.*<!-- /findings -->\n*", text, flags=re.S)
+    OUT.write_text("\n".join(lines) + "\n\n" + (found.group(0) if found else "") + "<!-- notes -->" + notes)
 
 
 if __name__ == "__main__":
