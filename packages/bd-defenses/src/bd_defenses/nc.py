@@ -31,6 +31,9 @@ MAD_CONSISTENCY = 1.4826  # makes the MAD a consistent estimator of a normal's s
 
 
 def anomaly_indices(norms: Tensor) -> Tensor:
+    # torch's median of an even count is the lower middle value, as in the survey's code (its
+    # nc.py uses torch.median too); NC's authors' np.median averages the two middle values, which
+    # gives a somewhat larger index for 10 classes
     median = norms.median()
     mad = MAD_CONSISTENCY * (norms - median).abs().median()
     return (norms - median).abs() / mad.clamp_min(1e-12)
