@@ -74,50 +74,42 @@ def with_tuning(name: str) -> str:
 
 
 def _split_settings(parts: list[str], overrides: dict[str, Any], name: str) -> list[dict[str, Any]]:
-    """{'ft.epochs': 5, 'bnp.u': 3} -> one dict per part; every key must name its part."""
+    """One settings dict per part: {'ft.epochs': 5, 'bnp.u': 3} for 'bnp+ft'. A combination's
+    settings must name their part; a single defense takes them with or without its name
+    ('anp.iterations=50' or 'iterations=50'). A setting that names a defense not in `name` is an
+    error, not silently dropped."""
+    bases = [p.removesuffix(TUNED) for p in parts]
     per_part: list[dict[str, Any]] = [{} for _ in parts]
     for key, value in overrides.items():
         prefix, dot, setting = key.partition(".")
         if not dot:
-            raise BdError(f"combined defense {name}: setting {key!r} must name its defense, e.g. "
-                          f"{parts[-1]}.{key}={value}")
-        target = DEFENSES.canonical(prefix.partition("/")[0])
-        bases = [p.removesuffix(TUNED) for p in parts]
+            if len(parts) > 1:
+                raise BdError(f"combined defense {name}: setting {key!r} must name its defense, e.g. "
+                              f"{bases[-1]}.{key}={value}")
+            per_part[0][key] = value
+            continue
+        try:
+            target = DEFENSES.canonical(prefix.partition("/")[0])
+        except BdError:
+            target = prefix
         if target not in bases:
-            raise BdError(f"combined defense {name}: setting {key!r} names {target}, which is not one of its "
-                          f"parts ({', '.join(parts)})")
+            if len(parts) > 1:
+                raise BdError(f"combined defense {name}: setting {key!r} names {prefix}, which is not one of "
+                              f"its parts ({', '.join(parts)})")
+            raise BdError(f"defense {name}: setting {key!r} names {prefix}, not {bases[0]}; "
+                          f"write {bases[0]}.{setting}={value} or {setting}={value}")
         for i, part in enumerate(bases):  # a part named twice (ft+clp+ft) takes the setting each time
             if part == target:
                 per_part[i][setting] = value
     return per_part
 
 
-def _own_settings(canonical: str, overrides: dict[str, Any]) -> dict[str, Any]:
-    """A single defense's settings may name it, as a combination's must ('anp.iterations=50'
-    for anp); a setting that names another defense is an error, not silently dropped."""
-    own: dict[str, Any] = {}
-    base = canonical.removesuffix(TUNED)
-    for key, value in overrides.items():
-        prefix, dot, setting = key.partition(".")
-        if dot:
-            try:
-                named = DEFENSES.canonical(prefix.partition("/")[0])
-            except BdError:
-                named = prefix
-            if named != base:
-                raise BdError(f"defense {canonical}: setting {key!r} names {prefix}, not {base}; "
-                              f"write {base}.{setting}={value} or {setting}={value}")
-            key = setting
-        own[key] = value
-    return own
-
-
 def create_defense(name: str, overrides: dict[str, Any] | None = None) -> Defense:
     canonical = canonical_defense(name)
-    if SEPARATOR not in canonical:
-        return _build_part(canonical, _own_settings(canonical, overrides or {}), f"defense {name}")
     parts = canonical.split(SEPARATOR)
     settings = _split_settings(parts, overrides or {}, canonical)
+    if len(parts) == 1:
+        return _build_part(canonical, settings[0], f"defense {name}")
     return Combined(tuple(_build_part(p, s, f"defense {p} (in {canonical})")
                           for p, s in zip(parts, settings, strict=True)))
 
