@@ -97,3 +97,32 @@ def test_fit_with_adamw_decouples_weight_decay():
     fit(model, lambda idx, g: (torch.ones(len(idx), 2), torch.zeros(len(idx))), 1, epochs=1, batch_size=1, lr=0.1,
         weight_decay=0.5, step=lambda m, x, y: m(x).sum(), schedule="constant", optimizer="adamw")
     torch.testing.assert_close(model.weight, torch.tensor([[1.0 - 0.1 * 0.5 - 0.1, -1.0 + 0.1 * 0.5 - 0.1]]))
+
+
+def test_fit_in_channels_last_trains_the_same_weights_and_hands_back_the_default_layout():
+    """Attack training runs in channels_last (faster CPU convolutions): the same steps as in the
+    default layout up to rounding, the same Parameter objects, and the model handed back in the
+    default layout that the defenses expect. In float64: in float32 the rounding of either
+    layout is amplified by training to ~2 % of the update, as much as a change of thread count."""
+    from bd_core.models import create_model
+
+    data = torch.Generator().manual_seed(0)
+    images = torch.randn(16, 1, 28, 28, generator=data, dtype=torch.float64)
+    labels = torch.randint(0, 10, (16,), generator=data)
+
+    def make_batch(idx, g):
+        assert images[idx].is_contiguous()  # fit itself converts what the batch maker gives
+        return images[idx], labels[idx]
+
+    models = []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        model = create_model("preact-resnet18", 10, 1, 28, width=0.25).double()
+        start = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        params = list(model.parameters())
+        fit(model, make_batch, 16, epochs=2, batch_size=8, lr=0.05, channels_last=channels_last)
+        assert [id(p) for p in model.parameters()] == [id(p) for p in params]
+        assert all(p.is_contiguous() for p in model.parameters())
+        models.append(model)
+    plain, nhwc = (torch.cat([p.detach().flatten() for p in m.parameters()]) for m in models)
+    assert (nhwc - plain).norm() < 1e-9 * (plain - start).norm()  # the same four steps

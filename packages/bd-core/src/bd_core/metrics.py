@@ -10,8 +10,6 @@ RDR = (ACC_pre - RA_post) / ACC_pre           (Eq. 42)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -20,6 +18,7 @@ from torch import Tensor
 
 from bd_core.attacks.base import Trigger
 from bd_core.data.imageset import ImageSet
+from bd_core.layout import channels_last
 from bd_core.progress import Steps
 
 
@@ -55,20 +54,6 @@ def predict(model: nn.Module, batches, device: torch.device | str, tick=None) ->
             if tick is not None:
                 tick()
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
-
-
-@contextmanager
-def channels_last(model: nn.Module) -> Iterator[None]:
-    """The model's 4-D weights in channels_last while inside, back to contiguous after (the
-    trainer and the defenses expect the default layout). The conversions run outside inference
-    mode: weights created inside it could never be trained again."""
-    with torch.inference_mode(False), torch.no_grad():
-        model.to(memory_format=torch.channels_last)
-    try:
-        yield
-    finally:
-        with torch.inference_mode(False), torch.no_grad():
-            model.to(memory_format=torch.contiguous_format)
 
 
 @torch.inference_mode()
