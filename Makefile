@@ -10,6 +10,10 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PKGS   := packages/bd-kernels packages/bd-core packages/bd-defenses packages/bd-cli
 CSRC   := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh')
 
+# The Python environment and the apt-installed dataset are independent prerequisites: set them up
+# side by side (saves the apt download and unpacking on a fresh machine). Recipes stay sequential.
+MAKEFLAGS += -j2
+
 .PHONY: setup data demo test lint bench asan test-isa report-example clean
 
 setup: $(STAMP)
