@@ -88,7 +88,8 @@ def vit_table(groups: dict[tuple, list[dict]], rows: list[dict]) -> list[str]:
              "| attack | ACC | ASR | RA |", "|---|---|---|---|"]
     for attack in attacks:
         pre = next(r for r in vit if r["attack"] == attack and r["acc_pre"] is not None)
-        lines.append(f"| {attack} | {pre['acc_pre'] * 100:.1f} | {pre['asr_pre'] * 100:.1f} | {pre['ra_pre'] * 100:.1f} |")
+        lines.append(f"| {attack} | {pre['acc_pre'] * 100:.1f} | {pre['asr_pre'] * 100:.1f} | "
+                     f"{pre['ra_pre'] * 100:.1f} |")
     lines += ["", "Every defense on them (SPC 10, partition 0):", "",
               "| defense | attack | ACC | ASR | RA | ARR | RDR | time (s) |", "|---|---|---|---|---|---|---|---|"]
     by_unit = {(r["defense"], r["attack"]): r for r in sorted(vit, key=lambda r: r["status"] == "ok")}  # a success wins
@@ -110,7 +111,8 @@ def vit_table(groups: dict[tuple, list[dict]], rows: list[dict]) -> list[str]:
                 lines.append(f"| {name} | {attack} | failed: {r['error'].splitlines()[0]} | | | | | |")
             else:
                 lines.append(f"| {name} | {attack} | {r['acc_post'] * 100:.1f} | {r['asr_post'] * 100:.1f} | "
-                             f"{r['ra_post'] * 100:.1f} | {r['arr']:.3f} | {r['rdr']:.3f} | {r['defense_seconds']:.0f} |")
+                             f"{r['ra_post'] * 100:.1f} | {r['arr']:.3f} | {r['rdr']:.3f} | {r['defense_seconds']:.0f} "
+                                 f"|")
     return lines
 
 

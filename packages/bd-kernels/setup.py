@@ -56,7 +56,8 @@ def extension_modules():
         cxx = ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer", "-fopenmp-simd",
                f'-DBD_TORCH_VERSION="{version}"']
         link = ["-fsanitize=address"]
-    with_cuda = os.environ.get("FORCE_CUDA") == "1" or (cuda_home() is not None and os.environ.get("BD_KERNELS_CPU_ONLY") != "1")
+    with_cuda = os.environ.get("FORCE_CUDA") == "1" or (cuda_home() is not None
+                                                        and os.environ.get("BD_KERNELS_CPU_ONLY") != "1")
     if not with_cuda:
         ext = cpp_extension.CppExtension("bd_kernels._C", sources, extra_compile_args={"cxx": cxx},
                                          extra_link_args=link)
@@ -70,7 +71,8 @@ def extension_modules():
     library_dirs += [str(p) for p in (home / "lib64", home / "lib") if p.is_dir()]
     # pip-installed CUDA headers (cuBLAS, cuSPARSE, ...) that ATen's CUDA headers include
     for site in sys.path:
-        for sub in ("nvidia/cu13/include", "nvidia/cuda_runtime/include", "nvidia/cublas/include", "nvidia/cusparse/include"):
+        for sub in ("nvidia/cu13/include", "nvidia/cuda_runtime/include", "nvidia/cublas/include",
+                    "nvidia/cusparse/include"):
             cand = Path(site) / sub
             if cand.is_dir():
                 include_dirs.append(str(cand))

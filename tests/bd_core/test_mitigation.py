@@ -41,7 +41,8 @@ def test_never_drawn_from_the_test_split():
         mitigation_set(test, 2, 0)
 
 
-@pytest.mark.parametrize("spc, message", [(0, ">= 1"), (-3, ">= 1"), (61, "spc=61 is larger than class"), (2.5, ">= 1")])
+@pytest.mark.parametrize("spc, message", [(0, ">= 1"), (-3, ">= 1"), (61, "spc=61 is larger than "
+                                                                      "class"), (2.5, ">= 1")])
 def test_impossible_requests_are_refused_not_changed(train, spc, message):
     with pytest.raises(InvalidRequest, match=message):
         mitigation_set(train, spc, 0)

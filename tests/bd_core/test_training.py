@@ -58,7 +58,10 @@ def test_backdoor_is_learned_and_cached(backdoored, synthetic_data, tiny_preset)
     assert other.key != spec.key
 
 
-@pytest.mark.parametrize("schedule, total_lr", [("constant", 4.0), ("cosine", 1 + 0.5 * (1 + 0.5**0.5) + 0.5 + 0.5 * (1 - 0.5**0.5))])
+COSINE_LR_SUM = 1 + 0.5 * (1 + 0.5**0.5) + 0.5 + 0.5 * (1 - 0.5**0.5)  # lr of 4 cosine-annealed epochs
+
+
+@pytest.mark.parametrize("schedule, total_lr", [("constant", 4.0), ("cosine", COSINE_LR_SUM)])
 def test_fit_schedules_the_learning_rate_per_epoch(schedule, total_lr):
     """A loss whose gradient is 1 moves the weight by the sum of the epochs' learning rates:
     constant (NAD's student) or cosine-annealed over the run (every other fine-tuning)."""
@@ -71,7 +74,8 @@ def test_fit_schedules_the_learning_rate_per_epoch(schedule, total_lr):
 
 def test_fit_refuses_an_unknown_schedule():
     with pytest.raises(ValueError, match="schedule"):
-        fit(torch.nn.Linear(1, 1), lambda idx, g: (torch.zeros(1, 1), torch.zeros(1)), 1, epochs=1, batch_size=1, lr=0.1,
+        fit(torch.nn.Linear(1, 1), lambda idx, g: (torch.zeros(1, 1), torch.zeros(1)), 1, epochs=1, batch_size=1,
+            lr=0.1,
             schedule="step")
 
 

@@ -41,7 +41,8 @@ def defend(name, arch, clean):
     model = create_model(arch, 10, clean.channels, 28, 0.125)
     ctx = Context(seed=0)
     create_defense(name).check_model(model, arch)
-    unlabeled = as_unlabeled(make_synthetic("train", n_train=64, channels=3, seed=3), clean, 64) if name == "bcu" else None
+    unlabeled = as_unlabeled(make_synthetic("train", n_train=64, channels=3, seed=3), clean,
+                             64) if name == "bcu" else None
     out = create_defense(name, SHORT.get(name, {}))(copy.deepcopy(model), MitigationData(clean, unlabeled), ctx)
     x = torch.linspace(-1, 1, 2 * clean.channels * 28 * 28).view(2, clean.channels, 28, 28)
     with torch.no_grad():

@@ -58,7 +58,8 @@ def test_ftsam_perturbation_has_the_configured_adaptive_radius():
     torch.nn.functional.cross_entropy(model(x), y).backward()
     params = [p for p in model.parameters()]
     e = adaptive_perturbation(params, rho=2.0)
-    radius = torch.norm(torch.stack([(ei / p.detach().abs().clamp_min(1e-12)).norm() for ei, p in zip(e, params, strict=True)]))
+    radius = torch.norm(torch.stack([(ei / p.detach().abs().clamp_min(1e-12)).norm() for ei, p in zip(e, params,
+                                                                                                      strict=True)]))
     assert radius.item() == pytest.approx(2.0, rel=1e-4)
 
 
@@ -166,7 +167,8 @@ def test_mesa_learns_triggers_for_the_target_and_patches_the_model(trained):
 
 def test_bcu_distils_on_unlabeled_data_without_the_backdoor(trained):
     attacked, clean, pre, test = trained
-    unlabeled = as_unlabeled(make_synthetic("train", n_train=600, size=32, channels=3, num_classes=7, seed=5), clean, 600)
+    unlabeled = as_unlabeled(make_synthetic("train", n_train=600, size=32, channels=3, num_classes=7, seed=5), clean,
+                             600)
     ctx = Context(seed=0)
     torch.manual_seed(0)
     out = create_defense("bcu", {"ood_dataset": "synthetic", "epochs": "10"})(

@@ -50,7 +50,8 @@ def world(tmp_path_factory):
                      "asr_post": 0.3, "ra_post": 0.6, "arr": 0.0556, "rdr": 0.333, "defense_seconds": 1.0,
                      "details": {}, "config": {}})
     meta = {"arch": "preact-resnet18", "num_classes": 10, "in_channels": 3, "image_size": 32, "width": 0.125}
-    model, trigger = create_model("preact-resnet18", 10, 3, 32, 0.125), BadNets().fit(make_synthetic("train", n_train=8), 0)
+    model, trigger = create_model("preact-resnet18", 10, 3, 32, 0.125), BadNets().fit(make_synthetic("train",
+                                                                                                     n_train=8), 0)
     save_model(root / "no-attack.safetensors", model, meta, trigger)
     save_model(root / "huge.safetensors", model, {**meta, "num_classes": 10**12}, trigger)
     (root / "junk.sqlite").write_bytes(os.urandom(4096))
@@ -102,19 +103,22 @@ CASES = [
     ("model file without an attack section",
      ["defend", "--model", "{root}/no-attack.safetensors", "--dataset", "synthetic"], "no 'attack' section"),
     ("model file with absurd num_classes", ["defend", "--model", "{root}/huge.safetensors"], "num_classes"),
-    ("missing CIFAR batch", ["attack", "--dataset", "cifar10", "--data-dir", "{cifar-missing}"], "data_batch_3 is missing"),
+    ("missing CIFAR "
+     "batch", ["attack", "--dataset", "cifar10", "--data-dir", "{cifar-missing}"], "data_batch_3 is missing"),
     ("malicious batches.meta", ["attack", "--dataset", "cifar10", "--data-dir", "{cifar-evil-meta}"], "batches.meta"),
     ("corrupt batches.meta", ["attack", "--dataset", "cifar10", "--data-dir", "{cifar-junk-meta}"], "batches.meta"),
     ("random bytes as .gz", ["attack", "--dataset", "fashion-mnist", "--data-dir", "{fmnist-random-gz}"],
      "not a valid .gz file"),
     ("truncated .gz", ["attack", "--dataset", "fashion-mnist", "--data-dir", "{fmnist-truncated-gz}"], "is truncated"),
     ("non-numeric GTSRB class folder", ["attack", "--dataset", "gtsrb", "--data-dir", "{gtsrb-bad}"], "notes"),
-    ("grid poison ratio not a number", ["grid", "--poison-ratio", "abc", "--store", "{store}"], "'abc' is not a number"),
+    ("grid poison ratio not a "
+     "number", ["grid", "--poison-ratio", "abc", "--store", "{store}"], "'abc' is not a number"),
     ("grid spc not an integer", ["grid", "--spc", "x", "--store", "{store}"], "'x' is not an integer"),
     ("grid negative partitions", ["grid", "--partitions", "-3", "--store", "{store}"], "at least 1"),
     ("target outside the classes", ["run", "--dataset", "synthetic", "--target", "99", "--store", "{store}"],
      "target class 99"),
-    ("unknown defense", ["run", "--dataset", "synthetic", "--defense", "nope", "--store", "{store}"], "unknown defense"),
+    ("unknown defense", ["run", "--dataset", "synthetic", "--defense", "nope", "--store", "{store}"],
+     "unknown defense"),
     ("mitigation indices out of range", ["run", "--dataset", "synthetic", "--mitigation-indices", "{root}/a-file",
                                          "--store", "{store}"], "not an integer index"),
 ]
@@ -145,7 +149,8 @@ def test_a_damaged_dataset_cache_is_rebuilt_from_the_source(world, tmp_path):
     rng = np.random.default_rng(0)
     for batch in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         with open(folder / batch, "wb") as f:
-            pickle.dump({"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8), "labels": [i % 10 for i in range(20)]}, f)
+            pickle.dump({"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8),
+                         "labels": [i % 10 for i in range(20)]}, f)
     code = ("import sys; from bd_core.data import load_dataset; "
             "s = load_dataset('cifar10', 'test', root=__import__('pathlib').Path(sys.argv[1])); print(s.digest())")
     first = subprocess.run([sys.executable, "-c", code, str(data)], capture_output=True, text=True, env=env)
@@ -177,13 +182,16 @@ needs_mounts = pytest.mark.skipif(UNSHARE is None, reason="needs unshare to moun
 def test_read_only_store_can_be_read_but_not_written(world, tmp_path):
     mount = tmp_path / "ro"
     mount.mkdir()
+    cli, store, out = f"{sys.executable} -m bd_cli.app", f"{mount}/results.sqlite", tmp_path
     script = f"""set -e
 mount -t tmpfs tmpfs {mount}
 cp {world['store']} {mount}/results.sqlite
 mount -o remount,ro {mount}
-{sys.executable} -m bd_cli.app report --store {mount}/results.sqlite --out {tmp_path}/report --no-pdf > {tmp_path}/report.out 2> {tmp_path}/report.err || echo "report $?" >> {tmp_path}/codes
-{sys.executable} -m bd_cli.app grid --dry-run --store {mount}/results.sqlite --dataset synthetic > {tmp_path}/dry.out 2> {tmp_path}/dry.err || echo "dry $?" >> {tmp_path}/codes
-{sys.executable} -m bd_cli.app run --dataset synthetic --store {mount}/results.sqlite > {tmp_path}/run.out 2> {tmp_path}/run.err || echo "run $?" >> {tmp_path}/codes
+{cli} report --store {store} --out {tmp_path}/report --no-pdf \
+    > {out}/report.out 2> {out}/report.err || echo "report $?" >> {out}/codes
+{cli} grid --dry-run --store {store} --dataset synthetic \
+    > {out}/dry.out 2> {out}/dry.err || echo "dry $?" >> {out}/codes
+{cli} run --dataset synthetic --store {store} > {out}/run.out 2> {out}/run.err || echo "run $?" >> {out}/codes
 """
     subprocess.run([*UNSHARE, "sh", "-c", script], env=world["env"], check=True, timeout=600)
     codes = (tmp_path / "codes").read_text().split("\n") if (tmp_path / "codes").exists() else []

@@ -80,7 +80,8 @@ def test_bd_kernels_sdist_carries_the_csrc_sources(tmp_path):
     import tarfile
 
     env = {**os.environ, "BD_KERNELS_NO_EXT": "1"}
-    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path)], cwd=ROOT / "packages" / "bd-kernels",
+    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path)],
+                   cwd=ROOT / "packages" / "bd-kernels",
                    check=True, capture_output=True, env=env)
     (sdist,) = tmp_path.glob("*.tar.gz")
     members = {m.name.split("/", 1)[1]: m for m in tarfile.open(sdist).getmembers() if "/" in m.name}

@@ -65,7 +65,8 @@ DefenseSettings = Annotated[list[str] | None, typer.Option(
     "--set", help="defense hyperparameter override key=value (repeatable; part.key=value for bnp+ft)")]
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda[:N]")]
 ResultsFile = Annotated[Path | None, typer.Option(help="SQLite results file [default: ~/.cache/bd/results.sqlite]")]
-DataDir = Annotated[Path | None, typer.Option(help="dataset root (default: $BD_DATA, then Debian's /usr/share/datasets)")]
+DataDir = Annotated[Path | None, typer.Option(
+        help="dataset root (default: $BD_DATA, then Debian's /usr/share/datasets)")]
 Download = Annotated[bool, typer.Option(help="download the dataset with torchvision if it is missing")]
 Force = Annotated[bool, typer.Option(help="run again even if this experiment is already stored")]
 Tune = Annotated[bool, typer.Option(
@@ -136,15 +137,19 @@ def default_store() -> Path:
 )
 def run(
     defense: DefenseName = "ft",
-    dataset: Annotated[str, typer.Option(help="cifar10, gtsrb, tiny-imagenet, fashion-mnist or synthetic")] = "fashion-mnist",
-    arch: Annotated[str, typer.Option(help="preact-resnet18, vgg19-bn (vgg19), efficientnet-b3, mobilenetv3-large, vit")] = "preact-resnet18",
+    dataset: Annotated[str, typer.Option(
+            help="cifar10, gtsrb, tiny-imagenet, fashion-mnist or synthetic")] = "fashion-mnist",
+    arch: Annotated[str, typer.Option(
+            help="preact-resnet18, vgg19-bn (vgg19), efficientnet-b3, mobilenetv3-large, vit")] = "preact-resnet18",
     attack: Annotated[str, typer.Option(help="attack that backdoors the model (see `bd list attacks`)")] = "badnets",
-    poison_ratio: Annotated[float, typer.Option(help="fraction of training images poisoned (survey: 0.01, 0.05, 0.1)")] = 0.1,
+    poison_ratio: Annotated[float, typer.Option(
+            help="fraction of training images poisoned (survey: 0.01, 0.05, 0.1)")] = 0.1,
     target: Annotated[int, typer.Option(help="attack target class (all-to-one)")] = 0,
     spc: Annotated[int, typer.Option(help="clean mitigation images per class (survey: 2, 10, 100)")] = 10,
     partition: Annotated[int, typer.Option(help="which random mitigation set (survey: 0-9)")] = 0,
     seed: Annotated[int, typer.Option(help="seed of attack training and the defense")] = 0,
-    preset: Annotated[Preset, typer.Option(help="quick: CPU-sized training; paper: BackdoorBench's recipe (GPU)")] = Preset.quick,
+    preset: Annotated[Preset, typer.Option(
+            help="quick: CPU-sized training; paper: BackdoorBench's recipe (GPU)")] = Preset.quick,
     set_: DefenseSettings = None,
     attack_set: AttackSettings = None,
     mitigation_indices: MitigationIndices = None,
@@ -186,12 +191,14 @@ def run(
 
 
 def print_result(r: dict) -> None:
-    title = f"{r['defense']} vs {r['attack']} ({r['poison_ratio']:.0%}) on {r['dataset']}/{r['arch']}, spc {r['spc']}, partition {r['partition']}"
+    title = (f"{r['defense']} vs {r['attack']} ({r['poison_ratio']:.0%}) on {r['dataset']}/{r['arch']}, "
+             f"spc {r['spc']}, partition {r['partition']}")
     table = Table(title=title, title_justify="left")
     table.add_column("metric")
     table.add_column("before defense", justify="right")
     table.add_column("after defense", justify="right")
-    for name, label in (("acc", "ACC (clean accuracy)"), ("asr", "ASR (attack success)"), ("ra", "RA (recovery accuracy)")):
+    for name, label in (("acc", "ACC (clean accuracy)"), ("asr", "ASR (attack "
+                                                          "success)"), ("ra", "RA (recovery accuracy)")):
         table.add_row(label, f"{r[name + '_pre']:.2%}", f"{r[name + '_post']:.2%}")
     out.print(table)
     out.print(f"ARR (accuracy reduction ratio)  {r['arr']:.4f}   (lower is better)")
@@ -202,7 +209,8 @@ def print_result(r: dict) -> None:
         out.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
     for warning in details.get("warnings", []):
         err.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True, highlight=False)
-    out.print(f"stored as {r['key']} in {r.get('store', '')}{' (already there; not rerun)' if r.get('skipped') else ''}", soft_wrap=True)
+    out.print(f"stored as {r['key']} in "
+              f"{r.get('store', '')}{' (already there; not rerun)' if r.get('skipped') else ''}", soft_wrap=True)
 
 
 @app.command(
@@ -217,7 +225,8 @@ def show(
     target: Annotated[int, typer.Option(help="target class (its images are not shown)")] = 0,
     seed: Annotated[int, typer.Option(help="seed of the trigger (random attacks such as WaNet)")] = 0,
     attack_set: AttackSettings = None,
-    model: Annotated[Path | None, typer.Option(help="draw the trigger saved in this attacked model file instead")] = None,
+    model: Annotated[Path | None, typer.Option(
+            help="draw the trigger saved in this attacked model file instead")] = None,
     output: Annotated[Path | None, typer.Option("--out", help="PNG to write [default: <attack>-<dataset>.png]")] = None,
     data_dir: DataDir = None,
 ) -> None:
@@ -238,7 +247,8 @@ def show(
         peak = save_attack_grid(path, name, train, test, target, seed, parse_assignments(attack_set), model)
     except BdError as e:
         fail(str(e))
-    out.print(f"wrote {path} (rows: clean, poisoned, |difference| x{255 / max(peak, 1):.1f}; largest change {peak}/255)")
+    out.print(f"wrote {path} (rows: clean, poisoned, |difference| x{255 / max(peak, 1):.1f}; largest change "
+              f"{peak}/255)")
 
 
 @app.command(
@@ -269,7 +279,8 @@ def attack(
     from bd_core.store import ModelCache
 
     try:
-        spec = AttackSpec(dataset, arch, attack, poison_ratio, target, seed, preset.value, parse_assignments(attack_set))
+        spec = AttackSpec(dataset, arch, attack, poison_ratio, target, seed, preset.value,
+                          parse_assignments(attack_set))
         dev = resolve_device(device)
         cache = ModelCache(cache_root() / "models")
         attacked, hit = obtain_attacked_model(spec, load_data(spec.dataset, data_dir, download), cache, dev)
@@ -298,7 +309,9 @@ def attack(
 )
 def defend(
     defense: DefenseName = "ft",
-    model: Annotated[Path | None, typer.Option(help="attacked model file written by bd (model.safetensors); else the cached model of the attack options")] = None,
+    model: Annotated[Path | None, typer.Option(
+            help="attacked model file written by bd (model.safetensors); else the cached model of the attack "
+                "options")] = None,
     attack: Annotated[str, typer.Option(help="attack of the cached model (without --model)")] = "badnets",
     dataset: Annotated[str, typer.Option(help="dataset of the cached model (without --model)")] = "fashion-mnist",
     arch: Annotated[str, typer.Option(help="architecture of the cached model (without --model)")] = "preact-resnet18",
@@ -375,9 +388,13 @@ def defend(
 )
 def import_(
     record: Annotated[Path, typer.Argument(help="BackdoorBench record folder, or its attack_result.pt")],
-    output: Annotated[Path | None, typer.Option("--out", help="bd model file to write [default: ~/.cache/bd/imported/<sha>/model.safetensors]")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="root holding the dataset the record was made on (its test set is evaluated)")] = None,
-    resource_dir: Annotated[Path | None, typer.Option(help="the tool's resource/ folder, where BadNets/Blended trigger files are [default: next to record/]")] = None,
+    output: Annotated[Path | None, typer.Option(
+            "--out", help="bd model file to write [default: ~/.cache/bd/imported/<sha>/model.safetensors]")] = None,
+    data_dir: Annotated[Path | None, typer.Option(
+            help="root holding the dataset the record was made on (its test set is evaluated)")] = None,
+    resource_dir: Annotated[Path | None, typer.Option(
+            help="the tool's resource/ folder, where BadNets/Blended trigger files are [default: next to "
+                "record/]")] = None,
     device: Device = "auto",
     format: OutputFormat = Format.table,
 ) -> None:
@@ -416,11 +433,14 @@ def import_(
             table.add_row(name.upper(), f"{info[name]:.2%}", "-" if reported is None else f"{reported:.2%}")
         out.print(table)
         out.print(f"trigger: {done.trigger_source}", soft_wrap=True, highlight=False)
-        gaps = [n for n in ("acc", "asr", "ra") if n in done.record.reported and abs(info[n] - done.record.reported[n]) > 0.01]
+        gaps = [n for n in ("acc", "asr",
+                            "ra") if n in done.record.reported and abs(info[n] - done.record.reported[n]) > 0.01]
         if gaps:
-            out.print(f"[yellow]warning:[/yellow] {', '.join(g.upper() for g in gaps)} differ from the record by more than "
+            out.print(f"[yellow]warning:[/yellow] {', '.join(g.upper() for g in gaps)} differ from the record by more "
+                      f"than "
                       "1 point: is --data-dir the data the record was made on?", soft_wrap=True)
-        out.print(f"saved to {done.path}  (bd defend --model {done.path} --defense ...)", soft_wrap=True, highlight=False)
+        out.print(f"saved to {done.path}  (bd defend --model {done.path} --defense "
+                  f"...)", soft_wrap=True, highlight=False)
 
     emit(info, format, show_table)
 
@@ -432,11 +452,14 @@ def import_(
     "  bd report --pool   (one set of figures over all datasets)",
 )
 def report(
-    output: Annotated[Path, typer.Option("--out", help="folder for figures (PNG, PDF), results.csv/.parquet and summary tables (.md, .csv, .tex)")] = Path("bd-report"),
+    output: Annotated[Path, typer.Option(
+            "--out", help="folder for figures (PNG, PDF), results.csv/.parquet and summary tables (.md, .csv, "
+                ".tex)")] = Path("bd-report"),
     store: ResultsFile = None,
     where: Annotated[list[str] | None, typer.Option(help="filter column=value[,value] (repeatable)")] = None,
     pdf: Annotated[bool, typer.Option(help="also write PDF figures")] = True,
-    pool: Annotated[bool, typer.Option(help="draw each figure over all datasets together instead of one per dataset")] = False,
+    pool: Annotated[bool, typer.Option(
+            help="draw each figure over all datasets together instead of one per dataset")] = False,
 ) -> None:
     """Draw the survey's figures (3-10) and write summary tables from stored results (read-only)."""
     from bd_core.errors import BdError
@@ -507,20 +530,27 @@ class Backend(str, Enum):
     "  bd grid --defense ft,clp --set ft.epochs=20 --dry-run",
 )
 def grid(
-    config: Annotated[Path | None, typer.Option(help="TOML grid file (keys: datasets, archs, attacks, poison_ratios, defenses, spc, partitions, seeds, preset; tables settings.<defense> and presets.<name>)")] = None,
+    config: Annotated[Path | None, typer.Option(
+            help="TOML grid file (keys: datasets, archs, attacks, poison_ratios, defenses, spc, partitions, seeds, "
+                "preset; tables settings.<defense> and presets.<name>)")] = None,
     dataset: Annotated[str | None, typer.Option(help="comma-separated datasets")] = None,
     arch: Annotated[str | None, typer.Option(help="comma-separated architectures")] = None,
     attack: Annotated[str | None, typer.Option(help="comma-separated attacks")] = None,
     poison_ratio: Annotated[str | None, typer.Option(help="comma-separated poison ratios, e.g. 0.01,0.05,0.1")] = None,
-    defense: Annotated[str | None, typer.Option(help="comma-separated defenses, or all (every benchmarked defense); bnp+ft is one combined defense")] = None,
+    defense: Annotated[str | None, typer.Option(
+            help="comma-separated defenses, or all (every benchmarked defense); bnp+ft is one combined "
+                "defense")] = None,
     spc: Annotated[str | None, typer.Option(help="comma-separated samples per class, e.g. 2,10,100")] = None,
     partitions: Annotated[int | None, typer.Option(help="mitigation partitions 0..N-1 per setting")] = None,
     seed: Annotated[str | None, typer.Option(help="comma-separated seeds")] = None,
     preset: Annotated[Preset | None, typer.Option(help="training preset of the attacked models")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="defense.key=value override (repeatable)")] = None,
-    tune: Annotated[bool, typer.Option("--tune", help="also run each tunable defense tuned (name/tuned) beside its defaults")] = False,
-    backend: Annotated[Backend, typer.Option(help="local: process pool on this machine; ray: Ray tasks")] = Backend.local,
-    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start a local Ray instance)")] = None,
+    tune: Annotated[bool, typer.Option(
+            "--tune", help="also run each tunable defense tuned (name/tuned) beside its defaults")] = False,
+    backend: Annotated[Backend, typer.Option(
+            help="local: process pool on this machine; ray: Ray tasks")] = Backend.local,
+    address: Annotated[str | None, typer.Option(
+            help="Ray cluster address (default: start a local Ray instance)")] = None,
     workers: Annotated[int, typer.Option(help="local pool size [default: CPU cores, or GPUs with --device cuda]")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     store: ResultsFile = None,
@@ -645,7 +675,8 @@ def _listing(what: Listing) -> list[dict]:
     ]
 
 
-kernels_app = typer.Typer(help="The compiled bd_kernels extension: what is built, how fast it is.", no_args_is_help=True)
+kernels_app = typer.Typer(help="The compiled bd_kernels extension: what is built, how fast it "
+                          "is.", no_args_is_help=True)
 app.add_typer(kernels_app, name="kernels")
 
 
@@ -678,7 +709,8 @@ def kernels_info(format: OutputFormat = Format.table) -> None:
 @kernels_app.command("bench", epilog="Example:\n\n  bd kernels bench --filter channel_stats")
 def kernels_bench(
     filter: Annotated[str | None, typer.Option(help="only benchmarks whose name matches (pytest -k)")] = None,
-    json_out: Annotated[Path, typer.Option("--json", help="where pytest-benchmark writes its JSON")] = Path("bd-kernels-bench.json"),
+    json_out: Annotated[Path, typer.Option(
+            "--json", help="where pytest-benchmark writes its JSON")] = Path("bd-kernels-bench.json"),
 ) -> None:
     """Run bench/test_kernels.py (pytest-benchmark) from a source checkout and print the ratios."""
     import subprocess

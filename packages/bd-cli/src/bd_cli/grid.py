@@ -164,7 +164,8 @@ def train_attack_unit(spec: AttackSpec, setup: WorkerSetup) -> tuple[str, str | 
     """Phase 1: train (or find) one attacked model; returns (key, error or None)."""
     _prepare(setup)
     try:
-        obtain_attacked_model(spec, _data(spec.dataset, setup.data_dir), ModelCache(Path(setup.cache_dir)), setup.device)
+        obtain_attacked_model(spec, _data(spec.dataset, setup.data_dir), ModelCache(Path(setup.cache_dir)),
+                              setup.device)
         return spec.key, None
     except Exception as e:  # recorded against every unit that needed this model
         return spec.key, f"attack training failed: {type(e).__name__}: {e}"
@@ -174,7 +175,8 @@ def defense_unit(spec: ExperimentSpec, setup: WorkerSetup) -> dict[str, Any]:
     """Phase 2: one defense unit -> its result row (never raises)."""
     _prepare(setup)
     try:
-        return execute(spec, _data(spec.attack.dataset, setup.data_dir), ModelCache(Path(setup.cache_dir)), setup.device)
+        return execute(spec, _data(spec.attack.dataset, setup.data_dir), ModelCache(Path(setup.cache_dir)),
+                       setup.device)
     except Exception as e:
         return {**spec.columns(), "config": spec.config(), "status": "failed", "error": f"{type(e).__name__}: {e}"}
 
@@ -227,7 +229,8 @@ def ray_runner(address: str | None) -> Runner:
         if not items:
             return
         if not ray.is_initialized():
-            env = {k: os.environ[k] for k in ("BD_PLUGINS", "BD_CACHE", "BD_DATA", "BD_PROGRESS", "PYTHONPATH") if k in os.environ}
+            env = {k: os.environ[k] for k in ("BD_PLUGINS", "BD_CACHE", "BD_DATA", "BD_PROGRESS",
+                                              "PYTHONPATH") if k in os.environ}
             ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=False,
                      include_dashboard=False)
         gpus = 1 if setup.device.startswith("cuda") else 0

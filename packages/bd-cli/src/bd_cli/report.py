@@ -38,8 +38,9 @@ ATTACK_ORDER = ("badnets", "blended", "lf", "sig", "bpp", "inputaware", "ssba", 
 ARCH_ORDER = ("vgg19-bn", "preact-resnet18", "efficientnet-b3", "mobilenetv3-large")
 DATASET_ORDER = ("cifar10", "gtsrb", "tiny-imagenet", "fashion-mnist", "synthetic")
 SHORT = {"badnets": "A BadNets", "blended": "B Blended", "lf": "C LF", "sig": "D SIG", "bpp": "E BPP",
-         "inputaware": "F IAB", "ssba": "G SSBA", "wanet": "H WaNet", "vgg19-bn": "A VGG", "preact-resnet18": "B ResNet",
-         "efficientnet-b3": "C EfficientNet", "mobilenetv3-large": "D MobileNet", "cifar10": "A CIFAR-10",
+         "inputaware": "F IAB", "ssba": "G SSBA", "wanet": "H WaNet",
+         "vgg19-bn": "A VGG", "preact-resnet18": "B ResNet", "efficientnet-b3": "C EfficientNet",
+         "mobilenetv3-large": "D MobileNet", "cifar10": "A CIFAR-10",
          "gtsrb": "B GTSRB", "tiny-imagenet": "C Tiny-ImageNet", "fashion-mnist": "Fashion-MNIST"}
 FAMILY_ORDER = ("pruning", "masking", "additive", "synthesis", "fine-tuning", "adversarial", "combined")
 PRUNING_TYPE = {"pruning", "masking", "additive"}  # the survey's Section 3; the rest are its Section 4
@@ -153,7 +154,8 @@ def write_tables(frame: pd.DataFrame, failed: pd.DataFrame, out: Path) -> list[P
         lines.append("")
     if len(failed):
         lines += ["## Failed units", ""] + [
-            f"- {r.defense} / {r.attack} / spc {r.spc} / p{r.partition}: {str(r.error or '').splitlines()[0] if r.error else ''}"
+            f"- {r.defense} / {r.attack} / spc {r.spc} / p{r.partition}: "
+                f"{str(r.error or '').splitlines()[0] if r.error else ''}"
             for r in failed.itertuples()]
     paths[3].write_text("\n".join(lines) + "\n")
     paths[4].write_text(latex_table(table, fam, len(frame)))
@@ -170,7 +172,8 @@ def latex_table(table: pd.DataFrame, fam: dict[str, str], n: int) -> str:
             lines.append("\\midrule")
         lines.append(f"\\multicolumn{{{2 + len(METRICS)}}}{{l}}{{\\textit{{{latex_escape(dataset)}}}}} \\\\")
         for _, r in rows.iterrows():
-            label = latex_escape(r.defense.upper()) + ("$^\\dagger$" if fam[r.defense] in PRUNING_TYPE else "$^\\ddagger$")
+            label = latex_escape(r.defense.upper()) + ("$^\\dagger$" if fam[r.defense] in PRUNING_TYPE
+                                                       else "$^\\ddagger$")
             lines.append(" & ".join([label, str(int(r.n))] + [_cell(r, m, latex=True) for m in METRICS]) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}", f"% {n} results", ""]
     return "\n".join(lines)

@@ -183,7 +183,8 @@ def training_subset(train: ImageSet, recipe: Recipe, seed: int) -> ImageSet:
     return train.subset(stratified_index(train.labels, train.num_classes, recipe.train_limit // train.num_classes, g))
 
 
-def train_attacked_model(spec: AttackSpec, data: DataBundle, device: str = "cpu") -> tuple[torch.nn.Module, Trigger, dict]:
+def train_attacked_model(spec: AttackSpec, data: DataBundle, device: str = "cpu") -> tuple[torch.nn.Module, Trigger,
+                                                                                           dict]:
     recipe, attack = spec.recipe, spec.build_attack()
     if not 0 <= spec.target < data.train.num_classes:
         raise InvalidRequest(f"target class {spec.target} outside 0..{data.train.num_classes - 1}")

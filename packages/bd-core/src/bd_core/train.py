@@ -128,7 +128,8 @@ def optimize(
     """
     losses: list[float] = []
     with nullcontext(None) if tick is not None else make_progress() as progress:
-        task = progress.add_task(description, total=epochs * (steps_per_epoch or 1), status="") if progress is not None else None
+        task = progress.add_task(description, total=epochs * (steps_per_epoch or 1),
+                                 status="") if progress is not None else None
         for epoch in range(1, epochs + 1):
             if model is not None:
                 model.train(training)

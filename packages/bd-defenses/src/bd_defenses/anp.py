@@ -27,11 +27,13 @@ from bd_defenses.pixels import accuracy
 from bd_defenses.registry import register
 
 
-@register("anp", family="masking", paper="Wu & Wang, Adversarial Neuron Pruning Purifies Backdoored Deep Models (NeurIPS 2021)")
+@register("anp", family="masking", paper="Wu & Wang, Adversarial Neuron Pruning Purifies Backdoored Deep Models "
+          "(NeurIPS 2021)")
 @dataclass(frozen=True)
 class ANP(Defense):
     requires: ClassVar[dict[str, str]] = {"conv": "it perturbs and masks every convolution's output channels"}
-    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"acc_ratio": 0.05}, {"acc_ratio": 0.1}, {"acc_ratio": 0.2})  # --tune, mildest first: pruning tolerance
+    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"acc_ratio": 0.05}, {"acc_ratio": 0.1},
+                                                  {"acc_ratio": 0.2})  # --tune, mildest first: pruning tolerance
     eps: float = 0.4  # perturbation budget on each neuron's weight and bias multipliers
     alpha: float = 0.2  # weight of the natural loss (lambda in survey Eq. 6)
     iterations: int = 2000

@@ -24,7 +24,8 @@ from bd_defenses.masking import bake_masks, clip_masks, mask_summary, masked_mod
 from bd_defenses.registry import register
 
 
-@register("awm", family="masking", paper="Chai & Chen, One-shot Neural Backdoor Erasing via Adversarial Weight Masking (NeurIPS 2022)", aliases=("awn",))
+@register("awm", family="masking", paper="Chai & Chen, One-shot Neural Backdoor Erasing via Adversarial Weight Masking "
+          "(NeurIPS 2022)", aliases=("awn",))
 @dataclass(frozen=True)
 class AWM(Defense):
     requires: ClassVar[dict[str, str]] = {"conv": "it learns a mask over every convolution's weights"}

@@ -26,7 +26,8 @@ from bd_defenses.registry import register
 from bd_defenses.trigger_distribution import ASSUMES, check_assumptions, fit_trigger_distribution
 
 
-@register("baeraser", family="synthesis", paper="Liu et al., Backdoor Defense with Machine Unlearning (IEEE INFOCOM 2022); reviewed only", needs=ASSUMES, benchmarked=False, aliases=("ba-eraser",))
+@register("baeraser", family="synthesis", paper="Liu et al., Backdoor Defense with Machine Unlearning (IEEE INFOCOM "
+          "2022); reviewed only", needs=ASSUMES, benchmarked=False, aliases=("ba-eraser",))
 @dataclass(frozen=True)
 class BAERASER(Defense):
     target: int = -1
@@ -52,7 +53,8 @@ class BAERASER(Defense):
 
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
         pixels = Pixels.of(data.clean, ctx.device)
-        check_assumptions("BAERASER", self.target, data.num_classes, self.trigger_size, pixels.x.shape[-1], self.location)
+        check_assumptions("BAERASER", self.target, data.num_classes, self.trigger_size, pixels.x.shape[-1],
+                          self.location)
         g = ctx.generator(16)
         base = accuracy(model, pixels)
         with Steps("BAERASER trigger recovery + unlearning", self.steps + self.epochs) as tick:

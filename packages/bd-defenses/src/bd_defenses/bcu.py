@@ -48,7 +48,8 @@ def reinitialise_by_depth(model: nn.Module, reinit_max: float, g: torch.Generato
     return counts
 
 
-@register("bcu", family="fine-tuning", paper="Pang et al., Backdoor Cleansing with Unlabeled Data (CVPR 2023); reviewed only", needs=NEEDS, benchmarked=False)
+@register("bcu", family="fine-tuning", paper="Pang et al., Backdoor Cleansing with Unlabeled Data (CVPR 2023); "
+          "reviewed only", needs=NEEDS, benchmarked=False)
 @dataclass(frozen=True)
 class BCU(Defense):
     ood_dataset: str = ""  # required: the unlabeled data BCU assumes
@@ -74,7 +75,8 @@ class BCU(Defense):
         g = ctx.generator(17)
         counts = reinitialise_by_depth(model, self.reinit_max, g)
         pool = ImageSet(torch.cat([data.unlabeled.images, data.clean.images]),  # labels are never read
-                        torch.zeros(len(data.unlabeled) + len(data.clean), dtype=torch.long), data.clean.info, "unlabeled")
+                        torch.zeros(len(data.unlabeled) + len(data.clean),
+                                    dtype=torch.long), data.clean.info, "unlabeled")
         make_batch = clean_batches(pool, data.augment(), ctx.device)
         opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs)

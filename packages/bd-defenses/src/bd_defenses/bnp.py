@@ -38,11 +38,14 @@ def bnp_divergence(mu_r: Tensor, var_r: Tensor, mu_c: Tensor, var_c: Tensor) -> 
     return torch.log(var_r / var_c) + (var_c + (mu_c - mu_r) ** 2) / (2 * var_r) - 0.5
 
 
-@register("bnp", family="pruning", paper="Zheng et al., Pre-activation Distributions Expose Backdoor Neurons (NeurIPS 2022)")
+@register("bnp", family="pruning", paper="Zheng et al., Pre-activation Distributions Expose Backdoor Neurons (NeurIPS "
+          "2022)")
 @dataclass(frozen=True)
 class BNP(Defense):
-    requires: ClassVar[dict[str, str]] = {"batchnorm": "it compares each BatchNorm's running statistics with the clean data's"}
-    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"u": 4.0}, {"u": 3.0}, {"u": 2.0})  # --tune, mildest first: lower u prunes more
+    requires: ClassVar[dict[str, str]] = {"batchnorm": "it compares each BatchNorm's running statistics with the clean "
+                                          "data's"}
+    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"u": 4.0}, {"u": 3.0},
+                                                  {"u": 2.0})  # --tune, mildest first: lower u prunes more
     u: float = 3.0  # lambda in tau_l = mean(K_l) + lambda * std(K_l)
 
     def __post_init__(self) -> None:

@@ -42,7 +42,8 @@ class UNet(nn.Module):
                                  nn.Conv2d(o, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
 
         widths = [base * 2**i for i in range(depth + 1)]
-        self.down = nn.ModuleList([block(channels, widths[0])] + [block(widths[i], widths[i + 1]) for i in range(depth)])
+        self.down = nn.ModuleList([block(channels, widths[0])] + [block(widths[i],
+                                                                        widths[i + 1]) for i in range(depth)])
         self.up = nn.ModuleList([block(widths[i + 1] + widths[i], widths[i]) for i in reversed(range(depth))])
         self.out = nn.Conv2d(widths[0], channels, 1)
 
@@ -57,7 +58,8 @@ class UNet(nn.Module):
         return x + self.out(h)
 
 
-@register("bti-dbf", family="synthesis", paper="Xu et al., Towards Reliable and Efficient Backdoor Trigger Inversion via Decoupling Benign Features (ICLR 2024)", aliases=("btidbf", "btidbf-u"))
+@register("bti-dbf", family="synthesis", paper="Xu et al., Towards Reliable and Efficient Backdoor Trigger Inversion "
+          "via Decoupling Benign Features (ICLR 2024)", aliases=("btidbf", "btidbf-u"))
 @dataclass(frozen=True)
 class BTIDBF(Defense):
     rounds: int = 5
@@ -128,7 +130,8 @@ class BTIDBF(Defense):
             m = torch.tanh(raw) / 2 + 0.5
             with torch.no_grad():
                 feat = model.forward_features(pixels.normalize(x))
-            return F.cross_entropy(model.forward_head(m * feat), y) - F.cross_entropy(model.forward_head((1 - m) * feat), y)
+            return F.cross_entropy(model.forward_head(m * feat),
+                                   y) - F.cross_entropy(model.forward_head((1 - m) * feat), y)
 
         optimize(loss, epoch_batches(pixels, self.batch_size, g), torch.optim.Adam([raw], lr=0.01),
                  epochs=self.mask_epochs, tick=tick)
@@ -149,7 +152,8 @@ class BTIDBF(Defense):
             norm = F.mse_loss(fake, xn)
             out = norm if (norm > self.norm_bound or benign > self.feat_bound) else -backdoor + 0.01 * benign
             if detected is not None:
-                out = out + F.cross_entropy(model.forward_head(fake_feat), torch.full_like(x[:, 0, 0, 0], detected, dtype=torch.long))
+                out = out + F.cross_entropy(model.forward_head(fake_feat), torch.full_like(x[:, 0, 0, 0], detected,
+                                                                                           dtype=torch.long))
             return out
 
         optimize(loss, epoch_batches(pixels, self.batch_size, g), opt_g, epochs=self.generator_epochs, model=gen,

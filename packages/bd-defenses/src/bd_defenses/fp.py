@@ -52,7 +52,8 @@ class PrunedAccuracy:
 @register("fp", family="pruning", paper="Liu et al., Fine-Pruning (RAID 2018)", aliases=("fine-pruning",))
 @dataclass(frozen=True)
 class FP(Defense):
-    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"acc_ratio": 0.05}, {"acc_ratio": 0.1}, {"acc_ratio": 0.2})  # --tune, mildest first: pruning tolerance
+    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"acc_ratio": 0.05}, {"acc_ratio": 0.1},
+                                                  {"acc_ratio": 0.2})  # --tune, mildest first: pruning tolerance
     acc_ratio: float = 0.1  # tolerated relative drop of clean accuracy
     prune_step: float = 0.01  # fraction of the layer's channels pruned per step
     epochs: int = 100  # fine-tuning after pruning
@@ -97,7 +98,8 @@ class FP(Defense):
         losses = finetune(model, data.clean, ctx, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                           description="FP fine-tuning") if self.epochs else []
         ctx.report(
-            layer=parts.last_conv[0] if parts.last_conv else f"{feature_name} input", channels=channels, pruned=pruned, selection=rule,
+            layer=parts.last_conv[0] if parts.last_conv else f"{feature_name} "
+                f"input", channels=channels, pruned=pruned, selection=rule,
             check_acc_before=round(base, 4), check_acc_pruned=round(last_acc, 4),
             final_loss=round(losses[-1], 4) if losses else None,
         )

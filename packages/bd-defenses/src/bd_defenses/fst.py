@@ -26,7 +26,8 @@ def head_layers(model: nn.Module) -> list[nn.Linear]:
     return [m for m in classifier.modules() if isinstance(m, nn.Linear)]
 
 
-@register("fst", family="fine-tuning", paper="Min et al., Towards Stable Backdoor Purification through Feature Shift Tuning (NeurIPS 2023)")
+@register("fst", family="fine-tuning", paper="Min et al., Towards Stable Backdoor Purification through Feature Shift "
+          "Tuning (NeurIPS 2023)")
 @dataclass(frozen=True)
 class FST(Defense):
     alpha: float = -1.0  # < 0: the survey's value for the dataset (0.2 where it gives none)
@@ -62,6 +63,7 @@ class FST(Defense):
             cos = [float(F.cosine_similarity(w0.flatten(), layer.weight.flatten(), dim=0))
                    for w0, layer in zip(originals, layers, strict=True)]
         ctx.report(alpha=alpha, head_layers=len(layers), final_loss=round(losses[-1], 4),
-                   head_norm_ratio=[round(float(layer.weight.detach().norm() / n), 6) for layer, n in zip(layers, norms, strict=True)],
+                   head_norm_ratio=[round(float(layer.weight.detach().norm() / n), 6) for layer, n in zip(layers, norms,
+                                                                                                          strict=True)],
                    head_cosine_to_original=[round(c, 4) for c in cos])
         return model

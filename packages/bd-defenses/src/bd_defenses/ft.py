@@ -16,7 +16,8 @@ from bd_defenses.registry import register
 @register("ft", family="fine-tuning", paper="Liu et al., Fine-Pruning (RAID 2018): fine-tuning baseline")
 @dataclass(frozen=True)
 class FT(Defense):
-    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"lr": 0.005}, {"lr": 0.01}, {"lr": 0.02})  # --tune, mildest first: learning rate
+    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"lr": 0.005}, {"lr": 0.01},
+                                                  {"lr": 0.02})  # --tune, mildest first: learning rate
     epochs: int = 100
     batch_size: int = 256
     lr: float = 0.01

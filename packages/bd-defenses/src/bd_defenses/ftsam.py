@@ -74,10 +74,12 @@ class SharpnessAwareLoss:
                 p.sub_(ei)
 
 
-@register("ft-sam", family="fine-tuning", paper="Zhu et al., Enhancing Fine-Tuning Based Backdoor Defense with Sharpness-Aware Minimization (ICCV 2023)", aliases=("ftsam", "sam"))
+@register("ft-sam", family="fine-tuning", paper="Zhu et al., Enhancing Fine-Tuning Based Backdoor Defense with "
+          "Sharpness-Aware Minimization (ICCV 2023)", aliases=("ftsam", "sam"))
 @dataclass(frozen=True)
 class FTSAM(Defense):
-    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"lr": 0.005}, {"lr": 0.01}, {"lr": 0.02})  # --tune, mildest first: learning rate
+    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"lr": 0.005}, {"lr": 0.01},
+                                                  {"lr": 0.02})  # --tune, mildest first: learning rate
     rho: float = 2.0
     label_smoothing: float = 0.1
     epochs: int = 100

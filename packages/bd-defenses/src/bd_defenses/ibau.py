@@ -62,11 +62,13 @@ def hypergradient(delta: Tensor, params: list[Tensor], K: int, inner_map, outer_
         (jv,) = torch.autograd.grad(mapped, delta, grad_outputs=v, retain_graph=True)
         v = jv + g_delta
     indirect = torch.autograd.grad(mapped, params, grad_outputs=v, allow_unused=True)
-    grads = [(gi if gi is not None else 0) + (gd if gd is not None else 0) for gi, gd in zip(indirect, g_params, strict=True)]
+    grads = [(gi if gi is not None else 0) + (gd if gd is not None else 0) for gi, gd in zip(indirect, g_params,
+                                                                                             strict=True)]
     return grads, o_loss.detach()
 
 
-@register("i-bau", family="adversarial", paper="Zeng et al., Adversarial Unlearning of Backdoors via Implicit Hypergradient (ICLR 2022)", aliases=("ibau",))
+@register("i-bau", family="adversarial", paper="Zeng et al., Adversarial Unlearning of Backdoors via Implicit "
+          "Hypergradient (ICLR 2022)", aliases=("ibau",))
 @dataclass(frozen=True)
 class IBAU(Defense):
     # --tune, mildest first: the ascent step sets the perturbation's size (the L2 penalty cannot:

@@ -22,7 +22,8 @@ from bd_defenses.trigger_distribution import ASSUMES, check_assumptions, fit_tri
 from bd_defenses.unlearning import unlearn
 
 
-@register("mesa", family="synthesis", paper="Qiao et al., Defending Neural Backdoors via Generative Distribution Modeling (NeurIPS 2019); reviewed only", needs=ASSUMES, benchmarked=False)
+@register("mesa", family="synthesis", paper="Qiao et al., Defending Neural Backdoors via Generative Distribution "
+          "Modeling (NeurIPS 2019); reviewed only", needs=ASSUMES, benchmarked=False)
 @dataclass(frozen=True)
 class MESA(Defense):
     target: int = -1  # required: MESA's assumption

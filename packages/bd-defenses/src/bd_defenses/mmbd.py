@@ -25,7 +25,8 @@ from bd_defenses.bounds import install_bounds, layer_moments, train_bounds
 from bd_defenses.registry import register
 
 
-@register("mm-bd", family="additive", paper="Wang et al., MM-BD: Post-Training Detection of Backdoor Attacks with Arbitrary Backdoor Pattern Types (IEEE S&P 2024)", aliases=("mmbd",))
+@register("mm-bd", family="additive", paper="Wang et al., MM-BD: Post-Training Detection of Backdoor Attacks with "
+          "Arbitrary Backdoor Pattern Types (IEEE S&P 2024)", aliases=("mmbd",))
 @dataclass(frozen=True)
 class MMBD(Defense):
     lam: float = 0.5

@@ -40,11 +40,15 @@ def attention_loss(student: list[Tensor], teacher: list[Tensor], betas: tuple[fl
                for b, s, t in zip(betas, student, teacher, strict=True))
 
 
-@register("nad", family="fine-tuning", paper="Li et al., Neural Attention Distillation: Erasing Backdoor Triggers from Deep Neural Networks (ICLR 2021)")
+@register("nad", family="fine-tuning", paper="Li et al., Neural Attention Distillation: Erasing Backdoor Triggers from "
+          "Deep Neural Networks (ICLR 2021)")
 @dataclass(frozen=True)
 class NAD(Defense):
-    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"beta1": 250.0, "beta2": 500.0, "beta3": 500.0}, {"beta1": 500.0, "beta2": 1000.0, "beta3": 1000.0},
-            {"beta1": 1000.0, "beta2": 2000.0, "beta3": 2000.0})  # --tune, mildest first: attention weights
+    tune: ClassVar[tuple[dict[str, Any], ...]] = (  # --tune, mildest first: attention weights
+        {"beta1": 250.0, "beta2": 500.0, "beta3": 500.0},
+        {"beta1": 500.0, "beta2": 1000.0, "beta3": 1000.0},
+        {"beta1": 1000.0, "beta2": 2000.0, "beta3": 2000.0},
+    )
     beta1: float = 500.0  # attention weights of the last three stages, shallow to deep
     beta2: float = 1000.0
     beta3: float = 1000.0

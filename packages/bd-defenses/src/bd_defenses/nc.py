@@ -50,10 +50,13 @@ class ReversedTriggers:
         return (1 - mask) * x + mask * pattern
 
 
-@register("nc", family="synthesis", paper="Wang et al., Neural Cleanse: Identifying and Mitigating Backdoor Attacks in Neural Networks (IEEE S&P 2019)", aliases=("neural-cleanse",))
+@register("nc", family="synthesis", paper="Wang et al., Neural Cleanse: Identifying and Mitigating Backdoor Attacks in "
+          "Neural Networks (IEEE S&P 2019)", aliases=("neural-cleanse",))
 @dataclass(frozen=True)
 class NC(Defense):
-    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"anomaly_threshold": 2.5}, {"anomaly_threshold": 2.0}, {"anomaly_threshold": 1.5})  # --tune, mildest first: a lower threshold flags more classes
+    # --tune, mildest first: a lower threshold flags more classes
+    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"anomaly_threshold": 2.5}, {"anomaly_threshold": 2.0},
+                                                  {"anomaly_threshold": 1.5})
     init_cost: float = 1e-3
     epochs: int = 80  # reverse-engineering epochs per class
     mask_lr: float = 0.1

@@ -25,7 +25,8 @@ from bd_defenses.masking import bake_masks, clip_masks, mask_summary, masked_mod
 from bd_defenses.registry import register
 
 
-@register("nft", family="masking", paper="Karim et al., Augmented Neural Fine-Tuning for Efficient Backdoor Purification (AAAI 2024)")
+@register("nft", family="masking", paper="Karim et al., Augmented Neural Fine-Tuning for Efficient Backdoor "
+          "Purification (AAAI 2024)")
 @dataclass(frozen=True)
 class NFT(Defense):
     requires: ClassVar[dict[str, str]] = {"conv": "it learns a mask over every convolution's output channels"}

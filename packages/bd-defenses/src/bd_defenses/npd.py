@@ -57,7 +57,8 @@ def project_l2(delta: Tensor, radius: float) -> Tensor:
     return delta * (radius / norms).clamp(max=1.0)
 
 
-@register("npd", family="additive", paper="Zhu et al., Neural Polarizer: A Lightweight and Effective Backdoor Defense via Purifying Poisoned Features (NeurIPS 2023/2024)")
+@register("npd", family="additive", paper="Zhu et al., Neural Polarizer: A Lightweight and Effective Backdoor Defense "
+          "via Purifying Poisoned Features (NeurIPS 2023/2024)")
 @dataclass(frozen=True)
 class NPD(Defense):
     requires: ClassVar[dict[str, str]] = {"conv": "its polarizer is a convolution inserted before one of the model's"}

@@ -20,7 +20,8 @@ from bd_defenses.base import Context, Defense, MitigationData, check_positive
 from bd_defenses.registry import register
 
 
-@register("pbe", family="adversarial", paper="Mu et al., Progressive Backdoor Erasing via Connecting Backdoor and Adversarial Attacks (CVPR 2023)")
+@register("pbe", family="adversarial", paper="Mu et al., Progressive Backdoor Erasing via Connecting Backdoor and "
+          "Adversarial Attacks (CVPR 2023)")
 @dataclass(frozen=True)
 class PBE(Defense):
     eps: float = 0.02

@@ -35,10 +35,12 @@ def js_divergence(p: Tensor, q: Tensor) -> Tensor:
     return 0.5 * (p * (p.log() - m.log())).sum(1) + 0.5 * (q * (q.log() - m.log())).sum(1)
 
 
-@register("sau", family="adversarial", paper="Wei et al., Shared Adversarial Unlearning: Backdoor Mitigation by Unlearning Shared Adversarial Examples (NeurIPS 2023)")
+@register("sau", family="adversarial", paper="Wei et al., Shared Adversarial Unlearning: Backdoor Mitigation by "
+          "Unlearning Shared Adversarial Examples (NeurIPS 2023)")
 @dataclass(frozen=True)
 class SAU(Defense):
-    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"trigger_norm": 0.1}, {"trigger_norm": 0.2}, {"trigger_norm": 0.3})  # --tune, mildest first: perturbation budget
+    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"trigger_norm": 0.1}, {"trigger_norm": 0.2},
+                                                  {"trigger_norm": 0.3})  # --tune, mildest first: perturbation budget
     rounds: int = 100
     lr: float = 1e-4
     trigger_norm: float = 0.2  # L-inf radius in pixel units
@@ -98,7 +100,8 @@ class SAU(Defense):
         optimize(shared_adversarial_loss, epoch_batches(pixels, self.batch_size, ctx.generator(12)), opt,
                  epochs=self.rounds, model=model, training=False, after_epoch=round_statistics,
                  description="SAU shared adversarial unlearning")
-        ctx.report(final_shared_fraction=round(stats["shared"], 4), final_adversarial_loss_gain=round(stats["loss_gain"], 4))
+        ctx.report(final_shared_fraction=round(stats["shared"], 4),
+                   final_adversarial_loss_gain=round(stats["loss_gain"], 4))
         return model
 
     def perturbed(self, x: Tensor, delta: Tensor) -> Tensor:

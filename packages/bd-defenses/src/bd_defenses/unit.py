@@ -25,7 +25,8 @@ from bd_defenses.bounds import install_bounds, layer_moments, train_bounds
 from bd_defenses.registry import register
 
 
-@register("unit", family="additive", paper="Cheng et al., UNIT: Backdoor Mitigation via Automated Neural Distribution Tightening (ECCV 2024); reviewed only, defaults are bd's", benchmarked=False)
+@register("unit", family="additive", paper="Cheng et al., UNIT: Backdoor Mitigation via Automated Neural Distribution "
+          "Tightening (ECCV 2024); reviewed only, defaults are bd's", benchmarked=False)
 @dataclass(frozen=True)
 class UNIT(Defense):
     lam: float = 1e-3

@@ -35,5 +35,5 @@ def create_attack(name: str, overrides: dict[str, Any] | None = None, preset: st
 
 
 __all__ = ["ATTACKS", "BPP", "LF", "SIG", "SSBA", "Attack", "BadNets", "Blended", "InputAware", "InputAwareTrigger",
-           "PatternTrigger", "PixelTrigger", "SSBATrigger", "SqueezeTrigger", "StoredTrigger", "Trigger", "WaNet", "WarpTrigger",
-           "canonical_attack", "create_attack"]
+           "PatternTrigger", "PixelTrigger", "SSBATrigger", "SqueezeTrigger", "StoredTrigger", "Trigger", "WaNet",
+           "WarpTrigger", "canonical_attack", "create_attack"]

@@ -158,7 +158,8 @@ SPECS: dict[str, DatasetSpec] = {
         mean=(0.3403, 0.3121, 0.3214),
         std=(0.2724, 0.2608, 0.2669),
         hflip=False,  # flipping changes the meaning of many traffic signs
-        layout="GTSRB/Final_Training/Images/<class>/*.ppm and GTSRB/Final_Test/Images + GT-final_test.csv under $BD_DATA",
+        layout="GTSRB/Final_Training/Images/<class>/*.ppm and GTSRB/Final_Test/Images + GT-final_test.csv under "
+            "$BD_DATA",
         locate=_locate_gtsrb,
         read=_read_gtsrb,
         download=_download_torchvision("GTSRB"),
@@ -235,7 +236,8 @@ def _read_cached(spec: DatasetSpec, folder: Path, train: bool) -> tuple[Tensor, 
                 raise ValueError("unexpected tensor shapes")
             return images, labels, classes, fingerprint
         except (BdError, KeyError, ValueError, TypeError) as e:
-            log(f"the cached {spec.name} {split} set {path} is damaged ({str(e)[:80]}); decoding it again from {folder}")
+            log(f"the cached {spec.name} {split} set {path} is damaged ({str(e)[:80]}); decoding it again from "
+                f"{folder}")
     images, labels, classes = spec.read(folder, train)
     fingerprint = content_fingerprint(images, labels)
     save_tensors(path, {"images": images, "labels": labels},

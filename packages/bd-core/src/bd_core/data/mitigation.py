@@ -47,7 +47,8 @@ def mitigation_set(train: ImageSet, spc: int, partition: int) -> ImageSet:
     return train.subset(stratified_index(train.labels, train.num_classes, spc, g), split="mitigation")
 
 
-def stratified_index(labels: torch.Tensor, num_classes: int, per_class: int, generator: torch.Generator) -> torch.Tensor:
+def stratified_index(labels: torch.Tensor, num_classes: int, per_class: int,
+                     generator: torch.Generator) -> torch.Tensor:
     """Sorted row indices: the first `per_class` rows of each class in a seeded random order."""
     chosen = []
     for c in range(num_classes):

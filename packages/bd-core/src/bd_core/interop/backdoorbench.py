@@ -100,7 +100,8 @@ def load_restricted(path: Path) -> Any:
     if not path.is_file():
         raise UnsafeModelFile(f"{path} does not exist")
     if not zipfile.is_zipfile(path):
-        raise UnsafeModelFile(f"{path} is not a readable torch.save archive (expected the zip format torch.save writes)")
+        raise UnsafeModelFile(f"{path} is not a readable torch.save archive (expected the zip format torch.save "
+                              f"writes)")
     try:
         with torch.serialization.safe_globals(_allowed_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -147,7 +148,8 @@ def read_record(path: Path) -> Record:
     content = load_restricted(result_path)
     if not isinstance(content, dict):
         raise UnsafeModelFile(f"{result_path} holds a {type(content).__name__}, not a BackdoorBench attack result")
-    missing = [k for k in ("model_name", "num_classes", "model", "img_size", "clean_data", "bd_test") if k not in content]
+    missing = [k for k in ("model_name", "num_classes", "model", "img_size", "clean_data",
+                           "bd_test") if k not in content]
     if missing:
         raise UnsafeModelFile(f"{result_path} is not a BackdoorBench attack result (missing {', '.join(missing)})")
     num_classes, img_size = content["num_classes"], content["img_size"]

@@ -78,7 +78,8 @@ def record_trigger(record: Record, test: ImageSet, resource_root: Path | None) -
         as_pixels = trigger.apply(clean, torch.ones(len(clean), dtype=torch.bool), torch.zeros(clean.shape[1]),
                                   torch.full((clean.shape[1],), 1 / 255))
         if bool(((as_pixels - poisoned.float()).abs() <= 0.5).all()):
-            return trigger, f"{record.attack} pattern from the trigger file (reproduces all {len(clean)} poisoned test images)"
+            return trigger, (f"{record.attack} pattern from the trigger file "
+                             f"(reproduces all {len(clean)} poisoned test images)")
     if stored is None:
         raise InvalidRequest(f"{record.path} has no poisoned test images and no trigger file bd can find; "
                              "pass --resource-dir pointing at the tool's resource/ folder")

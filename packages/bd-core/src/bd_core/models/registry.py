@@ -13,7 +13,8 @@ from bd_core.models.vgg import VGG19BN
 from bd_core.models.vit import ViT
 from bd_core.registry import Registry
 
-MODELS: Registry[Callable[..., nn.Module]] = Registry("architecture", hint=" (aliases: vgg19, resnet18, mobilenet, vit-tiny)")
+MODELS: Registry[Callable[..., nn.Module]] = Registry("architecture", hint=" (aliases: vgg19, resnet18, mobilenet, "
+                                                      "vit-tiny)")
 MODELS.add("preact-resnet18", PreActResNet18, ("resnet", "resnet18"))
 MODELS.add("vgg19-bn", VGG19BN, ("vgg19", "vgg"))
 MODELS.add("efficientnet-b3", EfficientNetB3, ("efficientnet",))

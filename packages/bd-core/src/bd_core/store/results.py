@@ -88,7 +88,8 @@ class ResultStore:
 
     def _open_writable(self) -> sqlite3.Connection:
         if self.path.is_dir():
-            raise StoreError(f"{self.path} is a directory; --store takes a file path, e.g. {self.path / 'results.sqlite'}")
+            raise StoreError(f"{self.path} is a directory; --store takes a file path, e.g. "
+                             f"{self.path / 'results.sqlite'}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
