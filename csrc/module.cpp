@@ -1,6 +1,10 @@
 // The Python module bd_kernels._C: importing it registers the ops (TORCH_LIBRARY_FRAGMENT
 // in ops/*.cpp) and exposes what the build contains.
-#include <torch/extension.h>
+// pybind11 alone: the module defines no tensor functions (torch/extension.h would add a minute
+// of compilation for nothing).
+#include <pybind11/pybind11.h>
+
+#include <string>
 
 #ifndef BD_TORCH_VERSION
 #define BD_TORCH_VERSION ""
