@@ -59,10 +59,14 @@ def summary_rows(runs: dict[str, dict[int, dict]], defenses: dict[str, dict]) ->
 
 
 def summary_row(defense: str, model: str, parts: dict[int, dict], defenses: dict[str, dict]) -> str:
-    pairs = [(r["fork"], r["bd"]) for r in parts.values()
-             if r.get("bd") and "acc" in r["fork"] and "acc" in r["bd"]]
-    partitions = ",".join(str(p) for p in parts)
+    measured = {p: r for p, r in parts.items() if r.get("bd") and "acc" in r["fork"] and "acc" in r["bd"]}
+    pairs = [(r["fork"], r["bd"]) for r in measured.values()]
+    # the medians cover only partitions both tools finished; the others are named as pending
+    pending = [str(p) for p in parts if p not in measured]
+    partitions = ",".join(str(p) for p in measured) + (f" ({','.join(pending)}: bd pending)" if pending and measured
+                                                        else "")
     if not pairs:
+        partitions = ",".join(str(p) for p in parts)
         failed = next(iter(parts.values()))
         why = ("fork failed" if "acc" not in failed["fork"] else "bd not run yet" if not failed.get("bd")
                else "bd failed")
