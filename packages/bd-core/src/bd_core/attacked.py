@@ -241,7 +241,7 @@ def _train(arch: str, train: ImageSet, plan: TrainingPlan, recipe: Recipe, seed:
     losses = fit(
         model, plan.make_batch, len(train), epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
         momentum=recipe.momentum, weight_decay=recipe.weight_decay, seed=seed, device=device, description=description,
-        step=plan.step, after_step=plan.after_step, optimizer=recipe.optimizer, channels_last=True,
+        step=plan.step, after_step=plan.after_step, optimizer=recipe.optimizer,
     )
     report = {
         "train_seconds": round(time.perf_counter() - started, 2),
