@@ -32,7 +32,7 @@ $(STAMP): $(foreach p,$(PKGS),$(p)/pyproject.toml) packages/bd-kernels/setup.py 
 # What the tests need besides: test tools, Ray, and the kernels built again with their CUDA
 # sources whenever a CUDA toolkit is present, so that the CUDA code always compiles.
 $(TOOLS): $(STAMP) $(CSRC)
-	$(BIN)/pip install -q pytest pytest-benchmark pytest-timeout hypothesis ruff "ray>=2.60"
+	$(BIN)/pip install -q pytest pytest-benchmark pytest-timeout hypothesis "ruff==0.17.6" "ray>=2.60"
 	$(BIN)/pip install -q --no-build-isolation -e packages/bd-kernels
 	touch $(TOOLS)
 
