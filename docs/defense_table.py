@@ -73,7 +73,10 @@ def main() -> None:
 def non_default_settings(row: dict) -> str:
     defaults = describe(row["defense"])["hyperparameters"]
     chosen = row["config"]["defense_settings"]
-    return ", ".join(f"{k}={v}" for k, v in chosen.items() if defaults.get(k) != v) or "defaults"
+    changed = [f"{k}={v}" for k, v in chosen.items() if defaults.get(k) != v]
+    # a setting added since the run was stored: the run had that code's behaviour, not the default's
+    changed += [f"before {k} existed" for k in defaults if k not in chosen]
+    return ", ".join(changed) or "defaults"
 
 
 def training(row: dict) -> str:

@@ -17,13 +17,14 @@ DETAIL_BEGIN, DETAIL_END = "<!-- parity-detail -->", "<!-- /parity-detail -->"
 TOLERANCE = 0.05  # 5 points of ASR or ACC
 
 
-def load_runs(runs_file: Path, order: list[str]) -> dict[str, dict[int, dict]]:
-    """The stored pairs by defense (in the driver's order) and partition."""
+def load_runs(runs_file: Path, order: list[str]) -> dict[str, list[tuple[int, dict]]]:
+    """The stored pairs by defense (in the driver's order): (partition, result), keyed in the file
+    by defense/partition/model."""
     stored = json.loads(runs_file.read_text()) if runs_file.exists() else {}
-    runs: dict[str, dict[int, dict]] = {}
+    runs: dict[str, list[tuple[int, dict]]] = {}
     for defense in order:
         for key in sorted(k for k in stored if k.split("/")[0] == defense):
-            runs.setdefault(defense, {})[int(key.split("/")[1])] = stored[key]
+            runs.setdefault(defense, []).append((int(key.split("/")[1]), stored[key]))
     return runs
 
 
@@ -39,18 +40,18 @@ def median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def by_model(parts: dict[int, dict]) -> list[tuple[str, dict[int, dict]]]:
+def by_model(parts: list[tuple[int, dict]]) -> list[tuple[str, dict[int, dict]]]:
     """The partitions of one defense grouped by the attacked model they ran on (its ACC / ASR):
     the fork's attack training gave two models on two machines, and a median over both would
     mix a 61.7 % and an 81.8 % model."""
     groups: dict[str, dict[int, dict]] = {}
-    for partition, r in sorted(parts.items()):
+    for partition, r in sorted(parts, key=lambda pr: pr[0]):
         model = r.get("model") or {}
         groups.setdefault(f"{pct(model.get('acc'))} / {pct(model.get('asr'))}", {})[partition] = r
     return sorted(groups.items(), key=lambda kv: min(kv[1]))
 
 
-def summary_rows(runs: dict[str, dict[int, dict]], defenses: dict[str, dict]) -> list[str]:
+def summary_rows(runs: dict[str, list[tuple[int, dict]]], defenses: dict[str, dict]) -> list[str]:
     rows = []
     for defense, every in runs.items():
         for model, parts in by_model(every):
@@ -121,10 +122,10 @@ def variant_setting(variant: dict, result: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in (variant.get("settings") or {}).items() if own.get(k) != v)
 
 
-def detail_rows(runs: dict[str, dict[int, dict]]) -> list[str]:
+def detail_rows(runs: dict[str, list[tuple[int, dict]]]) -> list[str]:
     rows = []
     for defense, parts in runs.items():
-        for partition, r in sorted(parts.items()):
+        for partition, r in parts:
             f, b = r["fork"], r.get("bd") or {}
             model = r.get("model") or {}
             rows.append(f"| {defense} | {partition} | {pct(model.get('acc'))} / {pct(model.get('asr'))} | "

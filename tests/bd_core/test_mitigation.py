@@ -51,3 +51,23 @@ def test_impossible_requests_are_refused_not_changed(train, spc, message):
 def test_negative_partition_is_refused(train):
     with pytest.raises(InvalidRequest, match="partition"):
         mitigation_set(train, 2, -1)
+
+
+def test_augmented_pixels_are_crops_and_flips_of_the_images(train):
+    """Pixel-space defenses (NPD) perturb augmented [0, 1] images, as the reference loaders' training
+    transform gives them: each output image is its own zero-padded image, cropped at the drawn
+    offsets and flipped where drawn, and the draws are reproducible from the generator."""
+    import torch.nn.functional as F
+    from bd_core.data.augment import Augment
+    from bd_core.data.pixels import Pixels
+
+    pixels = Pixels.of(mitigation_set(train, spc=4, partition=0))
+    augment, idx = Augment(padding=4, hflip=True), torch.arange(len(pixels))
+    out = pixels.augmented(idx, augment, torch.Generator().manual_seed(3))
+    offsets, flip = augment.draw(len(idx), torch.Generator().manual_seed(3))
+    padded = F.pad(pixels.x, (4, 4, 4, 4))
+    h, w = pixels.x.shape[2:]
+    for i, ((dy, dx), flipped) in enumerate(zip(offsets.tolist(), flip.tolist(), strict=True)):
+        expected = padded[i, :, dy:dy + h, dx:dx + w]
+        torch.testing.assert_close(out[i], expected.flip(-1) if flipped else expected, atol=1e-6, rtol=0)
+    assert flip.any() and not flip.all() and len({tuple(o) for o in offsets.tolist()}) > 1  # the draws vary

@@ -205,7 +205,11 @@ def test_unit_tightened_bounds_cut_the_planted_path(world):
 
 def test_npd_polarizer_blocks_the_planted_path(world):
     _, test, model, clean = world
-    out, record = run("npd", model, clean, epochs=20)
+    # The planted model was trained on unaugmented images and loses most of its clean accuracy on
+    # crops (NPD's default, for models trained with crop and flip), so its polarizer sees the images as they are
+    # (its 50 default epochs: after the train-mode warm-up the polarizer's BN statistics are the
+    # features', and 20 epochs leave clean accuracy at 58 %)
+    out, record = run("npd", model, clean, augment=False)
     assert record["layer"] == "conv2" and record["polarizer_identity_distance"] > 0.1
     acc, asr = success_rates(out, test)
     assert asr < 0.2 and acc > 0.75

@@ -11,11 +11,15 @@ then the polarizer minimises (survey Eq. 19-21, the fork's code)
     lambda1 CE(x, y) + lambda2 CE(x_adv, f(x)) + lambda3 BCE(x_adv, top wrong class)
     + lambda4 (-log(1 - p_target(x_adv))).
 
-Defaults: lambda1 1, lambda2 = lambda3 = lambda4 0.4 (the survey uses 0.5 on GTSRB),
+The 5 warm-up epochs (lr 1e-4, clean loss only) run the polarizer in train mode, as the
+authors' code. Defaults: lambda1 1, lambda2 = lambda3 = lambda4 0.4 (the survey uses 0.5 on GTSRB),
 50 epochs after 5 warm-up epochs, SGD lr 0.01 held constant (the fork's code builds no
 scheduler for the polarizer), batch 128, L2 trigger norm 3.0 and signed steps of 0.1 in pixel
 units ([0, 1] images, clamped to the image range before normalising, as the fork's
-get_perturbed_image), 2 inner steps, early stop at 60 % targeted success.
+get_perturbed_image), 2 inner steps, early stop at 60 % targeted success. The mitigation images
+are augmented (random crop of the zero-padded image, flip where the dataset allows), redrawn
+every epoch, as the fork's loader passes them through its training transform before perturbing
+them (`augment=false`: the images as they are).
 """
 
 from __future__ import annotations
@@ -75,6 +79,7 @@ class NPD(Defense):
     adv_lr: float = 0.1
     inner_steps: int = 2
     stop_success: float = 0.6
+    augment: bool = True
 
     def __post_init__(self) -> None:
         for name in ("lambda1", "lambda2", "lambda3", "lambda4"):
@@ -93,10 +98,16 @@ class NPD(Defense):
         for p in polarizer.parameters():
             p.requires_grad_(True)
         g = ctx.generator(7)
+        augment = data.augment() if self.augment else None
         clean_loss = lambda x, y: F.cross_entropy(model(pixels.normalize(x)), y)  # noqa: E731
         warm = torch.optim.SGD(polarizer.parameters(), lr=self.warm_lr)
-        optimize(clean_loss, epoch_batches(pixels, self.batch_size, g), warm, epochs=self.warm_epochs,
+        # the authors' warm-up runs the polarizer in train mode: its BN normalizes by batch
+        # statistics and its running estimates move toward the layer's input statistics; the
+        # polarizer is an affine layer (eval mode) from then on
+        polarizer.train()
+        optimize(clean_loss, epoch_batches(pixels, self.batch_size, g, augment), warm, epochs=self.warm_epochs,
                  description="NPD polarizer warm-up")
+        polarizer.eval()
         opt = torch.optim.SGD(polarizer.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4)
         counts = {"hits": 0, "seen": 0, "hit_rate": 0.0}
 
@@ -123,7 +134,7 @@ class NPD(Defense):
         def targeted_success(_epoch: int) -> None:
             counts.update(hit_rate=counts["hits"] / max(1, counts["seen"]), hits=0, seen=0)
 
-        optimize(polarizer_loss, epoch_batches(pixels, self.batch_size, g), opt, epochs=self.epochs,
+        optimize(polarizer_loss, epoch_batches(pixels, self.batch_size, g, augment), opt, epochs=self.epochs,
                  after_epoch=targeted_success, description="NPD polarizer")
         hit_rate = counts["hit_rate"]
         conv = polarizer[0].weight.detach().flatten(1)
