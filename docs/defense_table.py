@@ -120,10 +120,10 @@ def write(args, store: ResultStore) -> None:
             lines.append(f"- {attack} before any defense, model {model}: ACC {100 * r['acc_pre']:.1f}, "
                          f"ASR {100 * r['asr_pre']:.1f}, RA {100 * r['ra_pre']:.1f}")
     if any(len({training(r) for r in stored if r["attack"] == a}) > 1 for a in args.attacks.split(",")):
-        lines += ["", "The quick models were trained twice under the same cache key (the model cache was rebuilt "
-                  "between work sessions, on 2026-12-02; attack training on a CPU is not bit-reproducible across "
-                  "machines), so the rows come from two models per attack; each row names its model by that "
-                  "model's ACC / ASR before any defense."]
+        lines += ["", "The quick models were trained more than once under the same cache key (the model cache was "
+                  "rebuilt between work sessions; attack training on a CPU is reproducible for one thread count, "
+                  "not across thread counts and machines), so the rows come from several models per attack; each "
+                  "row names its model by that model's ACC / ASR before any defense."]
     header = "| family | defense | attack | model | " + " | ".join(h for _, h in METRICS) + " | time (s) | settings |"
     lines += ["", header,
               "|---|---|---|---|" + "---|" * len(METRICS) + "---|---|"]
