@@ -21,7 +21,7 @@ from bd_cli.experiment import ExperimentSpec, run_experiment
 from bd_core.attacked import AttackSpec, load_data
 from bd_core.paths import cache_root
 from bd_core.store import ModelCache, ResultStore
-from bd_defenses import DEFENSES, describe
+from bd_defenses import DEFENSES, describe, settings_added_since
 
 OUT = Path(__file__).with_name("defenses.md")
 STORE = Path(__file__).with_name("defenses.sqlite")
@@ -75,7 +75,7 @@ def non_default_settings(row: dict) -> str:
     chosen = row["config"]["defense_settings"]
     changed = [f"{k}={v}" for k, v in chosen.items() if defaults.get(k) != v]
     # a setting added since the run was stored: the run had that code's behaviour, not the default's
-    changed += [f"before {k} existed" for k in defaults if k not in chosen]
+    changed += [f"before {k} existed" for k in settings_added_since(row["defense"], chosen)]
     return ", ".join(changed) or "defaults"
 
 

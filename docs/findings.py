@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 from bd_core.store import ResultStore
-from bd_defenses import create_defense, family_of
+from bd_defenses import create_defense, family_of, settings_added_since
 
 HERE = Path(__file__).resolve().parent
 STORES = [HERE / "report-example" / "results.sqlite", HERE / "defenses.sqlite"]
@@ -39,9 +39,8 @@ def load() -> pd.DataFrame:
 def current_code(frame: pd.DataFrame) -> pd.DataFrame:
     """Drop the rows stored before one of their defense's settings existed: they measured an older
     version of that defense (docs/defenses.md lists them as such), not the one the findings are about."""
-    names = {d: set(dataclasses.asdict(create_defense(d))) for d in frame.defense.unique()}
     pairs = zip(frame.defense, frame.defense_settings, strict=True)
-    return frame[[names[d] <= set(json.loads(settings)) for d, settings in pairs]]
+    return frame[[not settings_added_since(d, json.loads(settings)) for d, settings in pairs]]
 
 
 def at_defaults(frame: pd.DataFrame) -> pd.DataFrame:

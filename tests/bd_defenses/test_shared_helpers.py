@@ -77,3 +77,15 @@ def test_ftsam_second_pass_leaves_batchnorm_running_statistics_alone():
     torch.testing.assert_close(out.mean((0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)  # batch statistics used
     bn(x)
     assert bn.momentum == 0.1 and not torch.equal(bn.running_mean, torch.zeros(3))
+
+
+def test_settings_added_since_names_what_a_stored_result_lacks():
+    """A stored result whose settings lack one the defense has now ran an earlier version of it."""
+    import dataclasses
+
+    from bd_defenses import create_defense, settings_added_since
+
+    current = dataclasses.asdict(create_defense("npd"))
+    assert settings_added_since("npd", current) == []
+    older = {k: v for k, v in current.items() if k != "augment"}
+    assert settings_added_since("npd", older) == ["augment"]

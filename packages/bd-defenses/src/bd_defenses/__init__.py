@@ -34,6 +34,7 @@ from bd_defenses.registry import (
     describe,
     family_of,
     register,
+    settings_added_since,
     tunable_names,
     with_tuning,
 )
@@ -52,5 +53,6 @@ def _load_plugins() -> None:
 _load_plugins()
 
 __all__ = ["DEFENSES", "benchmarked_defenses", "Context", "Defense", "MitigationData", "canonical_defense",
-           "create_defense", "describe", "family_of", "register", "tunable_names", "with_tuning"]
+           "create_defense", "describe", "family_of", "register", "settings_added_since",
+           "tunable_names", "with_tuning"]
 __version__ = "0.1.0"

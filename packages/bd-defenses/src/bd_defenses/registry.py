@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from bd_core.config import build_dataclass
@@ -131,6 +132,12 @@ def family_of(name: str) -> str:
     except BdError:
         return "other"
     return Combined.family if SEPARATOR in canonical else DEFENSES[canonical.removesuffix(TUNED)].family
+
+
+def settings_added_since(name: str, stored: Mapping[str, Any]) -> list[str]:
+    """The settings `name` has now that a stored result's settings lack: that result ran an
+    earlier version of the defense (its key differs too, so it is never mistaken for a new run)."""
+    return [k for k in describe(name)["hyperparameters"] if k not in stored]
 
 
 def describe(name: str) -> dict[str, Any]:
