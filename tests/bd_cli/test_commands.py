@@ -104,6 +104,12 @@ def test_bd_profile_writes_where_the_defense_spends_its_time(tmp_path, monkeypat
     text = table.read_text()
     assert text.startswith("ft-") and "aten::convolution_backward" in text  # FT's own backward passes
     assert len(list((tmp_path / "prof").glob("ft-*.trace.json"))) == 1
+    (summary,) = (p for p in (tmp_path / "prof").glob("ft-*.json") if not p.name.endswith(".trace.json"))
+    profile = json.loads(summary.read_text())
+    spent = {op["name"]: op["self_cpu_us"] for op in profile["operators"]}
+    assert spent["aten::convolution_backward"] > 0 and profile["threads"] >= 1
+    # the operators' own times lie within the block's wall time (1 thread or more: ops run on one caller)
+    assert 0 < sum(spent.values()) / 1e6 <= profile["wall_seconds"] * 1.05
     (tmp_path / "file").write_text("")
     monkeypatch.setenv("BD_PROFILE", str(tmp_path / "file"))
     bad = bd("run", "--defense", "ft", "--dataset", "synthetic", "--store", str(tmp_path / "r.sqlite"))
