@@ -13,7 +13,7 @@ from bd_core.data import make_synthetic, mitigation_set
 from bd_core.data.pixels import Pixels
 from bd_defenses import Context, MitigationData, create_defense
 from bd_defenses.bnp import bnp_divergence
-from bd_defenses.bounds import ChannelBound
+from bd_defenses.bounds import ChannelBound, clamp_above
 from bd_defenses.clp import channel_lipschitz_bounds
 from bd_defenses.fmp import conv_output
 from bd_defenses.surgery import ChannelMask, fold_batchnorm
@@ -184,6 +184,25 @@ def test_nft_masks_respect_depth_lower_bounds_and_shrink_an_overlapping_backdoor
     norms = conv_norms(out)
     assert norms[0] < 0.5 * 12 or norms[1] < 0.5 * 20
     assert success_rates(out, test)[1] < success_rates(overlapping, test)[1] - 0.2
+
+
+def test_clamp_above_matches_torch_minimum_and_its_gradients():
+    """The bound's two-pass backward gives torch.minimum's values and gradients (no ties: a
+    tie's gradient goes to the bound here, split in half there)."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(4, 3, 5, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    bound = torch.tensor([0.3, float("inf"), -0.2], dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(4, 3, 5, 5, generator=g, dtype=torch.float64)
+    ours = clamp_above(y, bound.view(1, -1, 1, 1))
+    theirs = torch.minimum(y, bound.view(1, -1, 1, 1))
+    assert torch.equal(ours, theirs)
+    ours_grads = torch.autograd.grad(ours, (y, bound), upstream)
+    for a, b in zip(ours_grads, torch.autograd.grad(theirs, (y, bound), upstream), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert float(ours_grads[1][1]) == 0.0 and float(ours_grads[1][0]) != 0.0  # an infinite bound caps nothing
+    finite = [0, 2]  # gradcheck's finite differences need finite bounds
+    inputs = (y.detach()[:, finite].requires_grad_(), bound.detach()[finite].requires_grad_())
+    assert torch.autograd.gradcheck(lambda y, b: clamp_above(y, b.view(1, -1, 1, 1)), inputs)
 
 
 def test_mmbd_bounds_clamp_the_planted_path(world):
