@@ -9,6 +9,7 @@ prepares data, calls the fork's scripts, calls bd, and writes the table.
     python docs/parity.py attack --fork ... --fork-python ../fork/venv/bin/python   # BadNets, 1 epoch
     python docs/parity.py import --fork ...                                 # bd import of that record
     python docs/parity.py run    --fork ... --fork-python ... [--defenses clp,ft] [--partitions 0,1,2]
+    python docs/parity.py timing --defenses ft,nad --partitions 1           # fork, bd fp32, bd bf16: one sitting
     python docs/parity.py table                                             # docs/parity.md
 
 Every run keeps its outputs under --work (default ../fork/parity): the fork's log, the
@@ -250,11 +251,12 @@ def mitigation_rows(out: Path) -> list[int] | None:
     return sorted(drawn["train"] + drawn["val"])
 
 
-def run_bd(args: argparse.Namespace, defense: str, partition: int, out: Path, extra: dict | None = None) -> dict:
+def run_bd(args: argparse.Namespace, defense: str, partition: int, out: Path, extra: dict | None = None,
+           precision: str = "fp32") -> dict:
     spec = DEFENSES[defense]
     settings = {**spec.get("bd", {}), **(extra or {})}
     cmd = [sys.executable, "-m", "bd_cli.app", "defend", "--model", str(args.work / "model.safetensors"),
-           "--defense", defense, "--partition", str(partition),
+           "--defense", defense, "--partition", str(partition), "--precision", precision,
            "--data-dir", str(args.fork / "data" / "cifar10"), "--device", "cpu", "--store",
            str(args.work / "bd-results.sqlite"), "--format", "json", "--force"]
     rows = mitigation_rows(out)
@@ -266,14 +268,15 @@ def run_bd(args: argparse.Namespace, defense: str, partition: int, out: Path, ex
     began = time.perf_counter()
     result = subprocess.run(cmd, capture_output=True, text=True, env=bd_env(args.threads))
     seconds = time.perf_counter() - began
-    log = "bd-extra.log" if extra else "bd.log" if str(partition) == out.name else f"bd-seed-{partition}.log"
+    log = ("bd-extra.log" if extra else f"bd-{precision}.log" if precision != "fp32"
+           else "bd.log" if str(partition) == out.name else f"bd-seed-{partition}.log")
     (out / log).write_text(result.stdout + result.stderr)
     if result.returncode != 0:
         return {"exit": result.returncode, "process_seconds": round(seconds, 1)}
     row = json.loads(result.stdout)
     return {"exit": 0, "process_seconds": round(seconds, 1), "defense_seconds": row["defense_seconds"],
             "acc": row["acc_post"], "asr": row["asr_post"], "ra": row["ra_post"], "settings": settings,
-            "details": row["details"]["defense"]}
+            "precision": precision, "details": row["details"]["defense"]}
 
 
 def attacked_model(args: argparse.Namespace) -> dict:
@@ -293,14 +296,15 @@ def run_key(defense: str, partition: int, model: dict) -> str:
     return f"{defense}/{partition}/{model['acc']:.3f}-{model['asr']:.3f}"
 
 
-def keep(defense: str, partition: int, out: Path, result: dict) -> None:
+def keep(defense: str, partition: int, out: Path, result: dict, record: Path = RUNS_FILE,
+         key: str | None = None) -> None:
     """Write a pair's result into its run folder and into the committed record."""
     (out / "result.json").write_text(json.dumps(result, indent=1))
-    with open(RUNS_FILE.with_suffix(".lock"), "w") as lock:  # runs of two partitions side by side
+    with open(record.with_suffix(".lock"), "w") as lock:  # runs of two partitions side by side
         fcntl.flock(lock, fcntl.LOCK_EX)
-        runs = stored_runs()
-        runs[run_key(defense, partition, result["model"])] = result
-        RUNS_FILE.write_text(json.dumps(dict(sorted(runs.items())), indent=1) + "\n")
+        runs = json.loads(record.read_text()) if record.exists() else {}
+        runs[key or run_key(defense, partition, result["model"])] = result
+        record.write_text(json.dumps(dict(sorted(runs.items())), indent=1) + "\n")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -368,9 +372,37 @@ def noise(args: argparse.Namespace) -> None:
             keep(defense, partition, result_file.parent, result)
 
 
+TIMING_FILE = HERE / "parity-timing.json"  # same-work timing sittings, "date/defense/partition" -> runs
+BF16 = ("ft", "fst", "nad", "fp", "fmp")  # the defenses whose training is bd's shared fine-tuning loop
+
+
+def timing(args: argparse.Namespace) -> None:
+    """One same-work timing sitting (bench/RESULTS.md): per defense and partition, the fork, then
+    bd in fp32, then bd with --precision bf16 where the defense can run in it, one after the
+    other on the same images, kept in docs/parity-timing.json under the sitting's date."""
+    names = list(DEFENSES) if args.defenses == "all" else [d.strip() for d in args.defenses.split(",")]
+    sitting = time.strftime("%Y-%m-%d")
+    for partition in [int(p) for p in args.partitions.split(",")]:
+        for defense in names:
+            key = f"{sitting}/{defense}/{partition}"
+            done = json.loads(TIMING_FILE.read_text()) if TIMING_FILE.exists() else {}
+            if key in done and not args.force:
+                continue
+            out = args.work / "timing" / defense / str(partition)
+            out.mkdir(parents=True, exist_ok=True)
+            print(f"{key}: fork ...", flush=True)
+            result = {"model": attacked_model(args), "fork": run_fork(args, defense, partition, out)}
+            if "acc" in result["fork"]:
+                result["bd"] = run_bd(args, defense, partition, out)
+                if defense in BF16:
+                    result["bd_bf16"] = run_bd(args, defense, partition, out, precision="bf16")
+            print(f"  {json.dumps({k: v for k, v in result.items() if k != 'model'}, default=str)[:400]}", flush=True)
+            keep(defense, partition, out, result, record=TIMING_FILE, key=key)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["data", "attack", "import", "run", "noise", "table"])
+    parser.add_argument("step", choices=["data", "attack", "import", "run", "noise", "timing", "table"])
     parser.add_argument("--fork", type=Path, default=ROOT.parent / "fork" / "BackdoorBenchmark")
     parser.add_argument("--fork-python", type=Path, default=ROOT.parent / "fork" / "venv" / "bin" / "python")
     parser.add_argument("--work", type=Path, default=ROOT.parent / "fork" / "parity")
@@ -393,6 +425,8 @@ def main() -> None:
         run(args)
     elif args.step == "noise":
         noise(args)
+    elif args.step == "timing":
+        timing(args)
     else:
         from parity_table import write_table  # noqa: PLC0415  (docs/parity_table.py)
 

@@ -162,3 +162,24 @@ def test_every_result_names_the_quick_preset_sizes_of_its_attack():
     own = AttackSpec("synthetic", "preact-resnet18", "ssba", attack_settings={"code_bits": "64"})
     notes = approximations(ExperimentSpec(own, "ft", 10, 0), data)
     assert any("steps 1500" in n and "code_bits" not in n for n in notes)  # the user's own setting is not listed
+
+
+def test_precision_bf16_runs_under_its_own_key_and_only_where_a_defense_allows_it(tmp_path):
+    """--precision bf16: FT's fine-tuning in bfloat16, stored beside the fp32 result (another
+    key, the note with the result); a defense with its own training loop refuses in one line;
+    a grid runs the others in fp32 and says so."""
+    store = str(tmp_path / "r.sqlite")
+    common = ("--defense", "ft", "--set", "epochs=2", "--dataset", "synthetic", "--device", "cpu", "--store", store,
+              "--format", "json")
+    fp32, bf16 = (json_of(bd("run", *common, "--precision", p)) for p in ("fp32", "bf16"))
+    assert fp32["key"] != bf16["key"] and not bf16["skipped"]
+    assert any("precision bf16" in note for note in bf16["details"]["approximations"])
+    assert not any("precision" in note for note in fp32["details"]["approximations"])
+    refused = bd("run", "--defense", "mm-bd", "--precision", "bf16", "--dataset", "synthetic", "--store", store)
+    assert refused.exit_code == 2 and "mm-bd runs in fp32 only" in refused.output and "ft" in refused.output
+    bad = bd("run", "--defense", "ft", "--precision", "fp16", "--dataset", "synthetic", "--store", store)
+    assert bad.exit_code == 2 and "precision must be one of fp32, bf16" in bad.output
+    grid = bd("grid", "--dataset", "synthetic", "--defense", "ft,clp", "--precision", "bf16", "--store", store,
+              "--dry-run", "--format", "json")
+    assert grid.exit_code == 0 and "clp cannot run in it and run in fp32" in grid.output
+    assert json_of(grid)["units"] == 2

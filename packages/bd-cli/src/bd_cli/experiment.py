@@ -26,7 +26,8 @@ from bd_core.profiling import profiled
 from bd_core.progress import log
 from bd_core.store import ModelCache, ResultStore, config_key
 from bd_core.store.models import AttackedModel
-from bd_defenses import Context, MitigationData, canonical_defense, create_defense
+from bd_core.train import check_precision
+from bd_defenses import DEFENSES, Context, MitigationData, canonical_defense, create_defense
 
 RESULT_FORMAT = 1
 
@@ -44,9 +45,12 @@ class ExperimentSpec:
     defense_settings: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     # the defender's images as rows of the training split (e.g. the same D_m as another tool's run)
     mitigation_indices: tuple[int, ...] | None = None
+    # the arithmetic of the defense's fine-tuning (bd_core.train.PRECISIONS); fp32 unless asked
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "defense", canonical_defense(self.defense))
+        check_precision(self.precision)
         if self.mitigation_indices is None:
             check_mitigation_request(self.spc, self.partition)
         else:
@@ -56,6 +60,11 @@ class ExperimentSpec:
         refusal = defense.refusal(MODELS[self.attack.arch].facts, self.attack.arch)
         if refusal:
             raise BdError(refusal)
+        if self.precision not in defense.precisions:
+            able = ", ".join(n for n, cls in DEFENSES.items() if self.precision in cls.precisions)
+            raise InvalidRequest(f"{defense.name} runs in {', '.join(defense.precisions)} only; --precision "
+                                 f"{self.precision} applies to the defenses whose training is bd's shared "
+                                 f"fine-tuning loop: {able}")
 
     def build_defense(self):
         return create_defense(self.defense, self.defense_settings)
@@ -72,6 +81,8 @@ class ExperimentSpec:
         if self.mitigation_indices is not None:
             config["mitigation"] = {"indices": len(self.mitigation_indices),
                                     "sha256": indices_digest(self.mitigation_indices)}
+        if self.precision != "fp32":  # fp32 runs keep the keys they always had
+            config["precision"] = self.precision
         return config
 
     def for_data(self, data: DataBundle) -> ExperimentSpec:
@@ -101,6 +112,9 @@ class ExperimentSpec:
 def approximations(spec: ExperimentSpec, data: DataBundle) -> list[str]:
     """What makes this run differ from the survey's setting; shown with every result."""
     notes = []
+    if spec.precision != "fp32":
+        notes.append(f"precision {spec.precision}: the defense's fine-tuning ran under bf16 autocast in "
+                     "channels_last (the survey's code: fp32)")
     if data.train.info.note:
         notes.append(f"dataset: {data.train.info.note}")
     if spec.attack.imported:
@@ -157,7 +171,7 @@ def execute(
         if warning:
             log(f"[yellow]warning:[/yellow] {warning}")
         defense = spec.build_defense()
-        ctx = Context(device=device, seed=spec.attack.seed + spec.partition)
+        ctx = Context(device=device, seed=spec.attack.seed + spec.partition, precision=spec.precision)
         model = copy.deepcopy(attacked.model).to(device)
         torch.manual_seed(ctx.seed)
         if data is not original:  # the model's own normalization: draw the same rows from the renormalized split

@@ -21,7 +21,7 @@ import tomllib
 from bd_core.attacked import AttackSpec, DataBundle, load_data, obtain_attacked_model, weak_attack_warning
 from bd_core.errors import InvalidRequest
 from bd_core.store import ModelCache, ResultStore, load_model
-from bd_core.train import PRESETS, Recipe
+from bd_core.train import PRESETS, Recipe, check_precision
 
 from bd_cli.experiment import ExperimentSpec, execute
 
@@ -97,11 +97,13 @@ class GridSpec:
                     names.append(n)
         return names
 
-    def units(self, tune: bool = False, refused: list[str] | None = None) -> list[ExperimentSpec]:
+    def units(self, tune: bool = False, refused: list[str] | None = None, precision: str = "fp32",
+              notes: list[str] | None = None) -> list[ExperimentSpec]:
         """Every experiment of the grid, in a stable order; validated before anything runs. With
         `tune`, each defense with a tunable part also runs tuned (e.g. clp and clp/tuned). A
         defense that refuses an architecture of the grid (BNP on the ViT) is left out for that
-        architecture, its one-line reason appended to `refused`."""
+        architecture, its one-line reason appended to `refused`. `precision` applies to the
+        defenses that can run in it; the others run in fp32, named in `notes`."""
         from bd_core.models import MODELS, canonical_model
         from bd_defenses import create_defense, tunable_names, with_tuning
         from bd_defenses.combined import SEPARATOR
@@ -117,6 +119,11 @@ class GridSpec:
         for line in dict.fromkeys(r for r in refusals.values() if r):
             if refused is not None:
                 refused.append(line)
+        check_precision(precision)
+        precisions = {n: precision if precision in d.precisions else "fp32" for n, d in defenses.items()}
+        stay = [n for n, p in precisions.items() if p != precision]
+        if stay and notes is not None:
+            notes.append(f"precision {precision}: {', '.join(stay)} cannot run in it and run in fp32")
         units = []
         for ds, arch, attack, ratio, seed in itertools.product(self.datasets, self.archs, self.attacks,
                                                                 self.poison_ratios, self.seeds):
@@ -126,7 +133,7 @@ class GridSpec:
                     continue
                 settings = self.settings.get(defense, self.settings.get(defense.replace(SUFFIX, ""), {}))
                 units.append(ExperimentSpec(spec, defense, int(spc), int(part),
-                                            {k: str(v) for k, v in settings.items()}))
+                                            {k: str(v) for k, v in settings.items()}, precision=precisions[defense]))
         return units
 
 

@@ -40,6 +40,10 @@ class Combined(Defense):
     def needs(self) -> str:  # type: ignore[override]
         return "; ".join(f"{p.name}: {p.needs}" for p in self.parts if p.needs)
 
+    @property
+    def precisions(self) -> tuple[str, ...]:  # type: ignore[override]  # what every part can run in
+        return tuple(p for p in self.parts[0].precisions if all(p in part.precisions for part in self.parts))
+
     def refusal(self, facts, arch: str) -> str | None:
         return next((line for line in (p.refusal(facts, arch) for p in self.parts) if line), None)
 
@@ -55,7 +59,7 @@ class Combined(Defense):
         # output is exactly its standalone result and differences come from the sequence alone.
         steps = []
         for part in self.parts:
-            part_ctx = Context(device=ctx.device, seed=ctx.seed)
+            part_ctx = Context(device=ctx.device, seed=ctx.seed, precision=ctx.precision)
             started = time.perf_counter()
             model = part(model, data, part_ctx)
             steps.append({"defense": part.name, "seconds": round(time.perf_counter() - started, 3),

@@ -27,10 +27,12 @@ def finetune(
     after_step=None,
     schedule: str = "cosine",
 ) -> list[float]:
-    """SGD (cosine, or a constant rate) over the mitigation set, augmented like the attack's training data."""
+    """SGD (cosine, or a constant rate) over the mitigation set, augmented like the attack's
+    training data, in the run's precision (ctx.precision: defenses whose training is this loop
+    declare Defense.precisions = ("fp32", "bf16"))."""
     augment = augment if augment is not None else Augment.for_dataset(data.info)
     return fit(
         model, clean_batches(data, augment, ctx.device), len(data), epochs=epochs, batch_size=batch_size, lr=lr,
         momentum=momentum, weight_decay=weight_decay, seed=ctx.seed, device=ctx.device, step=step, params=params,
-        description=description, after_step=after_step, schedule=schedule,
+        description=description, after_step=after_step, schedule=schedule, precision=ctx.precision,
     )

@@ -55,6 +55,7 @@ def conv_output(model: nn.Module, conv: nn.Module, x: Tensor) -> Tensor:
 @register("fmp", family="pruning", paper="Huang & Bu, Feature Map Testing for Backdoor Defense / FMP (2023)")
 @dataclass(frozen=True)
 class FMP(Defense):
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "bf16")  # all its training is finetune()
     requires: ClassVar[dict[str, str]] = {"conv": "it ranks every convolution's feature maps by their FGSM sensitivity"}
     eps: float = 1 / 255
     adv_images: int = 32

@@ -52,6 +52,7 @@ class PrunedAccuracy:
 @register("fp", family="pruning", paper="Liu et al., Fine-Pruning (RAID 2018)", aliases=("fine-pruning",))
 @dataclass(frozen=True)
 class FP(Defense):
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "bf16")  # all its training is finetune()
     tune: ClassVar[tuple[dict[str, Any], ...]] = ({"acc_ratio": 0.05}, {"acc_ratio": 0.1},
                                                   {"acc_ratio": 0.2})  # --tune, mildest first: pruning tolerance
     acc_ratio: float = 0.1  # tolerated relative drop of clean accuracy

@@ -8,6 +8,7 @@ argparse default of 15 epochs overrides the 10 of its config file)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -30,6 +31,7 @@ def head_layers(model: nn.Module) -> list[nn.Linear]:
           "Tuning (NeurIPS 2023)")
 @dataclass(frozen=True)
 class FST(Defense):
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "bf16")  # all its training is finetune()
     alpha: float = -1.0  # < 0: the survey's value for the dataset (0.2 where it gives none)
     epochs: int = 15
     lr: float = 0.01

@@ -16,6 +16,7 @@ from bd_defenses.registry import register
 @register("ft", family="fine-tuning", paper="Liu et al., Fine-Pruning (RAID 2018): fine-tuning baseline")
 @dataclass(frozen=True)
 class FT(Defense):
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "bf16")  # all its training is finetune()
     tune: ClassVar[tuple[dict[str, Any], ...]] = ({"lr": 0.005}, {"lr": 0.01},
                                                   {"lr": 0.02})  # --tune, mildest first: learning rate
     epochs: int = 100

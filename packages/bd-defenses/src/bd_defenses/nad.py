@@ -44,6 +44,7 @@ def attention_loss(student: list[Tensor], teacher: list[Tensor], betas: tuple[fl
           "Deep Neural Networks (ICLR 2021)")
 @dataclass(frozen=True)
 class NAD(Defense):
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "bf16")  # all its training is finetune()
     tune: ClassVar[tuple[dict[str, Any], ...]] = (  # --tune, mildest first: attention weights
         {"beta1": 250.0, "beta2": 500.0, "beta3": 500.0},
         {"beta1": 500.0, "beta2": 1000.0, "beta3": 1000.0},

@@ -88,6 +88,10 @@ class Tuned(Defense):
     def name(self) -> str:  # type: ignore[override]
         return self.inner.name + SUFFIX
 
+    @property
+    def precisions(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self.inner.precisions
+
     def refusal(self, facts, arch: str) -> str | None:
         return self.inner.refusal(facts, arch)
 
@@ -103,7 +107,8 @@ class Tuned(Defense):
         original = copy.deepcopy(model)
         results, trials = [], []
         for candidate, settings in zip(self.candidate_defenses(), self.candidates, strict=True):
-            trial_ctx = Context(device=ctx.device, seed=ctx.seed)  # every candidate sees the same draws
+            # every candidate sees the same draws
+            trial_ctx = Context(device=ctx.device, seed=ctx.seed, precision=ctx.precision)
             defended = candidate(copy.deepcopy(original), fit_data, trial_ctx)
             signals = clean_signals(defended, original, check, ctx.device, ctx.seed)
             results.append((defended, trial_ctx.record))
@@ -112,7 +117,7 @@ class Tuned(Defense):
         if fit is data.clean:  # the candidate already saw all of D_m: it is the result
             defended, record = results[chosen]
         else:  # chosen on a held-out part: the chosen setting now uses all of D_m
-            final_ctx = Context(device=ctx.device, seed=ctx.seed)
+            final_ctx = Context(device=ctx.device, seed=ctx.seed, precision=ctx.precision)
             defended, record = self.candidate_defenses()[chosen](original, data, final_ctx), final_ctx.record
         ctx.report(**record, tuning={
             "chosen": self.candidates[chosen], "candidates": trials, "check": rule, "tolerance": self.tolerance,
