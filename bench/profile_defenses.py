@@ -2,7 +2,7 @@
 torch.profiler (`BD_PROFILE`), its operators summed into the network's layers and the rest.
 
     python bench/profile_defenses.py run --defenses ft,nad --partition 1   # needs docs/parity.py's setup
-    python bench/profile_defenses.py table                                  # bench/profiles/README.md
+    python bench/profile_defenses.py table                                  # into bench/RESULTS.md
 
 `run` defends the parity study's imported model (docs/parity.md) with the same mitigation images
 and the same settings as its pairs, 1 thread, one defense at a time; a defense whose parity run
@@ -47,6 +47,7 @@ SHORTENED: dict[str, dict] = {
     "anp": {"iterations": 20},
 }
 
+BEGIN, END = "<!-- profiles -->", "<!-- /profiles -->"  # where `table` writes in bench/RESULTS.md
 CATEGORIES = ("convolution forward", "convolution backward", "BatchNorm", "linear")
 
 
@@ -144,12 +145,19 @@ def table(args: argparse.Namespace) -> None:
         pair = parity_pair(profile["defense"], profile["partition"])
         ratio = ceiling = "no fork time"
         if pair is not None:
-            ratio = f"{pair['fork'] / pair['bd']:.1f}x"
+            _, partition, model = pair["key"].split("/")
+            ratio = f"{pair['fork'] / pair['bd']:.1f}x (p{partition}, {100 * float(model.split('-')[0]):.1f} % model)"
             ceiling = f"{pair['fork'] / (pair['bd'] * share):.1f}x" if share > 0 else "-"
         name = profile["defense"] + (" (shortened)" if profile.get("shortened") else "")
         lines.append(f"| {name} | {wall:.1f} | {' | '.join(pct)} | {100 * s['other'] / wall:.0f} % ({top}) | "
                      f"{100 * s['outside'] / wall:.0f} % | {ratio} | {ceiling} |")
     text = "\n".join(lines) + "\n"
+    results = HERE / "RESULTS.md"
+    page = results.read_text()
+    if BEGIN in page and END in page:
+        head, rest = page.split(BEGIN, 1)
+        results.write_text(head + BEGIN + "\n" + text + END + rest.split(END, 1)[1])
+        print(f"wrote the table into {results}")
     print(text)
 
 
