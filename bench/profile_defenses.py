@@ -127,7 +127,8 @@ def parity_pair(defense: str, partition: int) -> dict | None:
     keys.sort(key=lambda k: (k.split("/")[1] != str(partition), "0.818" not in k))
     for key in keys:
         pair = runs[key]
-        if pair["fork"].get("defense_seconds") and pair["bd"].get("defense_seconds"):
+        finished = "acc" in pair["fork"]  # NC's and BTI-DBF's fork runs stop with an error (docs/parity.md)
+        if finished and pair["fork"].get("defense_seconds") and (pair.get("bd") or {}).get("defense_seconds"):
             return {"key": key, "fork": pair["fork"]["defense_seconds"], "bd": pair["bd"]["defense_seconds"]}
     return None
 
