@@ -166,8 +166,8 @@ def test_every_result_names_the_quick_preset_sizes_of_its_attack():
 
 def test_precision_bf16_runs_under_its_own_key_and_only_where_a_defense_allows_it(tmp_path):
     """--precision bf16: FT's fine-tuning in bfloat16, stored beside the fp32 result (another
-    key, the note with the result); a defense with its own training loop refuses in one line;
-    a grid runs the others in fp32 and says so."""
+    key, the note with the result), never pooled with it by a report; a defense with its own
+    training loop refuses in one line; a grid runs the others in fp32 and says so."""
     store = str(tmp_path / "r.sqlite")
     common = ("--defense", "ft", "--set", "epochs=2", "--dataset", "synthetic", "--device", "cpu", "--store", store,
               "--format", "json")
@@ -177,6 +177,9 @@ def test_precision_bf16_runs_under_its_own_key_and_only_where_a_defense_allows_i
     assert not any("precision" in note for note in fp32["details"]["approximations"])
     refused = bd("run", "--defense", "mm-bd", "--precision", "bf16", "--dataset", "synthetic", "--store", store)
     assert refused.exit_code == 2 and "mm-bd runs in fp32 only" in refused.output and "ft" in refused.output
+    mixed = bd("report", "--store", store, "--out", str(tmp_path / "report"), "--no-pdf")
+    assert mixed.exit_code == 2 and "ft ran in more than one precision" in mixed.output
+    assert "--where precision=fp32" in mixed.output
     bad = bd("run", "--defense", "ft", "--precision", "fp16", "--dataset", "synthetic", "--store", store)
     assert bad.exit_code == 2 and "precision must be one of fp32, bf16" in bad.output
     grid = bd("grid", "--dataset", "synthetic", "--defense", "ft,clp", "--precision", "bf16", "--store", store,

@@ -147,7 +147,7 @@ def test_fit_in_bf16_autocasts_the_convolutions_and_keeps_the_fp32_direction():
         model = create_model("preact-resnet18", 10, 1, 28, width=0.25)
         start = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
         conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
-        hook = conv.register_forward_hook(lambda m, args, out: seen.append((precision, out.dtype)))
+        hook = conv.register_forward_hook(lambda m, args, out, p=precision: seen.append((p, out.dtype)))
         fit(model, lambda idx, g: (images[idx], labels[idx]), 16, epochs=1, batch_size=16, lr=0.05,
             precision=precision)  # one step: its update is the gradient (training amplifies rounding)
         hook.remove()

@@ -483,6 +483,10 @@ def report(
     ok, failed = frame[frame.status == "ok"], frame[frame.status != "ok"]
     if ok.empty:
         fail(f"no successful results in {path} match {where or 'the store'}")
+    mixed = sorted(d for d, n in ok.groupby("defense").precision.nunique().items() if n > 1)
+    if mixed:  # one box per defense must not pool fp32 and bf16 runs
+        fail(f"{', '.join(mixed)} ran in more than one precision in {path}; keep one with --where precision=fp32 "
+             "(or precision=bf16)")
     with _progress_line(f"drawing figures of {len(ok)} results"):
         written = write_tables(ok, failed, output)
         written += draw_figures(ok, output, pdf, pool)

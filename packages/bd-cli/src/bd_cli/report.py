@@ -31,7 +31,8 @@ SHOWN = ("asr_post", "rdr", "arr")
 SPLITS = {"spc": ("fig6_spc", "SPC"), "attack": ("fig7_attack", "attack"), "arch": ("fig8_arch", "architecture"),
           "dataset": ("fig9_dataset", "dataset"), "poison_ratio": ("fig10_poison_ratio", "poison ratio")}
 FLAT = ("key", "status", "dataset", "arch", "attack", "poison_ratio", "defense", "spc", "partition", "seed", "preset",
-        "acc_pre", "asr_pre", "ra_pre", "acc_post", "asr_post", "ra_post", "arr", "rdr", "defense_seconds", "error")
+        "acc_pre", "asr_pre", "ra_pre", "acc_post", "asr_post", "ra_post", "arr", "rdr", "defense_seconds", "error",
+        "precision")
 
 # the survey's orders and letters (Figures 7-9)
 ATTACK_ORDER = ("badnets", "blended", "lf", "sig", "bpp", "inputaware", "ssba", "wanet")

@@ -196,9 +196,10 @@ class ResultStore:
                 "attack_settings": json.dumps(attack.get("attack_settings", {}), sort_keys=True),
                 "attacked_model": details.get("attacked_model"),
                 "warnings": " | ".join(details.get("warnings", [])),
+                "precision": config.get("precision", "fp32") if isinstance(config, dict) else "fp32",
             })
         columns = [c for c in COLUMNS if c not in JSON_COLUMNS] + ["defense_settings", "attack_settings",
-                                                                    "attacked_model", "warnings"]
+                                                                    "attacked_model", "warnings", "precision"]
         return pd.DataFrame(flat, columns=columns)
 
     def count(self) -> int:
