@@ -373,7 +373,7 @@ def noise(args: argparse.Namespace) -> None:
 
 
 TIMING_FILE = HERE / "parity-timing.json"  # same-work timing sittings, "date/defense/partition" -> runs
-BF16 = ("ft", "fst", "nad", "fp", "fmp")  # the defenses whose training is bd's shared fine-tuning loop
+BF16 = ("ft", "fst", "nad", "fp", "fmp", "ft-sam")  # the defenses that can run --precision bf16
 
 
 def timing(args: argparse.Namespace) -> None:

@@ -74,8 +74,8 @@ Tune = Annotated[bool, typer.Option(
     "images (held-out accuracy, agreement, entropy); stored as e.g. clp/tuned")]
 OutputFormat = Annotated[Format, typer.Option(help="table for people, json for programs")]
 Precision = Annotated[str, typer.Option(
-    help="fp32, or bf16: the defense's fine-tuning under bfloat16 autocast in channels_last (FT, FST, NAD, FP, "
-    "FMP; several times faster on CPUs with AMX/AVX-512-BF16 and on GPUs; stored under its own key)")]
+    help="fp32, or bf16: the defense's training steps under bfloat16 autocast (FT, FST, NAD, FP, FMP, "
+    "FT-SAM; several times faster on CPUs with AMX/AVX-512-BF16 and on GPUs; stored under its own key)")]
 
 
 def emit(data: object, format: Format, show_table) -> None:  # noqa: ANN001
@@ -558,8 +558,8 @@ def grid(
     tune: Annotated[bool, typer.Option(
             "--tune", help="also run each tunable defense tuned (name/tuned) beside its defaults")] = False,
     precision: Annotated[str, typer.Option(
-            help="fp32, or bf16 for the defenses whose fine-tuning can run in it (FT, FST, NAD, FP, FMP; the "
-                "others stay fp32, said before the run)")] = "fp32",
+            help="fp32, or bf16 for the defenses whose training can run in it (FT, FST, NAD, FP, FMP, "
+                "FT-SAM; the others stay fp32, said before the run)")] = "fp32",
     backend: Annotated[Backend, typer.Option(
             help="local: process pool on this machine; ray: Ray tasks")] = Backend.local,
     address: Annotated[str | None, typer.Option(

@@ -63,8 +63,8 @@ class ExperimentSpec:
         if self.precision not in defense.precisions:
             able = ", ".join(n for n, cls in DEFENSES.items() if self.precision in cls.precisions)
             raise InvalidRequest(f"{defense.name} runs in {', '.join(defense.precisions)} only; --precision "
-                                 f"{self.precision} applies to the defenses whose training is bd's shared "
-                                 f"fine-tuning loop: {able}")
+                                 f"{self.precision} applies to the defenses whose training loop was measured in "
+                                 f"it: {able}")
 
     def build_defense(self):
         return create_defense(self.defense, self.defense_settings)
@@ -113,8 +113,8 @@ def approximations(spec: ExperimentSpec, data: DataBundle) -> list[str]:
     """What makes this run differ from the survey's setting; shown with every result."""
     notes = []
     if spec.precision != "fp32":
-        notes.append(f"precision {spec.precision}: the defense's fine-tuning ran under bf16 autocast in "
-                     "channels_last (the survey's code: fp32)")
+        notes.append(f"precision {spec.precision}: the defense's training steps ran under bf16 autocast "
+                     "(the survey's code: fp32)")
     if data.train.info.note:
         notes.append(f"dataset: {data.train.info.note}")
     if spec.attack.imported:

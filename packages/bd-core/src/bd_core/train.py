@@ -44,16 +44,19 @@ def check_precision(precision: str) -> None:
         raise InvalidRequest(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
 
 
-def in_precision(step: StepFn, precision: str, device: torch.device | str) -> StepFn:
-    """`step` with its forward pass under autocast when precision is bf16 (the backward pass,
-    run by the loop after it, follows the dtypes autocast chose)."""
+def in_precision(step: Callable[[Tensor, Tensor], Tensor], precision: str,
+                 device: torch.device | str | None) -> Callable[[Tensor, Tensor], Tensor]:
+    """`step` under autocast when precision is bf16: its forward passes, and any inner
+    maximisation it runs with its own backward passes (SAM's ascent, SAU's PGD); the loop's
+    backward pass after it follows the dtypes autocast chose."""
+    check_precision(precision)
     if precision == "fp32":
         return step
-    device_type = torch.device(device).type
+    device_type = torch.device(device).type if device is not None else "cpu"
 
-    def autocast_step(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    def autocast_step(x: Tensor, y: Tensor) -> Tensor:
         with torch.autocast(device_type, dtype=torch.bfloat16):
-            return step(model, x, y)
+            return step(x, y)
 
     return autocast_step
 
@@ -135,6 +138,7 @@ def optimize(
     description: str = "optimising",
     steps_per_epoch: int | None = None,
     tick: Callable[[], None] | None = None,
+    precision: str = "fp32",
 ) -> list[float]:
     """Minimise `step(x, y)` over `epochs` passes of `batches()` with `optimizer`; returns the mean
     loss per epoch. Gradients are zeroed before each step: a step that runs an inner
@@ -150,8 +154,10 @@ def optimize(
     steps_per_epoch: when known, progress advances per batch instead of per epoch.
     tick: advance a caller's progress bar once per epoch instead of showing one's own (a
     defense whose phases alternate, each phase one call, keeps one bar for the whole run).
+    precision: "bf16" runs `step` under autocast (in_precision; see PRECISIONS).
     """
     losses: list[float] = []
+    step = in_precision(step, precision, device)
     with nullcontext(None) if tick is not None else make_progress() as progress:
         task = progress.add_task(description, total=epochs * (steps_per_epoch or 1),
                                  status="") if progress is not None else None
@@ -218,7 +224,6 @@ def fit(
         raise ValueError(f"schedule must be 'cosine' or 'constant', not {schedule!r}")
     check_precision(precision)
     channels_last = channels_last or precision == "bf16"
-    step = in_precision(step, precision, device)
     if n < 1:
         raise InvalidRequest("cannot train on an empty set")
     model.to(device).train()
@@ -233,7 +238,7 @@ def fit(
     with layout.channels_last(model) if channels_last else nullcontext():
         losses = optimize(lambda x, y: step(model, x, y), batches, opt, epochs=epochs, model=model, scheduler=sched,
                           device=device, after_step=after_step, description=description,
-                          steps_per_epoch=-(-n // batch_size))
+                          steps_per_epoch=-(-n // batch_size), precision=precision)
     model.eval()
     return losses
 

@@ -67,7 +67,7 @@ class Context:
     device: str = "cpu"
     seed: int = 0
     record: dict[str, Any] = field(default_factory=dict)
-    precision: str = "fp32"  # of the shared fine-tuning loop (bd_core.train.PRECISIONS), where the defense allows
+    precision: str = "fp32"  # of the training steps (bd_core.train.PRECISIONS), where the defense allows
 
     def report(self, **values: Any) -> None:
         """Note what the defense did (channels pruned, mask sparsity, ...) in the result record."""
@@ -86,8 +86,8 @@ class Defense:
     paper: ClassVar[str]
     needs: ClassVar[str] = ""  # anything beyond the survey's defender (e.g. BCU's OOD data)
     benchmarked: ClassVar[bool] = True  # False for the methods the survey reviewed but did not run
-    # the arithmetic the defense can run in: "bf16" only where all its training is the shared
-    # fine-tuning loop (finetune), whose autocast is written once and measured (bench/RESULTS.md)
+    # the arithmetic the defense can run in: "bf16" only where all its training runs as steps of
+    # bd_core.train.optimize (whose autocast is written once) and was measured (bench/RESULTS.md)
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
     # layer types the method's criterion is defined on (ModelFacts.layer_types), each with why:
     # a model without them is refused before anything runs

@@ -78,6 +78,7 @@ class SharpnessAwareLoss:
           "Sharpness-Aware Minimization (ICCV 2023)", aliases=("ftsam", "sam"))
 @dataclass(frozen=True)
 class FTSAM(Defense):
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "bf16")  # its step (ascent included) under autocast
     tune: ClassVar[tuple[dict[str, Any], ...]] = ({"lr": 0.005}, {"lr": 0.01},
                                                   {"lr": 0.02})  # --tune, mildest first: learning rate
     rho: float = 2.0
@@ -99,7 +100,7 @@ class FTSAM(Defense):
         sam = SharpnessAwareLoss(model, params, self.rho, self.label_smoothing)
         batches = shuffled_batches(make_batch, len(data.clean), self.batch_size, ctx.generator(9))
         losses = optimize(sam, batches, opt, epochs=self.epochs, model=model, scheduler=sched, device=ctx.device,
-                          before_update=sam.restore, description="FT-SAM fine-tuning")
+                          before_update=sam.restore, description="FT-SAM fine-tuning", precision=ctx.precision)
         model.eval()
         ctx.report(rho=self.rho, last_perturbation_radius=round(sam.radius, 4), final_sharp_loss=round(losses[-1], 4))
         return model
