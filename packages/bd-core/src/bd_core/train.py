@@ -33,8 +33,8 @@ BatchFn = Callable[[Tensor, torch.Generator], tuple[Tensor, Tensor]]
 StepFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
 # The arithmetic a training loop may run in: "fp32", or "bf16": convolutions and matrix products
-# in bfloat16 under torch.autocast, in channels_last (parameters, optimizer state, BatchNorm
-# statistics and the loss stay fp32). On CPUs with AMX or AVX-512-BF16 oneDNN runs bf16
+# in bfloat16 under torch.autocast (`fit` also switches to channels_last); parameters, optimizer
+# state and BatchNorm statistics stay fp32. On CPUs with AMX or AVX-512-BF16 oneDNN runs bf16
 # convolutions several times faster; elsewhere it emulates them (slower than fp32).
 PRECISIONS = ("fp32", "bf16")
 
@@ -47,8 +47,8 @@ def check_precision(precision: str) -> None:
 def in_precision(step: Callable[[Tensor, Tensor], Tensor], precision: str,
                  device: torch.device | str | None) -> Callable[[Tensor, Tensor], Tensor]:
     """`step` under autocast when precision is bf16: its forward passes, and any inner
-    maximisation it runs with its own backward passes (SAM's ascent, SAU's PGD); the loop's
-    backward pass after it follows the dtypes autocast chose."""
+    maximisation it runs with its own backward passes (FT-SAM's ascent); the loop's backward
+    pass after it follows the dtypes autocast chose."""
     check_precision(precision)
     if precision == "fp32":
         return step
