@@ -54,11 +54,11 @@ def test_names_and_refusals():
 
 def test_selection_sees_only_the_defenders_data():
     """The API boundary: a tuned defense is called as any defense is, with the model, the clean
-    mitigation set and a context that holds run settings only."""
+    mitigation set and a context that holds run settings only (device, seed, arithmetic)."""
     params = list(inspect.signature(Tuned.__call__).parameters)
     assert params == ["self", "model", "data", "ctx"]
     assert {f.name for f in dataclasses.fields(MitigationData)} == {"clean", "unlabeled"}
-    assert {f.name for f in dataclasses.fields(Context)} == {"device", "seed", "record"}
+    assert {f.name for f in dataclasses.fields(Context)} == {"device", "seed", "record", "precision"}
 
 
 def test_tuned_clp_records_its_candidates_and_follows_the_rule():
