@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PROFILES = HERE / "profiles"
 sys.path.insert(0, str(ROOT / "docs"))
-from parity import DEFENSES, RUNS_FILE  # noqa: E402  (the parity study's settings and record)
+from parity import DEFENSES, stored_runs  # noqa: E402  (the parity study's settings and record)
 
 # defenses whose parity schedule takes over ten minutes in bd: a shorter run of the same loop
 SHORTENED: dict[str, dict] = {
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> None:
 
 def parity_pair(defense: str, partition: int) -> dict | None:
     """The parity record's pair for the defense (the profiled partition first, then any)."""
-    runs = json.loads(RUNS_FILE.read_text())
+    runs = stored_runs()
     keys = sorted(k for k in runs if k.startswith(f"{defense}/"))
     keys.sort(key=lambda k: (k.split("/")[1] != str(partition), "0.818" not in k))
     for key in keys:

@@ -286,8 +286,8 @@ def attacked_model(args: argparse.Namespace) -> dict:
     return {m: round(measured[m], 4) for m in ("acc", "asr", "ra")}
 
 
-def stored_runs() -> dict[str, dict]:
-    return json.loads(RUNS_FILE.read_text()) if RUNS_FILE.exists() else {}
+def stored_runs(record: Path = RUNS_FILE) -> dict[str, dict]:
+    return json.loads(record.read_text()) if record.exists() else {}
 
 
 def run_key(defense: str, partition: int, model: dict) -> str:
@@ -302,7 +302,7 @@ def keep(defense: str, partition: int, out: Path, result: dict, record: Path = R
     (out / "result.json").write_text(json.dumps(result, indent=1))
     with open(record.with_suffix(".lock"), "w") as lock:  # runs of two partitions side by side
         fcntl.flock(lock, fcntl.LOCK_EX)
-        runs = json.loads(record.read_text()) if record.exists() else {}
+        runs = stored_runs(record)
         runs[key or run_key(defense, partition, result["model"])] = result
         record.write_text(json.dumps(dict(sorted(runs.items())), indent=1) + "\n")
 
@@ -373,20 +373,20 @@ def noise(args: argparse.Namespace) -> None:
 
 
 TIMING_FILE = HERE / "parity-timing.json"  # same-work timing sittings, "date/defense/partition" -> runs
-BF16 = ("ft", "fst", "nad", "fp", "fmp", "ft-sam")  # the defenses that can run --precision bf16
 
 
 def timing(args: argparse.Namespace) -> None:
     """One same-work timing sitting (bench/RESULTS.md): per defense and partition, the fork, then
     bd in fp32, then bd with --precision bf16 where the defense can run in it, one after the
     other on the same images, kept in docs/parity-timing.json under the sitting's date."""
+    from bd_defenses import DEFENSES as DEFENSE_CLASSES  # noqa: PLC0415  (bd's environment runs this driver)
+
     names = list(DEFENSES) if args.defenses == "all" else [d.strip() for d in args.defenses.split(",")]
     sitting = time.strftime("%Y-%m-%d")
     for partition in [int(p) for p in args.partitions.split(",")]:
         for defense in names:
             key = f"{sitting}/{defense}/{partition}"
-            done = json.loads(TIMING_FILE.read_text()) if TIMING_FILE.exists() else {}
-            if key in done and not args.force:
+            if key in stored_runs(TIMING_FILE) and not args.force:
                 continue
             out = args.work / "timing" / defense / str(partition)
             out.mkdir(parents=True, exist_ok=True)
@@ -394,7 +394,7 @@ def timing(args: argparse.Namespace) -> None:
             result = {"model": attacked_model(args), "fork": run_fork(args, defense, partition, out)}
             if "acc" in result["fork"]:
                 result["bd"] = run_bd(args, defense, partition, out)
-                if defense in BF16:
+                if "bf16" in DEFENSE_CLASSES[defense].precisions:  # the registry says which can
                     result["bd_bf16"] = run_bd(args, defense, partition, out, precision="bf16")
             print(f"  {json.dumps({k: v for k, v in result.items() if k != 'model'}, default=str)[:400]}", flush=True)
             keep(defense, partition, out, result, record=TIMING_FILE, key=key)
