@@ -9,7 +9,8 @@ prepares data, calls the fork's scripts, calls bd, and writes the table.
     python docs/parity.py attack --fork ... --fork-python ../fork/venv/bin/python   # BadNets, 1 epoch
     python docs/parity.py import --fork ...                                 # bd import of that record
     python docs/parity.py run    --fork ... --fork-python ... [--defenses clp,ft] [--partitions 0,1,2]
-    python docs/parity.py timing --defenses ft,nad --partitions 1           # fork, bd fp32, bd bf16: one sitting
+    python docs/parity.py fork-noise --defenses nad --partitions 1,2        # the fork's own seed spread
+    python docs/parity.py timing --defenses ft,nad --partitions 1 --sitting all-17  # fork, bd fp32, bd bf16
     python docs/parity.py table                                             # docs/parity.md
 
 Every run keeps its outputs under --work (default ../fork/parity): the fork's log, the
@@ -130,10 +131,11 @@ def write_data(fork: Path) -> Path:
 SHRUNK_TEST_IMAGES = 20  # the fork's logging-only test evaluations see this many images (docs/parity_shim.py)
 
 
-def fork_env(out: Path, threads: int, shrink: bool = False) -> dict[str, str]:
+def fork_env(out: Path, threads: int, shrink: bool = False, reseed: int | None = None) -> dict[str, str]:
     env = {**os.environ, "BD_PARITY_OUT": str(out), "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1",
            "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": "",
-           "BD_PARITY_TEST_IMAGES": str(SHRUNK_TEST_IMAGES if shrink else 0)}
+           "BD_PARITY_TEST_IMAGES": str(SHRUNK_TEST_IMAGES if shrink else 0),
+           "BD_PARITY_RESEED": "" if reseed is None else str(reseed)}
     env.pop("PYTHONPATH", None)
     return env
 
@@ -189,14 +191,13 @@ def fork_choice(defense: str, out: Path) -> dict | None:
 FINAL = re.compile(r"Final test_acc:\s*([0-9.eE+-]+)\s+test_asr:\s*([0-9.eE+-]+)\s+test_ra:\s*([0-9.eE+-]+)")
 
 
-def fork_config(args: argparse.Namespace, defense: str, out: Path) -> Path:
-    """The fork's config for `defense` with the parity study's keys written over it (a copy in
-    the run's folder; the fork's own files stay as fetched)."""
+def fork_config(args: argparse.Namespace, defense: str, out: Path, overrides: dict) -> Path:
+    """The fork's config for `defense` with `overrides` (the parity study's keys) written over it
+    (a copy in the run's folder; the fork's own files stay as fetched)."""
     import yaml  # the fork's environment has PyYAML; bd's gets it with ray
 
-    spec = DEFENSES[defense]
-    config = yaml.safe_load((args.fork / "config" / "defense" / spec["config"]).read_text())
-    config.update(spec.get("fork", {}))
+    config = yaml.safe_load((args.fork / "config" / "defense" / DEFENSES[defense]["config"]).read_text())
+    config.update(overrides)
     path = out / "fork-config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -213,15 +214,20 @@ def accepted_flags(args: argparse.Namespace, script: str) -> set[str]:
     return set(re.findall(r"(--[a-zA-Z_]+)", cache.read_text()))
 
 
-def run_fork(args: argparse.Namespace, defense: str, partition: int, out: Path) -> dict:
+def run_fork(args: argparse.Namespace, defense: str, partition: int, out: Path, schedule: dict | None = None,
+             reseed: int | None = None) -> dict:
+    """The fork's defense on partition `partition`'s images; `schedule` replaces the parity
+    study's keys (a timing sitting's shorter schedule); `reseed` gives the defense other
+    randomness after the same draw of D_m (docs/parity_shim.py)."""
     spec = DEFENSES[defense]
-    wanted = {"--yaml_path": str(fork_config(args, defense, out)), "--model": "preactresnet18", "--spc": "10",
-              "--random_seed": str(partition), "--result_base": "../record", "--result_file": RECORD,
+    overrides = spec.get("fork", {}) if schedule is None else schedule
+    wanted = {"--yaml_path": str(fork_config(args, defense, out, overrides)), "--model": "preactresnet18",
+              "--spc": "10", "--random_seed": str(partition), "--result_base": "../record", "--result_file": RECORD,
               "--dataset": "cifar10", "--dataset_path": "../data/cifar10", "--device": "cpu", "--num_workers": "0"}
     flags = accepted_flags(args, spec["script"])
     # the fork's scripts let an argparse default win over the config file: a shortened schedule
     # goes on the command line wherever the script defines the flag
-    wanted.update({f"--{key}": str(value) for key, value in spec.get("fork", {}).items()})
+    wanted.update({f"--{key}": str(value) for key, value in overrides.items()})
     cmd = [str(args.fork_python), str(HERE / "parity_shim.py"), str(args.fork / "defense" / spec["script"])]
     for flag, value in wanted.items():
         if flag in flags:  # e.g. CLP is data-free and takes no --spc
@@ -229,7 +235,7 @@ def run_fork(args: argparse.Namespace, defense: str, partition: int, out: Path) 
     for stale in ("final.json", "timing.json", "indices.json"):
         (out / stale).unlink(missing_ok=True)
     shrink = not spec.get("full_test_sets", False)
-    code, seconds = run_logged(cmd, out / "fork.log", fork_env(out, args.threads, shrink))
+    code, seconds = run_logged(cmd, out / "fork.log", fork_env(out, args.threads, shrink, reseed))
     timing = json.loads((out / "timing.json").read_text()) if (out / "timing.json").exists() else {}
     result = {"exit": code, "process_seconds": round(seconds, 1), **timing}
     if shrink and (out / "final.json").exists():  # the final test, on the full test sets
@@ -252,9 +258,11 @@ def mitigation_rows(out: Path) -> list[int] | None:
 
 
 def run_bd(args: argparse.Namespace, defense: str, partition: int, out: Path, extra: dict | None = None,
-           precision: str = "fp32") -> dict:
+           precision: str = "fp32", schedule: dict | None = None) -> dict:
+    """bd's defense on the fork's images of `out`; `extra` goes over the parity study's settings,
+    `schedule` replaces them (a timing sitting's shorter schedule)."""
     spec = DEFENSES[defense]
-    settings = {**spec.get("bd", {}), **(extra or {})}
+    settings = {**(spec.get("bd", {}) if schedule is None else schedule), **(extra or {})}
     cmd = [sys.executable, "-m", "bd_cli.app", "defend", "--model", str(args.work / "model.safetensors"),
            "--defense", defense, "--partition", str(partition), "--precision", precision,
            "--data-dir", str(args.fork / "data" / "cifar10"), "--device", "cpu", "--store",
@@ -372,37 +380,83 @@ def noise(args: argparse.Namespace) -> None:
             keep(defense, partition, result_file.parent, result)
 
 
-TIMING_FILE = HERE / "parity-timing.json"  # same-work timing sittings, "date/defense/partition" -> runs
+def fork_noise(args: argparse.Namespace) -> None:
+    """The fork's own run-to-run spread, where bd's seeds alone do not settle a gap: for every
+    stored pair of the current model still more than 5 points apart, the fork twice more on the
+    same mitigation images with other randomness after its draw (seeds 100 and 200; the draw
+    itself follows --random_seed, so the images are the pair's), kept beside bd's seeds."""
+    names = list(DEFENSES) if args.defenses == "all" else [d.strip() for d in args.defenses.split(",")]
+    model = attacked_model(args)
+    for defense in names:
+        for partition in [int(p) for p in args.partitions.split(",")]:
+            result = stored_runs().get(run_key(defense, partition, model))
+            if not result or "acc" not in result["fork"] or "acc" not in (result.get("bd") or {}):
+                continue
+            fork, bd = result["fork"], result["bd"]
+            if "fork_seeds" in result and not args.force:
+                continue
+            if max(abs(fork["acc"] - bd["acc"]), abs(fork["asr"] - bd["asr"])) <= 0.05:
+                continue
+            folder = args.work / "runs" / defense / str(partition)
+            runs = []
+            for offset in SEED_OFFSETS:
+                out = folder / f"fork-seed-{offset}"
+                out.mkdir(parents=True, exist_ok=True)
+                run = run_fork(args, defense, partition, out, reseed=offset)
+                pair_rows = mitigation_rows(folder)  # None where the pair's folder is from another machine
+                runs.append({**{k: run.get(k) for k in ("acc", "asr", "ra", "defense_seconds")}, "seed": offset,
+                             "same_images": None if pair_rows is None else mitigation_rows(out) == pair_rows})
+                print(f"{defense} p{partition}: fork with seed {offset} {runs[-1]}", flush=True)
+            result["fork_seeds"] = runs
+            keep(defense, partition, folder, result)
+
+
+TIMING_FILE = HERE / "parity-timing.json"  # same-work timing sittings, "sitting/defense/partition" -> runs
+
+# A timing sitting measures time, not results: the four defenses whose parity schedules take
+# 20-65 minutes per fork run get shorter ones (the same loops, fewer of their units), equal in
+# both tools. The ratio per unit of work is what the sitting compares.
+TIMING_SCHEDULES: dict[str, dict] = {
+    "anp": {"fork": {"nb_iter": 20, "print_every": 20}, "bd": {"iterations": 20}},
+    "fmp": {"fork": {"adv_dataset_size": 2}, "bd": {"adv_images": 2}},
+    "sau": {"fork": {"n_rounds": 5}, "bd": {"rounds": 5}},
+    "pbe": {"fork": {"training_epochs": 5}, "bd": {"epochs": 5}},
+}
+FORK_CANNOT_FINISH = ("nc", "bti-dbf")  # docs/parity.md: the fork's scripts stop with an error
 
 
 def timing(args: argparse.Namespace) -> None:
     """One same-work timing sitting (bench/RESULTS.md): per defense and partition, the fork, then
     bd in fp32, then bd with --precision bf16 where the defense can run in it, one after the
-    other on the same images, kept in docs/parity-timing.json under the sitting's date."""
+    other on the same images, kept in docs/parity-timing.json under the sitting's name."""
     from bd_defenses import DEFENSES as DEFENSE_CLASSES  # noqa: PLC0415  (bd's environment runs this driver)
 
-    names = list(DEFENSES) if args.defenses == "all" else [d.strip() for d in args.defenses.split(",")]
-    sitting = time.strftime("%Y-%m-%d")
+    names = ([d for d in DEFENSES if d not in FORK_CANNOT_FINISH] if args.defenses == "all"
+             else [d.strip() for d in args.defenses.split(",")])
     for partition in [int(p) for p in args.partitions.split(",")]:
         for defense in names:
-            key = f"{sitting}/{defense}/{partition}"
+            key = f"{args.sitting}/{defense}/{partition}"
             if key in stored_runs(TIMING_FILE) and not args.force:
                 continue
-            out = args.work / "timing" / defense / str(partition)
+            out = args.work / "timing" / args.sitting / defense / str(partition)
             out.mkdir(parents=True, exist_ok=True)
+            short = TIMING_SCHEDULES.get(defense, {})
             print(f"{key}: fork ...", flush=True)
-            result = {"model": attacked_model(args), "fork": run_fork(args, defense, partition, out)}
+            result = {"model": attacked_model(args), "fork": run_fork(args, defense, partition, out, short.get("fork"))}
+            if short:
+                result["schedule"] = short
             if "acc" in result["fork"]:
-                result["bd"] = run_bd(args, defense, partition, out)
+                result["bd"] = run_bd(args, defense, partition, out, schedule=short.get("bd"))
                 if "bf16" in DEFENSE_CLASSES[defense].precisions:  # the registry says which can
-                    result["bd_bf16"] = run_bd(args, defense, partition, out, precision="bf16")
+                    result["bd_bf16"] = run_bd(args, defense, partition, out, precision="bf16",
+                                               schedule=short.get("bd"))
             print(f"  {json.dumps({k: v for k, v in result.items() if k != 'model'}, default=str)[:400]}", flush=True)
             keep(defense, partition, out, result, record=TIMING_FILE, key=key)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["data", "attack", "import", "run", "noise", "timing", "table"])
+    parser.add_argument("step", choices=["data", "attack", "import", "run", "noise", "fork-noise", "timing", "table"])
     parser.add_argument("--fork", type=Path, default=ROOT.parent / "fork" / "BackdoorBenchmark")
     parser.add_argument("--fork-python", type=Path, default=ROOT.parent / "fork" / "venv" / "bin" / "python")
     parser.add_argument("--work", type=Path, default=ROOT.parent / "fork" / "parity")
@@ -412,6 +466,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--force", action="store_true", help="run again even where a result is stored")
     parser.add_argument("--bd-only", action="store_true", help="rerun only bd, against the stored fork runs")
+    parser.add_argument("--sitting", default=time.strftime("%Y-%m-%d"),
+                        help="a timing sitting's name in docs/parity-timing.json (default: today's date)")
     args = parser.parse_args()
     args.fork, args.work = args.fork.resolve(), args.work.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -425,12 +481,15 @@ def main() -> None:
         run(args)
     elif args.step == "noise":
         noise(args)
+    elif args.step == "fork-noise":
+        fork_noise(args)
     elif args.step == "timing":
         timing(args)
     else:
-        from parity_table import write_table  # noqa: PLC0415  (docs/parity_table.py)
+        from parity_table import write_table, write_timing  # noqa: PLC0415  (docs/parity_table.py)
 
         write_table(RUNS_FILE, HERE / "parity.md", DEFENSES)
+        write_timing(TIMING_FILE, [HERE / "parity.md", ROOT / "bench" / "RESULTS.md"], list(DEFENSES))
 
 
 if __name__ == "__main__":

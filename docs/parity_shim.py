@@ -12,6 +12,10 @@ Compatibility (the fork itself is left untouched):
   they are.
 * NC's mitigation reads an attribute (`attack_file`) its script never sets; the record's folder
   is supplied as that attribute's default.
+With $BD_PARITY_RESEED=N the random generators (torch, NumPy, random) are seeded with N right
+after the fork draws D_m: the same mitigation images, other randomness in the defense itself
+(the fork's --random_seed seeds both), so the fork's own run-to-run spread on fixed images can
+be measured as bd's is.
 Measurements (wrappers around the fork's functions; their behaviour is unchanged):
 * the mitigation indices the fork draws (`spc_choose_poisoned_sample`), written to
   $BD_PARITY_OUT/indices.json, so bd can be run on the same images;
@@ -39,6 +43,7 @@ from pathlib import Path
 
 OUT = Path(os.environ.get("BD_PARITY_OUT", "."))
 TEST_IMAGES = int(os.environ.get("BD_PARITY_TEST_IMAGES", "0"))
+RESEED = int(os.environ["BD_PARITY_RESEED"]) if os.environ.get("BD_PARITY_RESEED") else None
 STARTED = time.perf_counter()
 timing = {"selected_at": None, "loaded_at": None, "evaluation_seconds": 0.0, "evaluations": 0}
 _depth = [0]
@@ -148,6 +153,12 @@ def install(fork: Path) -> None:
         (OUT / "indices.json").write_text(json.dumps(rows))
         if timing["selected_at"] is None:
             timing["selected_at"] = time.perf_counter()
+            if RESEED is not None:
+                import random
+
+                random.seed(RESEED)
+                np.random.seed(RESEED)
+                torch.manual_seed(RESEED)
         return train_idx, val_idx
 
     bd_dataset_v2.spc_choose_poisoned_sample = recorded_choice

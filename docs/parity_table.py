@@ -14,6 +14,7 @@ from pathlib import Path
 
 BEGIN, END = "<!-- parity-table -->", "<!-- /parity-table -->"
 DETAIL_BEGIN, DETAIL_END = "<!-- parity-detail -->", "<!-- /parity-detail -->"
+TIMING_BEGIN, TIMING_END = "<!-- timing-sitting -->", "<!-- /timing-sitting -->"
 TOLERANCE = 0.05  # 5 points of ASR or ACC
 
 
@@ -98,14 +99,26 @@ def inside_spread(fork: dict, runs: list[dict]) -> bool:
                for m in ("acc", "asr"))
 
 
+def spreads_meet(result: dict) -> bool:
+    """Both tools run with several seeds on the same images: their ranges come within 5 points of
+    each other on ACC and on ASR."""
+    forks = [result["fork"], *[r for r in result.get("fork_seeds") or [] if r.get("acc") is not None]]
+    bds = [result["bd"], *(result.get("bd_seeds") or [])]
+    return all(max(min(r[m] for r in forks), min(r[m] for r in bds))
+               - min(max(r[m] for r in forks), max(r[m] for r in bds)) <= TOLERANCE for m in ("acc", "asr"))
+
+
 def parity_verdict(results: list[dict]) -> str:
-    """Every partition within ±5; else within bd's own seed spread; else the same algorithm at
-    the fork's chosen value; else explained below."""
+    """Every partition within ±5; else within bd's own seed spread; else the two tools' seed
+    spreads meet; else the same algorithm at the fork's chosen value; else explained below."""
     if all(close(r["fork"], r["bd"]) for r in results):
         return "within ±5"
     if all(close(r["fork"], r["bd"]) or r.get("bd_seeds") and inside_spread(r["fork"], [r["bd"], *r["bd_seeds"]])
            for r in results):
         return "within bd's seed spread ±5"
+    if all(close(r["fork"], r["bd"]) or r.get("fork_seeds") and r.get("bd_seeds") and spreads_meet(r)
+           for r in results):
+        return "the tools' seed spreads meet ±5"
     choices = [r.get("bd_at_fork_choice") for r in results]
     if all(c and "acc" in c and close(r["fork"], c) for r, c in zip(results, choices, strict=True)):
         return "within ±5 at the fork's choice; selection rule differs"
@@ -142,7 +155,10 @@ def extra_runs(result: dict) -> str:
     parts = []
     if result.get("bd_seeds"):
         seeds = result["bd_seeds"]
-        parts.append("other seeds: " + ", ".join(f"{pct(r.get('acc'))}/{pct(r.get('asr'))}" for r in seeds))
+        parts.append("bd's other seeds: " + ", ".join(f"{pct(r.get('acc'))}/{pct(r.get('asr'))}" for r in seeds))
+    if result.get("fork_seeds"):
+        seeds = result["fork_seeds"]
+        parts.append("fork's other seeds: " + ", ".join(f"{pct(r.get('acc'))}/{pct(r.get('asr'))}" for r in seeds))
     for variant in result.get("bd_variants") or []:
         if "acc" in variant:
             setting = variant_setting(variant, result)
@@ -161,6 +177,68 @@ def replace_between(text: str, begin: str, end: str, body: str) -> str:
     return f"{head}{begin}\n{body}\n{end}{rest.split(end, 1)[1]}"
 
 
+def largest_sitting(timing: dict[str, dict]) -> str | None:
+    """The timing sitting (docs/parity-timing.json keys sitting/defense/partition) that timed the
+    most defenses: the one the tables show."""
+    counts: dict[str, int] = {}
+    for key in timing:
+        counts[key.split("/")[0]] = counts.get(key.split("/")[0], 0) + 1
+    return max(counts, key=lambda s: (counts[s], s)) if counts else None
+
+
+def ratio(fork: dict, bd: dict | None) -> str:
+    if not bd or not bd.get("defense_seconds") or not fork.get("defense_seconds"):
+        return "–"
+    value = fork["defense_seconds"] / bd["defense_seconds"]
+    return f"**{value:.1f}x**" if value >= 3 else f"{value:.1f}x"
+
+
+def acc_asr(run: dict | None) -> str:
+    return "–" if not run or "acc" not in run else f"{pct(run['acc'])}/{pct(run['asr'])}"
+
+
+def timing_rows(timing: dict[str, dict], sitting: str, order: list[str]) -> list[str]:
+    """One row per defense of one sitting: the fork, bd fp32 and (where the defense can) bd bf16
+    on the same images one after the other; defense seconds, ratios, and each run's ACC/ASR."""
+    rows = []
+    for defense in order:
+        for key in sorted(k for k in timing if k.startswith(f"{sitting}/{defense}/")):
+            r = timing[key]
+            fork, bd, bf16 = r["fork"], r.get("bd"), r.get("bd_bf16")
+            schedule = ", ".join(f"{k} {v}" for k, v in (r.get("schedule") or {}).get("bd", {}).items())
+            rows.append(
+                f"| {defense} | {key.split('/')[2]} | {schedule or 'parity'} | "
+                f"{seconds(fork.get('defense_seconds'))} | {seconds((bd or {}).get('defense_seconds'))} | "
+                f"{seconds((bf16 or {}).get('defense_seconds'))} | "
+                f"{ratio(fork, bd)} | {ratio(fork, bf16)} | {acc_asr(fork)} | {acc_asr(bd)} | {acc_asr(bf16)} |")
+    return rows
+
+
+def timing_table(timing_file: Path, order: list[str]) -> str | None:
+    timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
+    sitting = largest_sitting(timing)
+    if sitting is None:
+        return None
+    return "\n".join([
+        f"Sitting `{sitting}` (docs/parity-timing.json); seconds of defense time, ACC/ASR in %:",
+        "",
+        "| defense | partition | schedule (both tools) | fork s | bd fp32 s | bd bf16 s | fork / bd fp32 | "
+        "fork / bd bf16 | fork ACC/ASR | bd fp32 ACC/ASR | bd bf16 ACC/ASR |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *timing_rows(timing, sitting, order),
+    ])
+
+
+def write_timing(timing_file: Path, targets: list[Path], order: list[str]) -> None:
+    """The largest timing sitting's table, between its markers in each target that has them."""
+    table = timing_table(timing_file, order)
+    for target in targets:
+        text = target.read_text()
+        if table is not None and TIMING_BEGIN in text:
+            target.write_text(replace_between(text, TIMING_BEGIN, TIMING_END, table))
+            print(f"wrote the timing sitting into {target}")
+
+
 def write_table(runs_file: Path, target: Path, defenses: dict[str, dict]) -> None:
     runs = load_runs(runs_file, list(defenses))
     summary = [
@@ -171,7 +249,7 @@ def write_table(runs_file: Path, target: Path, defenses: dict[str, dict]) -> Non
     ]
     detail = [
         "| defense | partition | model ACC / ASR | fork ACC / ASR / RA | bd ACC / ASR / RA | fork defense s | "
-        "fork test-eval s | fork process s | bd defense s | bd process s | bd further runs (ACC/ASR[/RA]) |",
+        "fork test-eval s | fork process s | bd defense s | bd process s | further runs (ACC/ASR[/RA]) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
         *detail_rows(runs),
     ]
