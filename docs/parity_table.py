@@ -206,8 +206,9 @@ def timing_rows(timing: dict[str, dict], sitting: str, order: list[str]) -> list
             r = timing[key]
             fork, bd, bf16 = r["fork"], r.get("bd"), r.get("bd_bf16")
             schedule = ", ".join(f"{k} {v}" for k, v in (r.get("schedule") or {}).get("bd", {}).items())
+            schedule = schedule or "the parity table's"
             rows.append(
-                f"| {defense} | {key.split('/')[2]} | {schedule or 'parity'} | "
+                f"| {defense} | {key.split('/')[2]} | {schedule} | "
                 f"{seconds(fork.get('defense_seconds'))} | {seconds((bd or {}).get('defense_seconds'))} | "
                 f"{seconds((bf16 or {}).get('defense_seconds'))} | "
                 f"{ratio(fork, bd)} | {ratio(fork, bf16)} | {acc_asr(fork)} | {acc_asr(bd)} | {acc_asr(bf16)} |")
