@@ -116,7 +116,8 @@ def parity_verdict(results: list[dict]) -> str:
     if all(close(r["fork"], r["bd"]) or r.get("bd_seeds") and inside_spread(r["fork"], [r["bd"], *r["bd_seeds"]])
            for r in results):
         return "within bd's seed spread ±5"
-    if all(close(r["fork"], r["bd"]) or r.get("fork_seeds") and r.get("bd_seeds") and spreads_meet(r)
+    if all(close(r["fork"], r["bd"]) or r.get("bd_seeds") and (inside_spread(r["fork"], [r["bd"], *r["bd_seeds"]])
+                                                               or r.get("fork_seeds") and spreads_meet(r))
            for r in results):
         return "the tools' seed spreads meet ±5"
     choices = [r.get("bd_at_fork_choice") for r in results]
