@@ -15,7 +15,7 @@ from bd_core.metrics import evaluate
 from bd_core.models import create_model
 from bd_defenses import Context, MitigationData, create_defense, describe
 from bd_defenses.fst import head_layers
-from bd_defenses.ftsam import adaptive_perturbation
+from bd_defenses.ftsam import adaptive_perturbation, smoothed_cross_entropy
 from bd_defenses.nc import anomaly_indices
 from planted import TARGET, planted_model
 
@@ -61,6 +61,24 @@ def test_ftsam_perturbation_has_the_configured_adaptive_radius():
     radius = torch.norm(torch.stack([(ei / p.detach().abs().clamp_min(1e-12)).norm() for ei, p in zip(e, params,
                                                                                                       strict=True)]))
     assert radius.item() == pytest.approx(2.0, rel=1e-4)
+
+
+def test_ftsam_smooths_labels_as_the_authors_code():
+    # SAM's reference smooth_crossentropy, which FT-SAM's authors and the survey's code use:
+    # target 1 - eps on the true class, eps / (K - 1) on the others (not torch's eps / K)
+    g = torch.Generator().manual_seed(0)
+    logits, labels, eps = torch.randn(6, 10, generator=g, dtype=torch.float64), torch.arange(6), 0.1
+    target = torch.full((6, 10), eps / 9, dtype=torch.float64)
+    target[torch.arange(6), labels] = 1 - eps
+    direct = (target * (target.log() - logits.log_softmax(1))).sum(1).mean()
+    assert smoothed_cross_entropy(logits, labels, eps).item() == pytest.approx(direct.item(), rel=1e-12)
+    torch_form = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=eps)
+    gradient = torch.autograd.grad(smoothed_cross_entropy(logits.requires_grad_(), labels, eps), logits)[0]
+    torch_gradient = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, labels, label_smoothing=eps),
+                                         logits)[0]
+    assert not torch.allclose(gradient, torch_gradient)  # the two definitions do differ
+    assert torch.allclose(gradient, (logits.softmax(1) - target) / 6)  # and this one's gradient is the authors'
+    assert torch_form.item() != pytest.approx(direct.item())
 
 
 @pytest.fixture(scope="module")
