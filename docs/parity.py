@@ -357,6 +357,11 @@ def run(args: argparse.Namespace) -> None:
             keep(defense, partition, out, result)
 
 
+def apart(fork: dict, bd: dict) -> bool:
+    """A pair more than 5 points apart in ACC or ASR: worth more runs of either tool."""
+    return max(abs(fork["acc"] - bd["acc"]), abs(fork["asr"] - bd["asr"])) > 0.05
+
+
 SEED_OFFSETS = (100, 200)  # bd's run-to-run spread: the same D_m, other seeds of the defense's own randomness
 
 
@@ -371,7 +376,7 @@ def noise(args: argparse.Namespace) -> None:
             fork, bd = result["fork"], result.get("bd") or {}
             if "acc" not in fork or "acc" not in bd or "bd_seeds" in result and not args.force:
                 continue
-            if max(abs(fork["acc"] - bd["acc"]), abs(fork["asr"] - bd["asr"])) <= 0.05:
+            if not apart(fork, bd):
                 continue
             partition = int(result_file.parent.name)
             runs = [run_bd(args, defense, partition + offset, result_file.parent) for offset in SEED_OFFSETS]
@@ -395,15 +400,15 @@ def fork_noise(args: argparse.Namespace) -> None:
             fork, bd = result["fork"], result["bd"]
             if "fork_seeds" in result and not args.force:
                 continue
-            if max(abs(fork["acc"] - bd["acc"]), abs(fork["asr"] - bd["asr"])) <= 0.05:
+            if not apart(fork, bd):
                 continue
             folder = args.work / "runs" / defense / str(partition)
+            pair_rows = mitigation_rows(folder)  # None where the pair's folder is from another machine
             runs = []
             for offset in SEED_OFFSETS:
                 out = folder / f"fork-seed-{offset}"
                 out.mkdir(parents=True, exist_ok=True)
                 run = run_fork(args, defense, partition, out, reseed=offset)
-                pair_rows = mitigation_rows(folder)  # None where the pair's folder is from another machine
                 runs.append({**{k: run.get(k) for k in ("acc", "asr", "ra", "defense_seconds")}, "seed": offset,
                              "same_images": None if pair_rows is None else mitigation_rows(out) == pair_rows})
                 print(f"{defense} p{partition}: fork with seed {offset} {runs[-1]}", flush=True)

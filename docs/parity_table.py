@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections import Counter
 from pathlib import Path
 
 BEGIN, END = "<!-- parity-table -->", "<!-- /parity-table -->"
@@ -108,17 +109,19 @@ def spreads_meet(result: dict) -> bool:
                - min(max(r[m] for r in forks), max(r[m] for r in bds)) <= TOLERANCE for m in ("acc", "asr"))
 
 
+def within_bd_spread(result: dict) -> bool:
+    return bool(result.get("bd_seeds")) and inside_spread(result["fork"], [result["bd"], *result["bd_seeds"]])
+
+
 def parity_verdict(results: list[dict]) -> str:
     """Every partition within ±5; else within bd's own seed spread; else the two tools' seed
     spreads meet; else the same algorithm at the fork's chosen value; else explained below."""
     if all(close(r["fork"], r["bd"]) for r in results):
         return "within ±5"
-    if all(close(r["fork"], r["bd"]) or r.get("bd_seeds") and inside_spread(r["fork"], [r["bd"], *r["bd_seeds"]])
-           for r in results):
+    if all(close(r["fork"], r["bd"]) or within_bd_spread(r) for r in results):
         return "within bd's seed spread ±5"
-    if all(close(r["fork"], r["bd"]) or r.get("bd_seeds") and (inside_spread(r["fork"], [r["bd"], *r["bd_seeds"]])
-                                                               or r.get("fork_seeds") and spreads_meet(r))
-           for r in results):
+    if all(close(r["fork"], r["bd"]) or within_bd_spread(r) or r.get("fork_seeds") and r.get("bd_seeds")
+           and spreads_meet(r) for r in results):
         return "the tools' seed spreads meet ±5"
     choices = [r.get("bd_at_fork_choice") for r in results]
     if all(c and "acc" in c and close(r["fork"], c) for r, c in zip(results, choices, strict=True)):
@@ -181,9 +184,7 @@ def replace_between(text: str, begin: str, end: str, body: str) -> str:
 def largest_sitting(timing: dict[str, dict]) -> str | None:
     """The timing sitting (docs/parity-timing.json keys sitting/defense/partition) that timed the
     most defenses: the one the tables show."""
-    counts: dict[str, int] = {}
-    for key in timing:
-        counts[key.split("/")[0]] = counts.get(key.split("/")[0], 0) + 1
+    counts = Counter(key.split("/")[0] for key in timing)
     return max(counts, key=lambda s: (counts[s], s)) if counts else None
 
 
