@@ -9,6 +9,7 @@ prepares data, calls the fork's scripts, calls bd, and writes the table.
     python docs/parity.py attack --fork ... --fork-python ../fork/venv/bin/python   # BadNets, 1 epoch
     python docs/parity.py import --fork ...                                 # bd import of that record
     python docs/parity.py run    --fork ... --fork-python ... [--defenses clp,ft] [--partitions 0,1,2]
+    python docs/parity.py noise --defenses ft-sam --seeds 300,400           # bd's seed spread on a pair's images
     python docs/parity.py fork-noise --defenses nad --partitions 1,2        # the fork's own seed spread
     python docs/parity.py timing --defenses ft,nad --partitions 1 --sitting all-17  # fork, bd fp32, bd bf16
     python docs/parity.py table                                             # docs/parity.md
@@ -305,14 +306,19 @@ def run_key(defense: str, partition: int, model: dict) -> str:
 
 
 def keep(defense: str, partition: int, out: Path, result: dict, record: Path = RUNS_FILE,
-         key: str | None = None) -> None:
-    """Write a pair's result into its run folder and into the committed record."""
-    (out / "result.json").write_text(json.dumps(result, indent=1))
+         key: str | None = None, fields: tuple[str, ...] = ()) -> None:
+    """Write a pair's result into its run folder and into the committed record. With `fields`,
+    only those fields of the stored pair are replaced (bd's and the fork's further seeds run side
+    by side in two processes, each adding its own field to the same pair)."""
     with open(record.with_suffix(".lock"), "w") as lock:  # runs of two partitions side by side
         fcntl.flock(lock, fcntl.LOCK_EX)
         runs = stored_runs(record)
-        runs[key or run_key(defense, partition, result["model"])] = result
+        key = key or run_key(defense, partition, result["model"])
+        if fields and key in runs:
+            result = {**runs[key], **{f: result[f] for f in fields}}
+        runs[key] = result
         record.write_text(json.dumps(dict(sorted(runs.items())), indent=1) + "\n")
+        (out / "result.json").write_text(json.dumps(result, indent=1))
 
 
 def run(args: argparse.Namespace) -> None:
@@ -362,58 +368,62 @@ def apart(fork: dict, bd: dict) -> bool:
     return max(abs(fork["acc"] - bd["acc"]), abs(fork["asr"] - bd["asr"])) > 0.05
 
 
-SEED_OFFSETS = (100, 200)  # bd's run-to-run spread: the same D_m, other seeds of the defense's own randomness
+SEED_OFFSETS = (100, 200)  # further runs of a pair: the same D_m, other seeds of the defense's own randomness
 
 
-def noise(args: argparse.Namespace) -> None:
-    """For every pair more than 5 points apart in ACC or ASR, run bd twice more on the same
-    mitigation images with other seeds (the seed is base seed + partition, so partition p + 100
-    and p + 200 name the same images with other randomness): is the gap within bd's own spread?"""
-    names = list(DEFENSES) if args.defenses == "all" else [d.strip() for d in args.defenses.split(",")]
-    for defense in names:
-        for result_file in sorted((args.work / "runs" / defense).glob("*/result.json")):
-            result = json.loads(result_file.read_text())
-            fork, bd = result["fork"], result.get("bd") or {}
-            if "acc" not in fork or "acc" not in bd or "bd_seeds" in result and not args.force:
-                continue
-            if not apart(fork, bd):
-                continue
-            partition = int(result_file.parent.name)
-            runs = [run_bd(args, defense, partition + offset, result_file.parent) for offset in SEED_OFFSETS]
-            result["bd_seeds"] = [{k: r.get(k) for k in ("acc", "asr", "ra", "defense_seconds")} for r in runs]
-            print(f"{defense} p{partition}: bd over seeds {result['bd_seeds']}", flush=True)
-            keep(defense, partition, result_file.parent, result)
+def seed_runs(runs: list[dict] | None) -> dict[int, dict]:
+    """A pair's further runs by seed offset (runs stored before offsets were recorded are 100 and
+    200, in that order)."""
+    return {r.get("seed", SEED_OFFSETS[min(i, len(SEED_OFFSETS) - 1)]): r for i, r in enumerate(runs or [])}
 
 
-def fork_noise(args: argparse.Namespace) -> None:
-    """The fork's own run-to-run spread, where bd's seeds alone do not settle a gap: for every
-    stored pair of the current model still more than 5 points apart, the fork twice more on the
-    same mitigation images with other randomness after its draw (seeds 100 and 200; the draw
-    itself follows --random_seed, so the images are the pair's), kept beside bd's seeds."""
-    names = list(DEFENSES) if args.defenses == "all" else [d.strip() for d in args.defenses.split(",")]
+def pairs_apart(args: argparse.Namespace, names: list[str]):
+    """(defense, partition, folder, result) of every stored pair of the current model whose two
+    runs are more than 5 points apart: the pairs worth more runs of either tool."""
     model = attacked_model(args)
     for defense in names:
         for partition in [int(p) for p in args.partitions.split(",")]:
             result = stored_runs().get(run_key(defense, partition, model))
             if not result or "acc" not in result["fork"] or "acc" not in (result.get("bd") or {}):
                 continue
-            fork, bd = result["fork"], result["bd"]
-            if "fork_seeds" in result and not args.force:
-                continue
-            if not apart(fork, bd):
-                continue
-            folder = args.work / "runs" / defense / str(partition)
-            pair_rows = mitigation_rows(folder)  # None where the pair's folder is from another machine
-            runs = []
-            for offset in SEED_OFFSETS:
-                out = folder / f"fork-seed-{offset}"
-                out.mkdir(parents=True, exist_ok=True)
-                run = run_fork(args, defense, partition, out, reseed=offset)
-                runs.append({**{k: run.get(k) for k in ("acc", "asr", "ra", "defense_seconds")}, "seed": offset,
-                             "same_images": None if pair_rows is None else mitigation_rows(out) == pair_rows})
-                print(f"{defense} p{partition}: fork with seed {offset} {runs[-1]}", flush=True)
-            result["fork_seeds"] = runs
-            keep(defense, partition, folder, result)
+            if apart(result["fork"], result["bd"]):
+                yield defense, partition, args.work / "runs" / defense / str(partition), result
+
+
+def noise(args: argparse.Namespace) -> None:
+    """For every pair more than 5 points apart in ACC or ASR, run bd again on the same mitigation
+    images with other seeds (the seed is base seed + partition, so partition p + 100 and p + 200
+    name the same images with other randomness): is the gap within bd's own spread? --seeds
+    names the offsets; those already stored are kept unless --force."""
+    names = list(DEFENSES) if args.defenses == "all" else [d.strip() for d in args.defenses.split(",")]
+    for defense, partition, folder, result in pairs_apart(args, names):
+        done = seed_runs(result.get("bd_seeds"))
+        for offset in [o for o in args.seeds if args.force or o not in done]:
+            run = run_bd(args, defense, partition + offset, folder)
+            done[offset] = {**{k: run.get(k) for k in ("acc", "asr", "ra", "defense_seconds")}, "seed": offset}
+            print(f"{defense} p{partition}: bd with seed {offset} {done[offset]}", flush=True)
+            result["bd_seeds"] = [done[o] for o in sorted(done)]
+            keep(defense, partition, folder, result, fields=("bd_seeds",))
+
+
+def fork_noise(args: argparse.Namespace) -> None:
+    """The fork's own run-to-run spread, where bd's seeds alone do not settle a gap: for every
+    stored pair of the current model still more than 5 points apart, the fork again on the same
+    mitigation images with other randomness after its draw (--seeds, by default 100 and 200; the
+    draw itself follows --random_seed, so the images are the pair's), kept beside bd's seeds."""
+    names = list(DEFENSES) if args.defenses == "all" else [d.strip() for d in args.defenses.split(",")]
+    for defense, partition, folder, result in pairs_apart(args, names):
+        pair_rows = mitigation_rows(folder)  # None where the pair's folder is from another machine
+        done = seed_runs(result.get("fork_seeds"))
+        for offset in [o for o in args.seeds if args.force or o not in done]:
+            out = folder / f"fork-seed-{offset}"
+            out.mkdir(parents=True, exist_ok=True)
+            run = run_fork(args, defense, partition, out, reseed=offset)
+            done[offset] = {**{k: run.get(k) for k in ("acc", "asr", "ra", "defense_seconds")}, "seed": offset,
+                            "same_images": None if pair_rows is None else mitigation_rows(out) == pair_rows}
+            print(f"{defense} p{partition}: fork with seed {offset} {done[offset]}", flush=True)
+            result["fork_seeds"] = [done[o] for o in sorted(done)]
+            keep(defense, partition, folder, result, fields=("fork_seeds",))
 
 
 TIMING_FILE = HERE / "parity-timing.json"  # same-work timing sittings, "sitting/defense/partition" -> runs
@@ -470,6 +480,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1, help="attack training epochs of the fork")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--force", action="store_true", help="run again even where a result is stored")
+    parser.add_argument("--seeds", default=",".join(str(o) for o in SEED_OFFSETS),
+                        type=lambda text: [int(o) for o in text.split(",")],
+                        help="noise/fork-noise: the seed offsets of the further runs (default 100,200)")
     parser.add_argument("--bd-only", action="store_true", help="rerun only bd, against the stored fork runs")
     parser.add_argument("--sitting", default=time.strftime("%Y-%m-%d"),
                         help="a timing sitting's name in docs/parity-timing.json (default: today's date)")

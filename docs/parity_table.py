@@ -9,6 +9,7 @@ detail table every partition. Text between the markers is replaced, the rest of 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 BEGIN, END = "<!-- parity-table -->", "<!-- /parity-table -->"
 DETAIL_BEGIN, DETAIL_END = "<!-- parity-detail -->", "<!-- /parity-detail -->"
 TIMING_BEGIN, TIMING_END = "<!-- timing-sitting -->", "<!-- /timing-sitting -->"
+POOLS_BEGIN, POOLS_END = "<!-- seed-pools -->", "<!-- /seed-pools -->"
 TOLERANCE = 0.05  # 5 points of ASR or ACC
 
 
@@ -174,6 +176,48 @@ def extra_runs(result: dict) -> str:
     return "; ".join(parts) or "–"
 
 
+def rank_sum(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mann-Whitney U of `a` against `b` (pairs with a > b, ties a half) and its two-sided p from
+    the normal approximation with the tie correction: a rank test, because one run of these
+    defenses can land anywhere in a 70-point range."""
+    u = sum(1.0 if x > y else 0.5 if x == y else 0.0 for x in a for y in b)
+    n1, n2 = len(a), len(b)
+    n = n1 + n2
+    ties = sum(t ** 3 - t for t in Counter(a + b).values())
+    var = n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1)))
+    if var <= 0:
+        return u, 1.0
+    z = (abs(u - n1 * n2 / 2) - 0.5) / math.sqrt(var)  # continuity-corrected
+    return u, min(1.0, math.erfc(max(z, 0.0) / math.sqrt(2)))
+
+
+def tool_runs(result: dict, side: str) -> list[dict]:
+    """Every finished run of one tool on a pair's images: the first and its further seeds."""
+    return [r for r in [result[side], *(result.get(f"{side}_seeds") or [])] if r.get("acc") is not None]
+
+
+def pool_rows(runs: dict[str, list[tuple[int, dict]]]) -> list[str]:
+    """Per defense whose pairs both tools ran with several seeds: every run of each tool pooled
+    over those partitions (the same images per partition in both), medians, ranges, and the
+    rank test of the two tools' ASRs."""
+    rows = []
+    for defense, parts in runs.items():
+        seeded = [(p, r) for p, r in parts if r.get("fork_seeds") and r.get("bd_seeds")]
+        if not seeded:
+            continue
+        fork = [x for _, r in seeded for x in tool_runs(r, "fork")]
+        bd = [x for _, r in seeded for x in tool_runs(r, "bd")]
+        u, p = rank_sum([r["asr"] for r in fork], [r["asr"] for r in bd])
+        cells = []
+        for side in (fork, bd):
+            asr = [r["asr"] for r in side]
+            cells.append(f"{len(side)} | {pct(median([r['acc'] for r in side]))} | {pct(median(asr))} | "
+                         f"{pct(min(asr))}-{pct(max(asr))}")
+        partitions = ",".join(str(p) for p, _ in seeded)
+        rows.append(f"| {defense} | {partitions} | {cells[0]} | {cells[1]} | {u:g} | {p:.2f} |")
+    return rows
+
+
 def replace_between(text: str, begin: str, end: str, body: str) -> str:
     if begin not in text:
         return text.rstrip() + f"\n\n{begin}\n{body}\n{end}\n"
@@ -259,5 +303,12 @@ def write_table(runs_file: Path, target: Path, defenses: dict[str, dict]) -> Non
     text = target.read_text() if target.exists() else "# Parity with the survey's code\n"
     text = replace_between(text, BEGIN, END, "\n".join(summary))
     text = replace_between(text, DETAIL_BEGIN, DETAIL_END, "\n".join(detail))
+    pools = [
+        "| defense | partitions | fork runs | fork median ACC | fork median ASR | fork ASR range | bd runs | "
+        "bd median ACC | bd median ASR | bd ASR range | Mann-Whitney U (ASR, fork vs bd) | p |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *pool_rows(runs),
+    ]
+    text = replace_between(text, POOLS_BEGIN, POOLS_END, "\n".join(pools))
     target.write_text(text)
     print(f"wrote {target}: {len(runs)} defenses")
