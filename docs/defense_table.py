@@ -2,7 +2,7 @@
 for each defense and attack, the median and range over mitigation partitions of ACC, ASR,
 RA, ARR, RDR and the defense's wall time.
 
-Usage: python docs/defense_table.py [--defenses fp,clp] [--attacks badnets,blended] [--partitions 3]
+Usage: python docs/defense_table.py [--defenses fp,clp] [--attacks badnets,blended] [--partitions 3] [--force]
 Every run is stored in a SQLite result store (the same kind `bd run` writes; committed beside
 this file, docs/defenses.sqlite), so a rerun only computes what is missing; the table also reads
 the example report's store (docs/report-example/results.sqlite: FP, CLP, BNP, RNP, i-BAU and FT
@@ -49,6 +49,9 @@ def main() -> None:
     parser.add_argument("--compute", type=int, default=None, help="partitions to compute now (default: --partitions)")
     parser.add_argument("--set", action="append", default=[], help="defense.key=value")
     parser.add_argument("--store", type=Path, default=STORE, help="results store the runs are written to")
+    parser.add_argument("--force", action="store_true",
+                        help="run the named defenses again, replacing their stored rows (a defense whose "
+                        "computation changed without a new setting)")
     args = parser.parse_args()
     overrides: dict[str, dict[str, str]] = {}
     for item in args.set:
@@ -64,7 +67,7 @@ def main() -> None:
                 spec = ExperimentSpec(AttackSpec(args.dataset, args.arch, attack, 0.1, preset=args.preset), defense,
                                       spc=args.spc, partition=partition, defense_settings=overrides.get(defense, {}))
                 try:
-                    run_experiment(spec, data, cache, store)
+                    run_experiment(spec, data, cache, store, force=args.force)
                 except Exception as e:  # recorded as failed in the store; the table goes on
                     print(f"{defense}/{attack}/{partition} failed: {type(e).__name__}: {e}")
             write(args, store)

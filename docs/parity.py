@@ -374,7 +374,8 @@ SEED_OFFSETS = (100, 200)  # further runs of a pair: the same D_m, other seeds o
 def seed_runs(runs: list[dict] | None) -> dict[int, dict]:
     """A pair's further runs by seed offset (runs stored before offsets were recorded are 100 and
     200, in that order)."""
-    return {r.get("seed", SEED_OFFSETS[min(i, len(SEED_OFFSETS) - 1)]): r for i, r in enumerate(runs or [])}
+    offsets = [r.get("seed", SEED_OFFSETS[min(i, len(SEED_OFFSETS) - 1)]) for i, r in enumerate(runs or [])]
+    return {offset: {**r, "seed": offset} for offset, r in zip(offsets, runs or [], strict=True)}
 
 
 def pairs_apart(args: argparse.Namespace, names: list[str]):
