@@ -322,7 +322,7 @@ def keep(defense: str, partition: int, out: Path, result: dict, record: Path = R
 
 
 def run(args: argparse.Namespace) -> None:
-    names = list(DEFENSES) if args.defenses == "all" else [d.strip() for d in args.defenses.split(",")]
+    names = defense_names(args)
     for partition in [int(p) for p in args.partitions.split(",")]:  # every defense once before any twice
         for defense in names:
             out = args.work / "runs" / defense / str(partition)
@@ -371,18 +371,15 @@ def apart(fork: dict, bd: dict) -> bool:
 SEED_OFFSETS = (100, 200)  # further runs of a pair: the same D_m, other seeds of the defense's own randomness
 
 
-def seed_runs(runs: list[dict] | None) -> dict[int, dict]:
-    """A pair's further runs by seed offset (runs stored before offsets were recorded are 100 and
-    200, in that order)."""
-    offsets = [r.get("seed", SEED_OFFSETS[min(i, len(SEED_OFFSETS) - 1)]) for i, r in enumerate(runs or [])]
-    return {offset: {**r, "seed": offset} for offset, r in zip(offsets, runs or [], strict=True)}
+def defense_names(args: argparse.Namespace) -> list[str]:
+    return list(DEFENSES) if args.defenses == "all" else [d.strip() for d in args.defenses.split(",")]
 
 
-def pairs_apart(args: argparse.Namespace, names: list[str]):
+def pairs_apart(args: argparse.Namespace):
     """(defense, partition, folder, result) of every stored pair of the current model whose two
     runs are more than 5 points apart: the pairs worth more runs of either tool."""
     model = attacked_model(args)
-    for defense in names:
+    for defense in defense_names(args):
         for partition in [int(p) for p in args.partitions.split(",")]:
             result = stored_runs().get(run_key(defense, partition, model))
             if not result or "acc" not in result["fork"] or "acc" not in (result.get("bd") or {}):
@@ -391,20 +388,30 @@ def pairs_apart(args: argparse.Namespace, names: list[str]):
                 yield defense, partition, args.work / "runs" / defense / str(partition), result
 
 
+def add_further_runs(args: argparse.Namespace, field: str, run_one) -> None:
+    """For every pair apart, run one tool again with each --seeds offset not yet stored in the
+    pair's `field` (all of them with --force), keeping each run as it ends. run_one(defense,
+    partition, folder, offset) returns the run's entry."""
+    for defense, partition, folder, result in pairs_apart(args):
+        done = {r["seed"]: r for r in result.get(field) or []}
+        for offset in [o for o in args.seeds if args.force or o not in done]:
+            done[offset] = {**run_one(defense, partition, folder, offset), "seed": offset}
+            print(f"{defense} p{partition}: {field} {offset} {done[offset]}", flush=True)
+            result[field] = [done[o] for o in sorted(done)]
+            keep(defense, partition, folder, result, fields=(field,))
+
+
+def measured(run: dict) -> dict:
+    return {k: run.get(k) for k in ("acc", "asr", "ra", "defense_seconds")}
+
+
 def noise(args: argparse.Namespace) -> None:
     """For every pair more than 5 points apart in ACC or ASR, run bd again on the same mitigation
     images with other seeds (the seed is base seed + partition, so partition p + 100 and p + 200
     name the same images with other randomness): is the gap within bd's own spread? --seeds
     names the offsets; those already stored are kept unless --force."""
-    names = list(DEFENSES) if args.defenses == "all" else [d.strip() for d in args.defenses.split(",")]
-    for defense, partition, folder, result in pairs_apart(args, names):
-        done = seed_runs(result.get("bd_seeds"))
-        for offset in [o for o in args.seeds if args.force or o not in done]:
-            run = run_bd(args, defense, partition + offset, folder)
-            done[offset] = {**{k: run.get(k) for k in ("acc", "asr", "ra", "defense_seconds")}, "seed": offset}
-            print(f"{defense} p{partition}: bd with seed {offset} {done[offset]}", flush=True)
-            result["bd_seeds"] = [done[o] for o in sorted(done)]
-            keep(defense, partition, folder, result, fields=("bd_seeds",))
+    add_further_runs(args, "bd_seeds", lambda defense, partition, folder, offset:
+                     measured(run_bd(args, defense, partition + offset, folder)))
 
 
 def fork_noise(args: argparse.Namespace) -> None:
@@ -412,19 +419,15 @@ def fork_noise(args: argparse.Namespace) -> None:
     stored pair of the current model still more than 5 points apart, the fork again on the same
     mitigation images with other randomness after its draw (--seeds, by default 100 and 200; the
     draw itself follows --random_seed, so the images are the pair's), kept beside bd's seeds."""
-    names = list(DEFENSES) if args.defenses == "all" else [d.strip() for d in args.defenses.split(",")]
-    for defense, partition, folder, result in pairs_apart(args, names):
+
+    def run_one(defense: str, partition: int, folder: Path, offset: int) -> dict:
+        out = folder / f"fork-seed-{offset}"
+        out.mkdir(parents=True, exist_ok=True)
+        run = run_fork(args, defense, partition, out, reseed=offset)
         pair_rows = mitigation_rows(folder)  # None where the pair's folder is from another machine
-        done = seed_runs(result.get("fork_seeds"))
-        for offset in [o for o in args.seeds if args.force or o not in done]:
-            out = folder / f"fork-seed-{offset}"
-            out.mkdir(parents=True, exist_ok=True)
-            run = run_fork(args, defense, partition, out, reseed=offset)
-            done[offset] = {**{k: run.get(k) for k in ("acc", "asr", "ra", "defense_seconds")}, "seed": offset,
-                            "same_images": None if pair_rows is None else mitigation_rows(out) == pair_rows}
-            print(f"{defense} p{partition}: fork with seed {offset} {done[offset]}", flush=True)
-            result["fork_seeds"] = [done[o] for o in sorted(done)]
-            keep(defense, partition, folder, result, fields=("fork_seeds",))
+        return {**measured(run), "same_images": None if pair_rows is None else mitigation_rows(out) == pair_rows}
+
+    add_further_runs(args, "fork_seeds", run_one)
 
 
 TIMING_FILE = HERE / "parity-timing.json"  # same-work timing sittings, "sitting/defense/partition" -> runs

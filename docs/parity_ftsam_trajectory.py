@@ -28,6 +28,7 @@ sys.path.insert(0, str(FORK / "BackdoorBenchmark"))
 import bd_defenses.ftsam as ftsam  # noqa: E402
 from bd_core.data import load_dataset  # noqa: E402
 from bd_core.data.mitigation import mitigation_from_indices  # noqa: E402
+from bd_core.interop.backdoorbench import preact_names  # noqa: E402
 from bd_core.store.models import load_model  # noqa: E402
 from bd_defenses.base import Context, MitigationData  # noqa: E402
 from models.preact_resnet import PreActResNet18  # noqa: E402  (the fork's)
@@ -38,15 +39,6 @@ from utils.defense_utils.sam.util import smooth_crossentropy  # noqa: E402
 
 EPOCHS = 20  # the parity study's FT-SAM schedule (docs/parity.py)
 FORK_NORMALIZATION = ((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261))  # the record's
-
-
-def as_fork_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """bd's PreAct-ResNet names its 1x1 shortcut conv `shortcut`, the fork's `shortcut.0`."""
-    return {k.replace("shortcut.weight", "shortcut.0.weight"): v for k, v in state.items()}
-
-
-def as_bd_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k.replace("shortcut.0.weight", "shortcut.weight"): v for k, v in state.items()}
 
 
 def fork_run(model: torch.nn.Module, batches: list, probe: torch.Tensor) -> None:
@@ -78,7 +70,8 @@ def main() -> None:
     torch.set_num_threads(1)
     imported = load_model(args.work / "model.safetensors").model.double()
     fork_model = PreActResNet18(10)
-    fork_model.load_state_dict(as_fork_names(imported.state_dict()))
+    fork_names = preact_names({k: k for k in fork_model.state_dict()})  # bd's name -> the fork's
+    fork_model.load_state_dict({fork: imported.state_dict()[bd] for bd, fork in fork_names.items()})
     fork_model = fork_model.double()
     train = load_dataset("cifar10", "train", root=FORK / "BackdoorBenchmark" / "data" / "cifar10")
     rows = tuple(int(line) for line in (args.work / "runs" / "ft-sam" / str(args.partition) / "mitigation.txt")
@@ -95,8 +88,8 @@ def main() -> None:
     bd_out = ftsam.FTSAM(epochs=EPOCHS)(copy.deepcopy(imported), MitigationData(clean), Context(seed=args.seed))
     fork_run(fork_model, batches, probe)
 
-    fork_params = as_bd_names(dict(fork_model.named_parameters()))
-    fork_buffers = as_bd_names(dict(fork_model.named_buffers()))
+    fork_params = preact_names(dict(fork_model.named_parameters()))
+    fork_buffers = preact_names(dict(fork_model.named_buffers()))
     moved = max((fork_params[k] - p).abs().max().item() for k, p in imported.named_parameters())
     params = max((fork_params[k] - p).abs().max().item() for k, p in bd_out.named_parameters())
     buffers = max((fork_buffers[k] - b).abs().max().item() for k, b in bd_out.named_buffers()

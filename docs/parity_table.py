@@ -105,14 +105,13 @@ def inside_spread(fork: dict, runs: list[dict]) -> bool:
 def spreads_meet(result: dict) -> bool:
     """Both tools run with several seeds on the same images: their ranges come within 5 points of
     each other on ACC and on ASR."""
-    forks = [result["fork"], *[r for r in result.get("fork_seeds") or [] if r.get("acc") is not None]]
-    bds = [result["bd"], *(result.get("bd_seeds") or [])]
+    forks, bds = tool_runs(result, "fork"), tool_runs(result, "bd")
     return all(max(min(r[m] for r in forks), min(r[m] for r in bds))
                - min(max(r[m] for r in forks), max(r[m] for r in bds)) <= TOLERANCE for m in ("acc", "asr"))
 
 
 def within_bd_spread(result: dict) -> bool:
-    return bool(result.get("bd_seeds")) and inside_spread(result["fork"], [result["bd"], *result["bd_seeds"]])
+    return bool(result.get("bd_seeds")) and inside_spread(result["fork"], tool_runs(result, "bd"))
 
 
 def parity_verdict(results: list[dict]) -> str:

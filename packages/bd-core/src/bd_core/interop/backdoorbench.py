@@ -234,6 +234,12 @@ def _poisoned_test_images(bd_test: Any, folder: Path, record: Record) -> dict[in
 # ----------------------------------------------------------------- state dict -> bd's architectures
 
 
+def preact_names(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """BackdoorBench's PreAct-ResNet18 state dict in bd's names: it wraps the projection shortcut
+    in a Sequential (`shortcut.0.weight`), bd's is the conv itself (`shortcut.weight`)."""
+    return {k.replace(".shortcut.0.", ".shortcut."): v for k, v in state.items()}
+
+
 def bd_state_dict(record: Record) -> tuple[str, dict[str, Tensor], dict[str, int]]:
     """(bd architecture, state dict in bd's names, architecture options) for the record's model."""
     arch = ARCHS.get(record.model_name)
@@ -242,8 +248,8 @@ def bd_state_dict(record: Record) -> tuple[str, dict[str, Tensor], dict[str, int
                               f"bd imports {', '.join(ARCHS)}")
     state = {k.removeprefix("module."): v for k, v in record.state.items()}
     options: dict[str, int] = {}
-    if arch == "preact-resnet18":  # BackdoorBench wraps the projection shortcut in a Sequential
-        state = {k.replace(".shortcut.0.", ".shortcut."): v for k, v in state.items()}
+    if arch == "preact-resnet18":
+        state = preact_names(state)
     elif arch == "vgg19-bn":
         state, options = _fold_vgg_head(record, state)
     return arch, state, options
