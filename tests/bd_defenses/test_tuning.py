@@ -99,3 +99,77 @@ def test_tuned_on_a_held_out_split_reruns_the_choice_on_all_images():
                                                                   Context(seed=0))
     for (name, a), b in zip(out.state_dict().items(), alone.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), name
+
+
+def test_tuned_anp_learns_its_masks_once_and_each_candidate_equals_running_it_alone(monkeypatch, backdoored,
+                                                                                   synthetic_data):
+    """ANP's tolerance acts only after its mask optimisation: the candidates share that costly
+    stage, and every candidate's model and record are exactly what running it alone gives."""
+    from bd_defenses.anp import ANP
+
+    _, attacked, _, _ = backdoored
+    model, clean = attacked.model, mitigation_set(synthetic_data.train, 2, 0)
+    anp = create_defense("anp", {"iterations": "30", "mask_lr": "0.2"})
+    candidates = ({"acc_ratio": 0.0}, {"acc_ratio": 0.1}, {"acc_ratio": 1.0})
+    learned, learn_masks = [], ANP.learn_masks
+    monkeypatch.setattr(ANP, "learn_masks", lambda *a: (learned.append(1), learn_masks(*a))[1])
+    torch.manual_seed(3)  # ANP's random starts come from torch's global generator, as the runner seeds it
+    shared = anp.run_candidates(candidates, model, MitigationData(clean), Context(seed=1))
+    assert len(learned) == 1
+    for (out, record), settings in zip(shared, candidates, strict=True):
+        torch.manual_seed(3)
+        ctx = Context(seed=1)
+        alone = dataclasses.replace(anp, **settings)(copy.deepcopy(model), MitigationData(clean), ctx)
+        assert record == ctx.record
+        assert_same_weights(out, alone)
+    pruned = [record["pruned"] for _, record in shared]
+    assert pruned[0] <= pruned[1] <= pruned[2] and pruned[0] < pruned[2]  # the tolerance was what differed
+
+
+def test_tuned_nc_reverse_engineers_once_and_each_candidate_equals_running_it_alone(monkeypatch, backdoored,
+                                                                                  synthetic_data):
+    """NC's threshold acts only after reverse-engineering every class: the candidates share it, and
+    candidates that flag the same classes share one unlearning; each equals running it alone."""
+    from bd_defenses.nc import NC
+
+    _, attacked, _, _ = backdoored
+    clean = mitigation_set(synthetic_data.train, 2, 0)
+    nc = create_defense("nc", {"epochs": "10", "batch_size": "20", "unlearn_epochs": "3"})
+    # none flagged; every class below the median with a positive index; the same set again
+    candidates = ({"anomaly_threshold": 1e6}, {"anomaly_threshold": 0.01}, {"anomaly_threshold": 0.001})
+    calls, reverse_engineer = [], NC.reverse_engineer
+    monkeypatch.setattr(NC, "reverse_engineer", lambda *a: (calls.append(1), reverse_engineer(*a))[1])
+    torch.manual_seed(4)
+    shared = nc.run_candidates(candidates, attacked.model, MitigationData(clean), Context(seed=2))
+    assert len(calls) == 1
+    flagged = [record["flagged"] for _, record in shared]
+    assert flagged[0] == [] and flagged[1] == flagged[2] != []
+    assert shared[1][0] is shared[2][0]  # one unlearning for the same flagged classes
+    for (out, record), settings in zip(shared, candidates, strict=True):
+        torch.manual_seed(4)
+        ctx = Context(seed=2)
+        alone = dataclasses.replace(nc, **settings)(copy.deepcopy(attacked.model), MitigationData(clean), ctx)
+        assert record == ctx.record
+        assert_same_weights(out, alone)
+    assert_same_weights(shared[0][0], attacked.model)  # nothing flagged: the model unchanged
+
+
+def test_tuned_uses_the_shared_candidate_runs():
+    """`--tune` reaches a defense's own run_candidates, and the generic one runs each candidate alone."""
+    assert "run_candidates" in vars(DEFENSES["anp"]) and "run_candidates" in vars(DEFENSES["nc"])
+    clean = mitigation_set(make_synthetic("train", n_train=300, size=28, channels=1), 10, 0)
+    model = create_model("preact-resnet18", 10, 1, 28, 0.125).eval()
+    ctx = Context(seed=1)
+    torch.manual_seed(0)
+    out = create_defense("anp/tuned", {"iterations": "5"})(copy.deepcopy(model), MitigationData(clean), ctx)
+    torch.manual_seed(0)
+    alone_ctx = Context(seed=1)
+    alone = create_defense("anp", {"iterations": "5", **ctx.record["tuning"]["chosen"]})(
+        copy.deepcopy(model), MitigationData(clean), alone_ctx)
+    assert_same_weights(out, alone)
+    assert {k: v for k, v in ctx.record.items() if k != "tuning"} == alone_ctx.record

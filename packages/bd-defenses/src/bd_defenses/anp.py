@@ -11,6 +11,8 @@ ASR, which a defender does not have).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 from itertools import cycle
 from typing import Any, ClassVar
@@ -22,9 +24,20 @@ from bd_core.data.pixels import Pixels
 from bd_core.train import optimize
 
 from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
-from bd_defenses.masking import bake_masks, clip_masks, mask_scores, masked_model, prune_by_threshold
+from bd_defenses.masking import MaskedConv2d, bake_masks, clip_masks, mask_scores, masked_model, prune_by_threshold
 from bd_defenses.pixels import accuracy
 from bd_defenses.registry import register
+
+
+@dataclass
+class LearnedMasks:
+    """ANP after its mask optimisation, before pruning: what candidates of the tolerance share."""
+
+    model: nn.Module  # its convolutions wrapped, carrying the learned masks
+    wrapped: dict[str, MaskedConv2d]
+    check: Pixels  # the images the pruning threshold is checked on
+    base_acc: float  # the model's accuracy on them before any masking
+    rule: str  # how the check images were chosen (MitigationData.selection_split)
 
 
 @register("anp", family="masking", paper="Wu & Wang, Adversarial Neuron Pruning Purifies Backdoored Deep Models "
@@ -52,11 +65,20 @@ class ANP(Defense):
                        pruning_step=self.pruning_step)
 
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
+        return self.prune(self.learn(model, data, ctx), ctx)
+
+    def learn(self, model: nn.Module, data: MitigationData, ctx: Context) -> LearnedMasks:
+        """The costly stage: the masks of survey Eq. 6, learned on D_m (its fit part when held out)."""
         fit, check, rule = data.selection_split(ctx.seed)
         check_pixels = Pixels.of(check, ctx.device)
         base = accuracy(model, check_pixels)
         wrapped = masked_model(model)
         self.learn_masks(model, wrapped, Pixels.of(fit, ctx.device), ctx)
+        return LearnedMasks(model, wrapped, check_pixels, base, rule)
+
+    def prune(self, learned: LearnedMasks, ctx: Context) -> nn.Module:
+        """Prune by the learned masks as far as the check accuracy stays within acc_ratio."""
+        model, wrapped, check_pixels, base = learned.model, learned.wrapped, learned.check, learned.base_acc
         scores = mask_scores(wrapped)
         n_steps = int(round(self.pruning_max / self.pruning_step))
         thresholds = [round(i * self.pruning_step, 6) for i in range(n_steps + 1)]
@@ -65,11 +87,25 @@ class ANP(Defense):
         )
         all_scores = torch.cat([s.flatten().cpu() for s in scores.values()])
         ctx.report(
-            threshold=threshold, pruned=pruned, neurons=int(all_scores.numel()), selection=rule,
+            threshold=threshold, pruned=pruned, neurons=int(all_scores.numel()), selection=learned.rule,
             mask_mean=round(float(all_scores.mean()), 4), mask_below_0_2=int((all_scores < 0.2).sum()),
             check_acc_before=round(base, 4), check_acc_after=round(accuracy(model, check_pixels), 4),
         )
         return bake_masks(model)
+
+    def run_candidates(self, candidates: tuple[dict[str, Any], ...], model: nn.Module, data: MitigationData,
+                       ctx: Context) -> list[tuple[nn.Module, dict[str, Any]]]:
+        """Candidates that differ only in the pruning tolerance share one mask optimisation (the
+        2000 iterations that make ANP costly); each prunes its own copy of the learned masks."""
+        if any(set(settings) != {"acc_ratio"} for settings in candidates):
+            return super().run_candidates(candidates, model, data, ctx)
+        learned = self.learn(copy.deepcopy(model), data, ctx.fresh())
+        results = []
+        for settings in candidates:
+            trial = ctx.fresh()
+            own = copy.deepcopy(learned)  # one deepcopy: the wrapped convolutions stay those of the copied model
+            results.append((dataclasses.replace(self, **settings).prune(own, trial), trial.record))
+        return results
 
     def learn_masks(self, model: nn.Module, wrapped, pixels: Pixels, ctx: Context) -> None:
         masks = [m.mask for m in wrapped.values()]

@@ -6,6 +6,8 @@ holds only the clean mitigation set, and `Context` only run settings.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -76,6 +78,10 @@ class Context:
     def generator(self, offset: int = 0) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed + offset)
 
+    def fresh(self) -> Context:
+        """The same run settings with an empty record: one per trial of a tuned defense."""
+        return Context(device=self.device, seed=self.seed, precision=self.precision)
+
 
 @dataclass(frozen=True)
 class Defense:
@@ -113,6 +119,19 @@ class Defense:
 
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:  # pragma: no cover
         raise NotImplementedError
+
+    def run_candidates(self, candidates: tuple[dict[str, Any], ...], model: nn.Module, data: MitigationData,
+                       ctx: Context) -> list[tuple[nn.Module, dict[str, Any]]]:
+        """This defense with each of `candidates`' settings, each applied to its own copy of
+        `model` from the same seed: (defended model, the record its run made) per candidate, for
+        `--tune`. A defense whose candidates differ only after a costly stage they share (ANP's
+        learned masks, NC's reversed triggers) overrides this to run that stage once; what it
+        returns must equal running each candidate alone (tests/bd_defenses/test_tuning.py)."""
+        results = []
+        for settings in candidates:
+            trial = ctx.fresh()
+            results.append((dataclasses.replace(self, **settings)(copy.deepcopy(model), data, trial), trial.record))
+        return results
 
     def unlabeled_request(self) -> tuple[str, int] | None:
         """(dataset name, number of images) of unlabeled data this defense needs beyond the

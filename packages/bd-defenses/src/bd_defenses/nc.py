@@ -12,6 +12,8 @@ chunks in one batched pass, so 43 or 200 classes stay tractable on a GPU.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -79,17 +81,30 @@ class NC(Defense):
                        unlearn_lr=self.unlearn_lr, batch_size=self.batch_size, class_chunk=self.class_chunk)
 
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
-        pixels = Pixels.of(data.clean, ctx.device)
+        return self.repair(model, self.reverse(model, data, ctx), data, ctx)
+
+    def reverse(self, model: nn.Module, data: MitigationData, ctx: Context) -> ReversedTriggers:
+        """The costly stage: every class's smallest trigger, the model's weights frozen."""
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        triggers = self.reverse_engineer(model, pixels, data.num_classes, ctx)
+        triggers = self.reverse_engineer(model, Pixels.of(data.clean, ctx.device), data.num_classes, ctx)
         for p in model.parameters():
             p.requires_grad_(True)
-        norms = triggers.masks.flatten(1).sum(1).cpu()
+        return triggers
+
+    def flagged(self, triggers: ReversedTriggers) -> list[int]:
+        """Classes whose mask is anomalously small: MAD index above the threshold, below the median."""
+        norms = triggers.masks.flatten(1).sum(1)
         index = anomaly_indices(norms)
-        flagged = [k for k in range(len(norms)) if index[k] > self.anomaly_threshold and norms[k] < norms.median()]
-        ctx.report(mask_l1=[round(float(v), 2) for v in norms], anomaly_index=[round(float(v), 3) for v in index],
+        return [k for k in range(len(norms)) if index[k] > self.anomaly_threshold and norms[k] < norms.median()]
+
+    def repair(self, model: nn.Module, triggers: ReversedTriggers, data: MitigationData, ctx: Context) -> nn.Module:
+        """Unlearn the flagged classes' triggers (the model unchanged if none is flagged)."""
+        norms = triggers.masks.flatten(1).sum(1)
+        flagged = self.flagged(triggers)
+        ctx.report(mask_l1=[round(float(v), 2) for v in norms],
+                   anomaly_index=[round(float(v), 3) for v in anomaly_indices(norms)],
                    flagged=flagged, trigger_success=[round(float(v), 3) for v in triggers.success])
         if not flagged:
             return model
@@ -101,6 +116,25 @@ class NC(Defense):
         unlearn(model, data.clean, ctx, stamp, ratio=self.unlearning_ratio, epochs=self.unlearn_epochs,
                 lr=self.unlearn_lr, batch_size=self.batch_size, description="NC unlearning")
         return model
+
+    def run_candidates(self, candidates: tuple[dict[str, Any], ...], model: nn.Module, data: MitigationData,
+                       ctx: Context) -> list[tuple[nn.Module, dict[str, Any]]]:
+        """Candidates that differ only in the anomaly threshold share one reverse-engineering of
+        every class, and candidates that flag the same classes share one unlearning."""
+        if any(set(settings) != {"anomaly_threshold"} for settings in candidates):
+            return super().run_candidates(candidates, model, data, ctx)
+        reversed_model = copy.deepcopy(model)
+        triggers = self.reverse(reversed_model, data, ctx.fresh())
+        by_flagged: dict[tuple[int, ...], tuple[nn.Module, dict[str, Any]]] = {}
+        results = []
+        for settings in candidates:
+            candidate = dataclasses.replace(self, **settings)
+            key = tuple(candidate.flagged(triggers))
+            if key not in by_flagged:
+                trial = ctx.fresh()
+                by_flagged[key] = candidate.repair(copy.deepcopy(reversed_model), triggers, data, trial), trial.record
+            results.append(by_flagged[key])
+        return results
 
     def reverse_engineer(self, model: nn.Module, pixels: Pixels, num_classes: int, ctx: Context) -> ReversedTriggers:
         _, c, h, w = pixels.x.shape

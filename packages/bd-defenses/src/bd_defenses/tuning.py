@@ -15,6 +15,8 @@ Each tunable defense lists candidate settings from its mildest to its strongest 
 The rule: the strongest candidate whose check accuracy is within `tolerance` of the best
 candidate's. It is the rule by which FP and ANP already pick how much to prune, applied to the
 defense's decisive setting: remove as much as the defender's own clean data says costs nothing.
+Candidates run through `Defense.run_candidates`: each alone, except where a costly stage comes
+before the setting acts (ANP's masks, NC's reversed triggers), which they then share.
 A `Tuned` defense sees exactly what any defense sees (`MitigationData`, `Context`): no test
 image and no trigger can reach the selection, by construction.
 """
@@ -105,19 +107,16 @@ class Tuned(Defense):
         fit, check, rule = data.selection_split(ctx.seed)
         fit_data = dataclasses.replace(data, clean=fit)
         original = copy.deepcopy(model)
-        results, trials = [], []
-        for candidate, settings in zip(self.candidate_defenses(), self.candidates, strict=True):
-            # every candidate sees the same draws
-            trial_ctx = Context(device=ctx.device, seed=ctx.seed, precision=ctx.precision)
-            defended = candidate(copy.deepcopy(original), fit_data, trial_ctx)
-            signals = clean_signals(defended, original, check, ctx.device, ctx.seed)
-            results.append((defended, trial_ctx.record))
-            trials.append({"settings": settings, **signals})
+        trials = []
+        # every candidate sees the same draws; ANP and NC share their costly stage among them
+        results = self.inner.run_candidates(self.candidates, original, fit_data, ctx)
+        for (defended, _), settings in zip(results, self.candidates, strict=True):
+            trials.append({"settings": settings, **clean_signals(defended, original, check, ctx.device, ctx.seed)})
         chosen = choose(trials, self.tolerance)
         if fit is data.clean:  # the candidate already saw all of D_m: it is the result
             defended, record = results[chosen]
         else:  # chosen on a held-out part: the chosen setting now uses all of D_m
-            final_ctx = Context(device=ctx.device, seed=ctx.seed, precision=ctx.precision)
+            final_ctx = ctx.fresh()
             defended, record = self.candidate_defenses()[chosen](original, data, final_ctx), final_ctx.record
         ctx.report(**record, tuning={
             "chosen": self.candidates[chosen], "candidates": trials, "check": rule, "tolerance": self.tolerance,
