@@ -81,28 +81,39 @@ def training_throughput(device: str, batch: int, steps: int) -> dict:
             "pipeline_share": round(pipeline_seconds / seconds, 4)}
 
 
-def bd(*args: str, env_out: Path) -> dict:
+def bd(*args: str, seconds_left: float) -> dict:
+    """One `bd` command in its own process, killed when the run's time is up (a device lease
+    is short: what finished is kept, what did not says so)."""
     cmd = [sys.executable, "-m", "bd_cli.app", *args, "--format", "json"]
     began = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=max(seconds_left, 1))
+    except subprocess.TimeoutExpired:
+        return {"error": [f"stopped after {seconds_left:.0f} s (the run's deadline)"], "seconds": seconds_left}
     if done.returncode != 0:
         return {"error": (done.stderr or done.stdout).strip().splitlines()[-1:], "seconds": time.perf_counter() - began}
     text = done.stdout
     return {**json.loads(text[text.index("{"):]), "seconds": round(time.perf_counter() - began, 1)}
 
 
-def defenses(device: str, out: Path, smoke: bool) -> dict:
+def defenses(device: str, store: Path, smoke: bool, deadline: float, save) -> dict:
     """Train one attacked model (synthetic data, paper recipe sized to the machine), then one
-    defense per family on it."""
+    defense per family on it, until `deadline` (time.monotonic); `save` is called after each."""
     preset = "quick" if smoke else "paper"
-    common = ["--dataset", "synthetic", "--arch", "preact-resnet18", "--attack", "badnets", "--preset", preset,
-              "--device", device, "--store", str(out / "results.sqlite")]
-    results = {"attack": bd("attack", *[a for a in common if a not in ("--store", str(out / "results.sqlite"))],
-                            env_out=out)}
+    model = ["--dataset", "synthetic", "--arch", "preact-resnet18", "--attack", "badnets", "--preset", preset,
+             "--device", device]
+    results = {"attack": bd("attack", *model, seconds_left=deadline - time.monotonic())}
+    save(results)
     sizes = {"anp": ["--set", "iterations=200"], "nc": ["--set", "epochs=20", "--set", "unlearn_epochs=20"],
              "sau": ["--set", "rounds=20"], "npd": ["--set", "epochs=20"]} if smoke else {}
     for family, name in DEFENSES.items():
-        results[family] = bd("defend", "--defense", name, *common, *sizes.get(name, []), env_out=out)
+        left = deadline - time.monotonic()
+        if left < 5:
+            results[family] = {"error": ["not started: the run's deadline had passed"]}
+        else:
+            results[family] = bd("defend", "--defense", name, *model, "--store", str(store), *sizes.get(name, []),
+                                 seconds_left=left)
+        save(results)
     return results
 
 
@@ -110,15 +121,25 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script, measures nothing")
+    parser.add_argument("--seconds", type=float, default=600, help="stop starting (and kill) defenses after this")
+    parser.add_argument("--store", type=Path, default=Path("/tmp/bd-gpu-results.sqlite"),
+                        help="results store of the defenses (kept out of --out: only a few files come back)")
     args = parser.parse_args()
+    deadline = time.monotonic() + args.seconds
     device = "cuda" if torch.cuda.is_available() else "cpu"
     report = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__}
+
+    def save(defense_rows: dict | None = None) -> None:
+        if defense_rows is not None:
+            report["defenses"] = defense_rows
+        (args.out / "gpu_bench.json").write_text(json.dumps(report, indent=1))
+
     steps = 2 if args.smoke else 50
     batches = [8] if args.smoke else [128, 512]
     report["training"] = [training_throughput(device, b, steps) for b in batches]
-    report["defenses"] = {} if args.smoke and device == "cpu" else defenses(device, args.out, args.smoke)
-    (args.out / "gpu_bench.json").write_text(json.dumps(report, indent=1))
-    print(json.dumps(report["training"], indent=1))
+    save({})
+    print(json.dumps(report["training"], indent=1), flush=True)
+    defenses(device, args.store, args.smoke, deadline, save)
 
 
 if __name__ == "__main__":

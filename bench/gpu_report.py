@@ -6,6 +6,7 @@ Usage: python bench/gpu_report.py <gpu.sh output folder> bench/RESULTS-gpu.md
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -29,18 +30,42 @@ def kernel_rows(kernels: dict) -> tuple[list[str], float | None]:
     return lines, copy
 
 
+def last_line(path: Path, containing: str) -> str | None:
+    if not path.exists():
+        return None
+    lines = path.read_text(errors="replace").splitlines()
+    hits = [line.strip() for line in lines if containing in line and line.strip()]
+    return hits[-1] if hits else None
+
+
+def test_summary(path: Path) -> str:
+    """The pytest summaries in gpu.sh's test log, and the test a crash happened in, if one did."""
+    if not path.exists():
+        return "–"
+    text = path.read_text(errors="replace")
+    parts = re.findall(r"^=*\s*(\d+ (?:passed|failed)[^=\n]*?)\s*=*$", text, re.M)
+    crash = re.search(r"Fatal Python error: ([\w ]+)", text)
+    if crash:
+        where = re.search(r'tests/\S+", line \d+ in (\w+)', text)
+        parts.append(f"a test process crashed ({crash.group(1)}{' in ' + where.group(1) if where else ''})")
+    return "; ".join(parts) or "–"
+
+
 def main(folder: str, target: str) -> None:
     out = Path(folder)
     bench = json.loads((out / "gpu_bench.json").read_text())
     kernels = json.loads((out / "kernels.json").read_text()) if (out / "kernels.json").exists() else {}
     rows, copy = kernel_rows(kernels)
-    tests = (out / "cuda-tests.txt").read_text().strip().splitlines()[-1] if (out / "cuda-tests.txt").exists() else "–"
-    build = (out / "build-time.txt").read_text().strip() if (out / "build-time.txt").exists() else "–"
+    tests = test_summary(out / "cuda-tests.txt")
+    build = (out / "build-time.txt").read_text().strip().splitlines()[0] if (out / "build-time.txt").exists() else "–"
+    memcheck = ", ".join(line.strip("= ") for line in (last_line(out / "memcheck.txt", "passed"),
+                                                       last_line(out / "memcheck.txt", "ERROR SUMMARY")) if line)
     lines = [
         "# GPU results",
         "",
         f"Measured by `bash bench/gpu.sh` on **{bench['device']}**, torch {bench['torch']}, "
-        f"{time.strftime('%Y-%m-%d')}. Extension {build}; CUDA tests: {tests}.",
+        f"{time.strftime('%Y-%m-%d')}. Extension {build}; CUDA tests: {tests}; the CUDA tests under "
+        f"compute-sanitizer memcheck: {memcheck or '–'}.",
         "",
         f"## Kernels (device copy bandwidth measured in the same run: {copy} GB/s; target for the "
         f"memory-bound ops: {TARGET_SHARE:.0%} of it)",
@@ -63,10 +88,14 @@ def main(folder: str, target: str) -> None:
         "|---|---|---|---|---|---|",
     ]
     for family, row in bench.get("defenses", {}).items():
-        if family == "attack" or "error" in row:
-            continue
-        lines.append(f"| {family} | {row['defense']} | {row['defense_seconds']:.1f} | {row['acc_post']:.1%} | "
-                     f"{row['asr_post']:.1%} | {row['ra_post']:.1%} |")
+        if "error" in row:
+            lines.append(f"| {family} | – | – | {' '.join(row['error'])} | | |")
+        elif family == "attack":
+            lines.append(f"| attack (training {row['train_seconds']:.1f} s) | – | – | {row['acc']:.1%} | "
+                         f"{row['asr']:.1%} | {row['ra']:.1%} |")
+        else:
+            lines.append(f"| {family} | {row['defense']} | {row['defense_seconds']:.1f} | {row['acc_post']:.1%} | "
+                         f"{row['asr_post']:.1%} | {row['ra_post']:.1%} |")
     Path(target).write_text("\n".join(lines) + "\n")
 
 

@@ -27,6 +27,19 @@ def test_every_command_has_help_with_an_example(command):
     assert result.exit_code == 0 and "Example" in result.output
 
 
+def test_flags_show_no_type_and_a_typer_without_the_hook_still_works(monkeypatch):
+    """bd hides Typer's `<bool>` beside flags through TyperOption.display_type_rich; a Typer
+    without that hook (the GPU machine's, 2026-12-04) must leave the help as it is, not fail."""
+    from bd_cli import app as app_module
+    from typer.core import TyperOption
+
+    flag_line = next(line for line in bd("defend", "--help").output.splitlines() if "--tune" in line)
+    assert "<bool>" not in flag_line
+    monkeypatch.delattr(TyperOption, "display_type_rich")
+    app_module._no_type_for_flags()  # raised AttributeError before
+    assert bd("defend", "--help").exit_code == 0
+
+
 def test_run_clp_on_vgg19(tmp_path):
     result = bd("run", "--defense", "clp", "--arch", "vgg19", "--dataset", "synthetic", "--device", "cpu",
                 "--store", str(tmp_path / "r.sqlite"), "--format", "json")

@@ -21,7 +21,9 @@ def _no_type_for_flags() -> None:
     value, so its type column is left empty."""
     from typer.core import TyperOption
 
-    shown = TyperOption.display_type_rich
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None:  # a typer without this hook (seen on 0.2x builds): its help stays as it is
+        return
 
     def display_type_rich(self, ctx):  # noqa: ANN001, ANN202
         return None if self.is_flag else shown(self, ctx)

@@ -1,0 +1,37 @@
+"""Does an error raised inside bd_kernels' compiled ops reach Python as a RuntimeError?
+
+On the H200 lent on 2026-12-04 (extension built there by /opt/gcc/bin/g++ against torch 2.11) the
+first test expecting such an error crashed the process with SIGSEGV, while every CUDA test passed.
+bench/gpu.sh runs this after the build and, when it crashes, again under cuda-gdb for a backtrace.
+Each step prints before it runs, so the last line printed names the step that crashed.
+"""
+
+from __future__ import annotations
+
+import bd_kernels
+import torch
+
+print("bd_kernels", bd_kernels.build_info(), flush=True)
+try:  # an error thrown inside torch's own libraries, for comparison
+    torch.mm(torch.zeros(2, 3), torch.zeros(2, 3))
+except RuntimeError as error:
+    print("torch's own error reached Python:", str(error)[:60], flush=True)
+
+images = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
+mean, std = torch.zeros(3), torch.ones(3)
+checks = {
+    # the schema's str argument checked in C++ (the Python wrapper checks it first, so call the op directly)
+    "mode": lambda: torch.ops.bd_kernels.apply_trigger(images, None, None, None, "paint", 1.0, mean, std, None, 0,
+                                                       None, torch.float32, False),
+    # the crop offsets checked in C++ after reading them (what the crashing test did)
+    "crop offsets": lambda: bd_kernels.apply_trigger(images, mean=mean, std=std, crop_offsets=torch.full((2, 2), 9),
+                                                     padding=4),
+}
+for name, call in checks.items():
+    print(f"raising the {name} check ...", flush=True)
+    try:
+        call()
+        raise SystemExit(f"the {name} check raised nothing")
+    except RuntimeError as error:
+        print("  reached Python:", str(error)[:70], flush=True)
+print("errors from the extension reach Python", flush=True)
