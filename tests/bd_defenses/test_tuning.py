@@ -159,9 +159,13 @@ def test_tuned_nc_reverse_engineers_once_and_each_candidate_equals_running_it_al
     assert_same_weights(shared[0][0], attacked.model)  # nothing flagged: the model unchanged
 
 
-def test_tuned_uses_the_shared_candidate_runs():
-    """`--tune` reaches a defense's own run_candidates, and the generic one runs each candidate alone."""
-    assert "run_candidates" in vars(DEFENSES["anp"]) and "run_candidates" in vars(DEFENSES["nc"])
+def test_tuned_uses_the_shared_candidate_runs(monkeypatch):
+    """`--tune` reaches the shared first stage of ANP and NC, candidates varying anything else run
+    each alone, and the tuned result equals running the chosen setting alone."""
+    from bd_defenses.anp import ANP
+
+    assert DEFENSES["anp"].second_stage_settings == {"acc_ratio"}
+    assert DEFENSES["nc"].second_stage_settings == {"anomaly_threshold"}
     clean = mitigation_set(make_synthetic("train", n_train=300, size=28, channels=1), 10, 0)
     model = create_model("preact-resnet18", 10, 1, 28, 0.125).eval()
     ctx = Context(seed=1)
@@ -173,3 +177,8 @@ def test_tuned_uses_the_shared_candidate_runs():
         copy.deepcopy(model), MitigationData(clean), alone_ctx)
     assert_same_weights(out, alone)
     assert {k: v for k, v in ctx.record.items() if k != "tuning"} == alone_ctx.record
+    learned, learn_masks = [], ANP.learn_masks
+    monkeypatch.setattr(ANP, "learn_masks", lambda *a: (learned.append(1), learn_masks(*a))[1])
+    candidates = ({"acc_ratio": 0.1}, {"acc_ratio": 0.1, "mask_lr": 0.1})  # the second changes the masks too
+    create_defense("anp", {"iterations": "2"}).run_candidates(candidates, model, MitigationData(clean), Context(seed=1))
+    assert len(learned) == 2

@@ -11,8 +11,6 @@ ASR, which a defender does not have).
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 from dataclasses import dataclass
 from itertools import cycle
 from typing import Any, ClassVar
@@ -67,6 +65,15 @@ class ANP(Defense):
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
         return self.prune(self.learn(model, data, ctx), ctx)
 
+    # `--tune` varies the pruning tolerance: its candidates share the masks' 2000 iterations
+    second_stage_settings: ClassVar[frozenset[str]] = frozenset({"acc_ratio"})
+
+    def first_stage(self, model: nn.Module, data: MitigationData, ctx: Context) -> LearnedMasks:
+        return self.learn(model, data, ctx)
+
+    def second_stage(self, learned: LearnedMasks, data: MitigationData, ctx: Context) -> nn.Module:
+        return self.prune(learned, ctx)
+
     def learn(self, model: nn.Module, data: MitigationData, ctx: Context) -> LearnedMasks:
         """The costly stage: the masks of survey Eq. 6, learned on D_m (its fit part when held out)."""
         fit, check, rule = data.selection_split(ctx.seed)
@@ -92,20 +99,6 @@ class ANP(Defense):
             check_acc_before=round(base, 4), check_acc_after=round(accuracy(model, check_pixels), 4),
         )
         return bake_masks(model)
-
-    def run_candidates(self, candidates: tuple[dict[str, Any], ...], model: nn.Module, data: MitigationData,
-                       ctx: Context) -> list[tuple[nn.Module, dict[str, Any]]]:
-        """Candidates that differ only in the pruning tolerance share one mask optimisation (the
-        2000 iterations that make ANP costly); each prunes its own copy of the learned masks."""
-        if any(set(settings) != {"acc_ratio"} for settings in candidates):
-            return super().run_candidates(candidates, model, data, ctx)
-        learned = self.learn(copy.deepcopy(model), data, ctx.fresh())
-        results = []
-        for settings in candidates:
-            trial = ctx.fresh()
-            own = copy.deepcopy(learned)  # one deepcopy: the wrapped convolutions stay those of the copied model
-            results.append((dataclasses.replace(self, **settings).prune(own, trial), trial.record))
-        return results
 
     def learn_masks(self, model: nn.Module, wrapped, pixels: Pixels, ctx: Context) -> None:
         masks = [m.mask for m in wrapped.values()]

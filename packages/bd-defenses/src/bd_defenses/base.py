@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -120,18 +121,46 @@ class Defense:
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:  # pragma: no cover
         raise NotImplementedError
 
+    # `--tune` candidates that differ only in these settings share the defense's costly first
+    # stage (ANP's learned masks, NC's reversed triggers): `first_stage` runs once and
+    # `second_stage` once per candidate, on its own copy of what the first stage made
+    second_stage_settings: ClassVar[frozenset[str]] = frozenset()
+
+    def first_stage(self, model: nn.Module, data: MitigationData, ctx: Context) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    def second_stage(self, first: Any, data: MitigationData, ctx: Context) -> nn.Module:  # pragma: no cover
+        raise NotImplementedError
+
+    def second_stage_key(self, first: Any) -> Hashable | None:
+        """Candidates with equal keys get one second stage and its result (NC: the same flagged
+        classes, the same unlearning); None: each candidate runs its own."""
+        return None
+
     def run_candidates(self, candidates: tuple[dict[str, Any], ...], model: nn.Module, data: MitigationData,
                        ctx: Context) -> list[tuple[nn.Module, dict[str, Any]]]:
         """This defense with each of `candidates`' settings, each applied to its own copy of
         `model` from the same seed: (defended model, the record its run made) per candidate, for
-        `--tune`. A defense whose candidates differ only after a costly stage they share (ANP's
-        learned masks, NC's reversed triggers) overrides this to run that stage once; what it
-        returns must equal running each candidate alone (tests/bd_defenses/test_tuning.py)."""
-        results = []
-        for settings in candidates:
-            trial = ctx.fresh()
-            results.append((dataclasses.replace(self, **settings)(copy.deepcopy(model), data, trial), trial.record))
-        return results
+        `--tune`. Where every candidate varies only `second_stage_settings`, the first stage runs
+        once; what this returns equals running each candidate alone (tests/bd_defenses/test_tuning.py)."""
+        if not self.second_stage_settings or any(not set(s) <= self.second_stage_settings for s in candidates):
+            results = []
+            for settings in candidates:
+                trial = ctx.fresh()
+                results.append((dataclasses.replace(self, **settings)(copy.deepcopy(model), data, trial), trial.record))
+            return results
+        first = self.first_stage(copy.deepcopy(model), data, ctx.fresh())
+        finished: dict[Hashable, tuple[nn.Module, dict[str, Any]]] = {}
+        keys = []
+        for index, settings in enumerate(candidates):
+            candidate = dataclasses.replace(self, **settings)
+            key = candidate.second_stage_key(first)
+            key = ("candidate", index) if key is None else key
+            if key not in finished:
+                trial = ctx.fresh()
+                finished[key] = candidate.second_stage(copy.deepcopy(first), data, trial), trial.record
+            keys.append(key)
+        return [finished[key] for key in keys]
 
     def unlabeled_request(self) -> tuple[str, int] | None:
         """(dataset name, number of images) of unlabeled data this defense needs beyond the

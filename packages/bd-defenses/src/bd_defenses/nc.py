@@ -12,8 +12,6 @@ chunks in one batched pass, so 43 or 200 classes stay tractable on a GPU.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -83,6 +81,20 @@ class NC(Defense):
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
         return self.repair(model, self.reverse(model, data, ctx), data, ctx)
 
+    # `--tune` varies the anomaly threshold: its candidates share one reverse-engineering of every
+    # class, and those flagging the same classes share one unlearning
+    second_stage_settings: ClassVar[frozenset[str]] = frozenset({"anomaly_threshold"})
+
+    def first_stage(self, model: nn.Module, data: MitigationData, ctx: Context) -> tuple[nn.Module, ReversedTriggers]:
+        return model, self.reverse(model, data, ctx)
+
+    def second_stage(self, first: tuple[nn.Module, ReversedTriggers], data: MitigationData, ctx: Context) -> nn.Module:
+        model, triggers = first
+        return self.repair(model, triggers, data, ctx)
+
+    def second_stage_key(self, first: tuple[nn.Module, ReversedTriggers]) -> tuple[int, ...]:
+        return tuple(self.flagged(first[1]))
+
     def reverse(self, model: nn.Module, data: MitigationData, ctx: Context) -> ReversedTriggers:
         """The costly stage: every class's smallest trigger, the model's weights frozen."""
         model.eval()
@@ -116,25 +128,6 @@ class NC(Defense):
         unlearn(model, data.clean, ctx, stamp, ratio=self.unlearning_ratio, epochs=self.unlearn_epochs,
                 lr=self.unlearn_lr, batch_size=self.batch_size, description="NC unlearning")
         return model
-
-    def run_candidates(self, candidates: tuple[dict[str, Any], ...], model: nn.Module, data: MitigationData,
-                       ctx: Context) -> list[tuple[nn.Module, dict[str, Any]]]:
-        """Candidates that differ only in the anomaly threshold share one reverse-engineering of
-        every class, and candidates that flag the same classes share one unlearning."""
-        if any(set(settings) != {"anomaly_threshold"} for settings in candidates):
-            return super().run_candidates(candidates, model, data, ctx)
-        reversed_model = copy.deepcopy(model)
-        triggers = self.reverse(reversed_model, data, ctx.fresh())
-        by_flagged: dict[tuple[int, ...], tuple[nn.Module, dict[str, Any]]] = {}
-        results = []
-        for settings in candidates:
-            candidate = dataclasses.replace(self, **settings)
-            key = tuple(candidate.flagged(triggers))
-            if key not in by_flagged:
-                trial = ctx.fresh()
-                by_flagged[key] = candidate.repair(copy.deepcopy(reversed_model), triggers, data, trial), trial.record
-            results.append(by_flagged[key])
-        return results
 
     def reverse_engineer(self, model: nn.Module, pixels: Pixels, num_classes: int, ctx: Context) -> ReversedTriggers:
         _, c, h, w = pixels.x.shape
