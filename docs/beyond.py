@@ -9,6 +9,7 @@ Usage: python docs/beyond.py
 from __future__ import annotations
 
 import statistics
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -116,8 +117,8 @@ def vit_table(groups: dict[tuple, list[dict]], rows: list[dict]) -> list[str]:
     return lines
 
 
-def main() -> None:
-    with ResultStore(STORE, readonly=True) as store:
+def main(store_path: Path = STORE) -> None:
+    with ResultStore(store_path, readonly=True) as store:
         rows = store.query()
     ok = [r for r in rows if r["status"] == "ok"]
     groups = grouped(ok)
@@ -132,4 +133,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # a path: a snapshot of the store (`sqlite3 docs/beyond.sqlite ".backup SNAP"`) while a grid writes it
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else STORE)
