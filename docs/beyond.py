@@ -37,6 +37,14 @@ def cells(runs: list[dict]) -> str:
     return " | ".join(spread([r[k] for r in runs], scale) for k, _, scale in METRICS)
 
 
+def model(runs: list[dict]) -> str:
+    """The attacked model the runs defended, named by its ACC/ASR before any defense: one
+    configuration was trained twice (the training loop's arithmetic changed in between, the
+    cache key did not), and a comparison is fair only within one trained instance. Newer rows
+    also store the weights' digest (details.attacked_model_weights)."""
+    return ", ".join(sorted({f"{r['acc_pre'] * 100:.2f}/{r['asr_pre'] * 100:.2f}" for r in runs})) or "–"
+
+
 def chosen(runs: list[dict]) -> str:
     counts = Counter(", ".join(f"{k}={v:g}" for k, v in r["details"]["defense"]["tuning"]["chosen"].items())
                      for r in runs)
@@ -54,29 +62,30 @@ def grouped(rows: list[dict]) -> dict[tuple, list[dict]]:
 
 
 def tuning_table(groups: dict[tuple, list[dict]]) -> list[str]:
-    lines = ["| attack | SPC | defense | runs | " + " | ".join(h for _, h, _ in METRICS) + " | chosen |",
-             "|---|---|---|---|" + "---|" * len(METRICS) + "---|"]
+    lines = ["| attack | SPC | defense | runs | model | " + " | ".join(h for _, h, _ in METRICS) + " | chosen |",
+             "|---|---|---|---|---|" + "---|" * len(METRICS) + "---|"]
     for (arch, attack, spc, defense), runs in sorted(groups.items()):
         if arch != "preact-resnet18" or not defense.endswith("/tuned") or "+" in defense:
             continue
         base = groups.get((arch, attack, spc, defense.removesuffix("/tuned")), [])
         lines.append(f"| {attack} | {spc} | {base[0]['defense'] if base else defense} (defaults) | {len(base)} | "
-                     f"{cells(base)} | – |")
-        lines.append(f"| {attack} | {spc} | **{defense}** | {len(runs)} | {cells(runs)} | {chosen(runs)} |")
+                     f"{model(base)} | {cells(base)} | – |")
+        lines.append(f"| {attack} | {spc} | **{defense}** | {len(runs)} | {model(runs)} | {cells(runs)} | "
+                     f"{chosen(runs)} |")
     return lines
 
 
 def combination_table(groups: dict[tuple, list[dict]]) -> list[str]:
-    lines = ["| attack | SPC | defense | runs | " + " | ".join(h for _, h, _ in METRICS) + " |",
-             "|---|---|---|---|" + "---|" * len(METRICS)]
+    lines = ["| attack | SPC | defense | runs | model | " + " | ".join(h for _, h, _ in METRICS) + " |",
+             "|---|---|---|---|---|" + "---|" * len(METRICS)]
     for combo in COMBINATIONS:
         for (arch, attack, spc, defense), runs in sorted(groups.items()):
             if arch != "preact-resnet18" or defense != combo:
                 continue
             for part in combo.split("+"):
                 base = groups.get((arch, attack, spc, part), [])
-                lines.append(f"| {attack} | {spc} | {part} | {len(base)} | {cells(base)} |")
-            lines.append(f"| {attack} | {spc} | **{combo}** | {len(runs)} | {cells(runs)} |")
+                lines.append(f"| {attack} | {spc} | {part} | {len(base)} | {model(base)} | {cells(base)} |")
+            lines.append(f"| {attack} | {spc} | **{combo}** | {len(runs)} | {model(runs)} | {cells(runs)} |")
     return lines
 
 

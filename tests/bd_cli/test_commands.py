@@ -46,6 +46,7 @@ def test_run_clp_on_vgg19(tmp_path):
     assert result.exit_code == 0, result.output
     record = json_of(result)
     assert record["defense"] == "clp" and record["arch"] == "vgg19-bn" and record["details"]["defense"]["data_free"]
+    assert re.fullmatch(r"[0-9a-f]{16}", record["details"]["attacked_model_weights"])
 
 
 def test_run_tuned_and_refusal_on_vit(tmp_path):

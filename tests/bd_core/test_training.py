@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from bd_core.attacked import AttackSpec, obtain_attacked_model, train_attacked_model
+from bd_core.attacked import AttackSpec, obtain_attacked_model, train_attacked_model, weights_digest
 from bd_core.attacks import BadNets, create_attack
 from bd_core.data import make_synthetic
 from bd_core.errors import BdError, InvalidRequest
@@ -42,6 +42,12 @@ def test_same_seed_same_model(synthetic_data, monkeypatch):
     assert ra["epoch_losses"] == rb["epoch_losses"]
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k
+    # the digest stored with every result names the trained instance: equal weights, equal digest;
+    # one changed value (or a changed buffer) gives another
+    assert weights_digest(a) == weights_digest(b) and len(weights_digest(a)) == 16
+    with torch.no_grad():
+        next(b.parameters()).view(-1)[0] += 1e-6
+    assert weights_digest(a) != weights_digest(b)
 
 
 @pytest.mark.learned

@@ -14,7 +14,7 @@ from typing import Any
 
 import bd_core
 import torch
-from bd_core.attacked import AttackSpec, DataBundle, obtain_attacked_model, weak_attack_warning
+from bd_core.attacked import AttackSpec, DataBundle, obtain_attacked_model, weak_attack_warning, weights_digest
 from bd_core.attacks import ATTACKS
 from bd_core.data import load_dataset, mitigation_set
 from bd_core.data.imageset import ImageSet, as_unlabeled
@@ -167,6 +167,7 @@ def execute(
             cache_hit = True
         original, data = data, data.for_model(attacked.meta)
         pre = Metrics(**attacked.meta["metrics"])
+        weights = weights_digest(attacked.model)
         warning = weak_attack_warning(pre.asr)
         if warning:
             log(f"[yellow]warning:[/yellow] {warning}")
@@ -202,6 +203,7 @@ def execute(
         details={
             "defense": ctx.record,
             "attacked_model": attacked.meta.get("cache_key"),
+            "attacked_model_weights": weights,
             "attacked_model_cached": cache_hit,
             "approximations": approximations(spec, data),
             **({"warnings": [warning]} if warning else {}),

@@ -121,6 +121,19 @@ class AttackSpec:
         return config_key(self.config())
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 (16 hex) of a model's parameter and buffer names, shapes, dtypes and values: which
+    trained instance a result was computed on. One configuration can be trained twice with
+    different outcomes (a change of the training loop's arithmetic keeps the cache key), and
+    results stored under one key must not be compared across instances unseen."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        values = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(values.view(torch.uint8).numpy() if values.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
 def weak_attack_threshold() -> float:
     """Below this ASR an attacked model is flagged: its backdoor did not take, so defending it
     measures little. $BD_WEAK_ASR overrides the default 0.5."""

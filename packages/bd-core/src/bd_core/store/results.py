@@ -195,11 +195,13 @@ class ResultStore:
                 "defense_settings": json.dumps(config.get("defense_settings", {}), sort_keys=True),
                 "attack_settings": json.dumps(attack.get("attack_settings", {}), sort_keys=True),
                 "attacked_model": details.get("attacked_model"),
+                "attacked_model_weights": details.get("attacked_model_weights"),
                 "warnings": " | ".join(details.get("warnings", [])),
                 "precision": config.get("precision", "fp32") if isinstance(config, dict) else "fp32",
             })
         columns = [c for c in COLUMNS if c not in JSON_COLUMNS] + ["defense_settings", "attack_settings",
-                                                                    "attacked_model", "warnings", "precision"]
+                                                                    "attacked_model", "attacked_model_weights",
+                                                                    "warnings", "precision"]
         return pd.DataFrame(flat, columns=columns)
 
     def count(self) -> int:
