@@ -11,6 +11,8 @@ from __future__ import annotations
 import bd_kernels
 import torch
 
+if not bd_kernels.has_extension():
+    raise SystemExit("bd_kernels' compiled extension is not loaded: build it first (bench/gpu.sh does)")
 print("bd_kernels", bd_kernels.build_info(), flush=True)
 try:  # an error thrown inside torch's own libraries, for comparison
     torch.mm(torch.zeros(2, 3), torch.zeros(2, 3))
