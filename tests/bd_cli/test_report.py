@@ -132,3 +132,28 @@ def test_tables_parquet_and_latex(frame, tmp_path):
     assert "fashion-mnist" in (tmp_path / "summary.md").read_text()
     assert all(p.exists() for p in paths)
     assert not math.isnan(fp.ARR_var)
+
+
+def test_report_warns_when_one_attacked_model_was_trained_twice(tmp_path):
+    """Rows of one attacked model (cache key) computed on two different trainings of it are named,
+    with the filter that keeps one; rows stored before the digest existed are left alone."""
+    from bd_cli.app import app
+    from typer.testing import CliRunner
+
+    path = tmp_path / "r.sqlite"
+    with ResultStore(path) as results:
+        for i, weights in enumerate(["aaaa000011112222", "bbbb000011112222", "aaaa000011112222", None]):
+            results.put({"key": f"k{i}", "status": "ok", "dataset": "fashion-mnist", "arch": "preact-resnet18",
+                         "attack": "badnets", "poison_ratio": 0.1, "defense": "clp", "spc": 10, "partition": i,
+                         "seed": 0, "preset": "quick", "acc_pre": 0.9, "asr_pre": 0.99, "ra_pre": 0.01,
+                         "acc_post": 0.85, "asr_post": 0.5, "ra_post": 0.4, "arr": 0.05, "rdr": 0.4,
+                         "defense_seconds": 1.0, "config": {}, "details": {
+                             "defense": {}, "attacked_model": "47c769", "attacked_model_weights": weights}})
+    runner = CliRunner()
+    result = runner.invoke(app, ["report", "--store", str(path), "--out", str(tmp_path / "out"), "--no-pdf"])
+    assert result.exit_code == 0, result.output
+    assert "attacked model 47c769 come from 2 trainings" in result.output
+    assert "--where attacked_model_weights=DIGEST" in result.output
+    one = runner.invoke(app, ["report", "--store", str(path), "--out", str(tmp_path / "one"), "--no-pdf",
+                              "--where", "attacked_model_weights=aaaa000011112222"])
+    assert one.exit_code == 0 and "trainings" not in one.output

@@ -471,9 +471,10 @@ def report(
 ) -> None:
     """Draw the survey's figures (3-10) and write summary tables from stored results (read-only)."""
     from bd_core.errors import BdError
+    from bd_core.progress import log
     from bd_core.store import ResultStore
 
-    from bd_cli.report import draw_figures, parse_filters, select, write_tables
+    from bd_cli.report import draw_figures, mixed_trainings, parse_filters, select, write_tables
 
     path = store or default_store()
     try:
@@ -489,6 +490,8 @@ def report(
     if mixed:  # one box per defense must not pool fp32 and bf16 runs
         fail(f"{', '.join(mixed)} ran in more than one precision in {path}; keep one with --where precision=fp32 "
              "(or precision=bf16)")
+    for line in mixed_trainings(ok):
+        log(f"[yellow]warning:[/yellow] {line}")
     with _progress_line(f"drawing figures of {len(ok)} results"):
         written = write_tables(ok, failed, output)
         written += draw_figures(ok, output, pdf, pool)

@@ -32,7 +32,7 @@ SPLITS = {"spc": ("fig6_spc", "SPC"), "attack": ("fig7_attack", "attack"), "arch
           "dataset": ("fig9_dataset", "dataset"), "poison_ratio": ("fig10_poison_ratio", "poison ratio")}
 FLAT = ("key", "status", "dataset", "arch", "attack", "poison_ratio", "defense", "spc", "partition", "seed", "preset",
         "acc_pre", "asr_pre", "ra_pre", "acc_post", "asr_post", "ra_post", "arr", "rdr", "defense_seconds", "error",
-        "precision")
+        "precision", "attacked_model", "attacked_model_weights")
 
 # the survey's orders and letters (Figures 7-9)
 ATTACK_ORDER = ("badnets", "blended", "lf", "sig", "bpp", "inputaware", "ssba", "wanet")
@@ -70,6 +70,19 @@ def select(frame: pd.DataFrame, filters: dict[str, list[str]]) -> pd.DataFrame:
         as_number = pd.to_numeric(values, errors="coerce").isin(numbers.tolist()) if len(numbers) else False
         keep &= as_text | as_number
     return frame[keep]
+
+
+def mixed_trainings(frame: pd.DataFrame) -> list[str]:
+    """One line per attacked model whose results were computed on more than one training of it
+    (same configuration and cache key, other weights: the cache was rebuilt by other code or on
+    another machine). A figure then pools them as it would pool training seeds."""
+    lines = []
+    known = frame.dropna(subset=["attacked_model", "attacked_model_weights"])
+    for model, digests in known.groupby("attacked_model").attacked_model_weights.unique().items():
+        if len(digests) > 1:
+            lines.append(f"the results of attacked model {model} come from {len(digests)} trainings of it (weights "
+                         f"{', '.join(sorted(digests))}); keep one with --where attacked_model_weights=DIGEST")
+    return lines
 
 
 def families(frame: pd.DataFrame) -> dict[str, str]:
@@ -322,7 +335,8 @@ def figure5(frame: pd.DataFrame, title: str):
         ax.set_ylim(low - 0.08 * (high - low), high + 0.15 * (high - low))
         ax.grid(alpha=0.3)
         place_labels(fig, ax, xs, ys, [marked(d, fam[d]) for d in order])
-    axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
+    if axes[1].get_legend_handles_labels()[0]:  # the rectangles' key, where FP or FT was run
+        axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
     fig.suptitle(f"Figure 5: median ASR against median RDR and ARR per defense, {title}")
     fig.tight_layout()
     return fig
