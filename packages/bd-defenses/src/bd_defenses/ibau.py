@@ -119,7 +119,9 @@ class IBAU(Defense):
 
             grads, loss = hypergradient(delta, params, self.K, inner_map, outer_loss)
             for p, gr in zip(params, grads, strict=True):
-                p.grad = gr if isinstance(gr, Tensor) else torch.zeros_like(p)
+                # double backward gives conv weights' gradients in another layout; in the parameter's
+                # own, later backward passes accumulate into them without autograd's layout warning
+                p.grad = torch.empty_like(p).copy_(gr) if isinstance(gr, Tensor) else torch.zeros_like(p)
             return loss  # computed by the hypergradient already: no second forward
 
         # attention's fused kernels have no double backward; the math backend computes the same
