@@ -64,7 +64,7 @@ def main(folder: str, target: str) -> None:
         "# GPU results",
         "",
         f"Measured by `bash bench/gpu.sh` on **{bench['device']}**, torch {bench['torch']}, "
-        f"{time.strftime('%Y-%m-%d')}. Extension {build}; CUDA tests: {tests}; the CUDA tests under "
+        f"{time.strftime('%Y-%m-%d')}. Extension {build}; tests/bd_kernels: {tests}; the CUDA tests under "
         f"compute-sanitizer memcheck: {memcheck or '–'}.",
         "",
         f"## Kernels (device copy bandwidth measured in the same run: {copy} GB/s; target for the "

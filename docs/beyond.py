@@ -17,6 +17,7 @@ from bd_core.errors import BdError
 from bd_core.models import MODELS
 from bd_core.store import ResultStore
 from bd_defenses import DEFENSES, create_defense
+from defense_table import training  # docs/ is the script's folder
 
 OUT = Path(__file__).with_name("beyond.md")
 STORE = Path(__file__).with_name("beyond.sqlite")
@@ -38,11 +39,10 @@ def cells(runs: list[dict]) -> str:
 
 
 def model(runs: list[dict]) -> str:
-    """The attacked model the runs defended, named by its ACC/ASR before any defense: one
-    configuration was trained twice (the training loop's arithmetic changed in between, the
-    cache key did not), and a comparison is fair only within one trained instance. Newer rows
-    also store the weights' digest (details.attacked_model_weights)."""
-    return ", ".join(sorted({f"{r['acc_pre'] * 100:.2f}/{r['asr_pre'] * 100:.2f}" for r in runs})) or "–"
+    """The trained instance(s) of the attacked model the runs defended, named as docs/defense_table.py
+    names them (ACC / ASR before any defense): one configuration was trained twice under one cache
+    key, and a comparison is fair only within one instance."""
+    return ", ".join(sorted({training(r) for r in runs})) or "–"
 
 
 def chosen(runs: list[dict]) -> str:

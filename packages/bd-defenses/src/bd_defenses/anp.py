@@ -62,10 +62,8 @@ class ANP(Defense):
         check_positive(iterations=self.iterations, batch_size=self.batch_size, mask_lr=self.mask_lr,
                        pruning_step=self.pruning_step)
 
-    def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
-        return self.prune(self.learn(model, data, ctx), ctx)
-
-    # `--tune` varies the pruning tolerance: its candidates share the masks' 2000 iterations
+    # ANP is learn, then prune (Defense.__call__ runs the two stages); `--tune` varies the pruning
+    # tolerance, so its candidates share the masks' 2000 iterations
     second_stage_settings: ClassVar[frozenset[str]] = frozenset({"acc_ratio"})
 
     def first_stage(self, model: nn.Module, data: MitigationData, ctx: Context) -> LearnedMasks:

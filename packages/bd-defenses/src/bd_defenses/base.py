@@ -118,8 +118,10 @@ class Defense:
         if line:
             raise BdError(line)
 
-    def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:  # pragma: no cover
-        raise NotImplementedError
+    def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
+        """The defended model. A defense in two stages (below) is its second after its first; every
+        other defense overrides this."""
+        return self.second_stage(self.first_stage(model, data, ctx), data, ctx)
 
     # `--tune` candidates that differ only in these settings share the defense's costly first
     # stage (ANP's learned masks, NC's reversed triggers): `first_stage` runs once and

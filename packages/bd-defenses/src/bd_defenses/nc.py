@@ -78,11 +78,9 @@ class NC(Defense):
                        anomaly_threshold=self.anomaly_threshold, unlearn_epochs=self.unlearn_epochs,
                        unlearn_lr=self.unlearn_lr, batch_size=self.batch_size, class_chunk=self.class_chunk)
 
-    def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
-        return self.repair(model, self.reverse(model, data, ctx), data, ctx)
-
-    # `--tune` varies the anomaly threshold: its candidates share one reverse-engineering of every
-    # class, and those flagging the same classes share one unlearning
+    # NC is reverse, then repair (Defense.__call__ runs the two stages); `--tune` varies the anomaly
+    # threshold, so its candidates share one reverse-engineering of every class, and those
+    # flagging the same classes share one unlearning
     second_stage_settings: ClassVar[frozenset[str]] = frozenset({"anomaly_threshold"})
 
     def first_stage(self, model: nn.Module, data: MitigationData, ctx: Context) -> tuple[nn.Module, ReversedTriggers]:
