@@ -49,6 +49,17 @@ if ! timeout 60 $PY bench/gpu_exception_check.py > "$OUT/cuda-tests.txt" 2>&1 &&
     | grep -E "^#|SIGSEGV|signal|libstdc|libgcc_s|_C\.cpython|libc10\.so" | head -60 >> "$OUT/cuda-tests.txt"
 fi
 tail -2 "$OUT/cuda-tests.txt"
+# Not reproduced with the same torch wheel built by Debian's g++ 12 (CPU and sm_90 builds), so when
+# it crashes, rebuild with the system's g++ (if it is another compiler) and check again: that says
+# whether the toolchain is the cause, and the stages below then test a build that works.
+SYS_CXX=/usr/bin/g++
+if ! grep -q "^errors from the extension reach Python" "$OUT/cuda-tests.txt" && [ -x "$SYS_CXX" ] \
+    && [ "$(readlink -f "$(command -v "${CXX:-c++}")")" != "$(readlink -f "$SYS_CXX")" ]; then
+  echo "== crashed: rebuild with $SYS_CXX ($($SYS_CXX --version | head -1)) and check again ==" | tee -a "$OUT/cuda-tests.txt"
+  (cd packages/bd-kernels && rm -rf build && CXX=$SYS_CXX FORCE_CUDA=1 timeout 240 $PY setup.py -q build_ext --inplace) \
+    >> "$OUT/build.log" 2>&1 && timeout 60 $PY bench/gpu_exception_check.py >> "$OUT/cuda-tests.txt" 2>&1
+  tail -1 "$OUT/cuda-tests.txt"
+fi
 
 echo "== the CPU tests of the same build (the CUDA ones run under memcheck below) =="
 # in xdist workers (when the plugin is there): a crashing test then fails alone
