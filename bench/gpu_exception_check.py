@@ -29,11 +29,20 @@ checks = {
     "crop offsets": lambda: bd_kernels.apply_trigger(images, mean=mean, std=std, crop_offsets=torch.full((2, 2), 9),
                                                      padding=4),
 }
-for name, call in checks.items():
-    print(f"raising the {name} check ...", flush=True)
-    try:
-        call()
-        raise SystemExit(f"the {name} check raised nothing")
-    except RuntimeError as error:
-        print("  reached Python:", str(error)[:70], flush=True)
+
+def raise_each(when: str) -> None:
+    for name, call in checks.items():
+        print(f"raising the {name} check ({when}) ...", flush=True)
+        try:
+            call()
+            raise SystemExit(f"the {name} check raised nothing")
+        except RuntimeError as error:
+            print("  reached Python:", str(error)[:70], flush=True)
+
+
+raise_each("no CUDA context")
+if torch.cuda.is_available():  # the crashing test ran after 69 tests that had used the GPU
+    torch.zeros(1, device="cuda").add_(1)
+    torch.cuda.synchronize()
+    raise_each("a CUDA context live")
 print("errors from the extension reach Python", flush=True)
