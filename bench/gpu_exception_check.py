@@ -8,8 +8,12 @@ Each step prints before it runs, so the last line printed names the step that cr
 
 from __future__ import annotations
 
+import faulthandler
+
 import bd_kernels
 import torch
+
+faulthandler.enable()  # on a crash, the Python stack of the call that crashed
 
 if not bd_kernels.has_extension():
     raise SystemExit("bd_kernels' compiled extension is not loaded: build it first (bench/gpu.sh does)")

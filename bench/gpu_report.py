@@ -51,6 +51,25 @@ def test_summary(path: Path) -> str:
     return "; ".join(parts) or "–"
 
 
+def exception_check(path: Path) -> str:
+    """What bench/gpu_exception_check.py found: do errors thrown in the extension reach Python
+    (on the first build, and on the rebuild with the system's g++ that gpu.sh makes if not)?"""
+    if not path.exists():
+        return "not run"
+    text = path.read_text(errors="replace")
+    ok = "errors from the extension reach Python"
+    rebuild = re.search(r"== crashed: rebuild with (.+?) and check again ==", text)
+    if rebuild:
+        first, second = text[:rebuild.start()], text[rebuild.end():]
+        last = re.findall(r"^raising the .+$", first, re.M)
+        return (f"crashed on the first build{' at: ' + last[-1] if last else ''}; rebuilt with {rebuild.group(1)}: "
+                + ("errors reach Python" if ok in second else "crashed again"))
+    if ok in text:
+        return "errors reach Python"
+    last = re.findall(r"^raising the .+$", text, re.M)
+    return "did not finish" + (f" (last step: {last[-1]})" if last else "")
+
+
 def main(folder: str, target: str) -> None:
     out = Path(folder)
     bench = json.loads((out / "gpu_bench.json").read_text())
@@ -58,13 +77,15 @@ def main(folder: str, target: str) -> None:
     rows, copy = kernel_rows(kernels)
     tests = test_summary(out / "cuda-tests.txt")
     build = (out / "build-time.txt").read_text().strip().splitlines()[0] if (out / "build-time.txt").exists() else "–"
+    raised = exception_check(out / "cuda-tests.txt")
     memcheck = ", ".join(line.strip("= ") for line in (last_line(out / "memcheck.txt", "passed"),
                                                        last_line(out / "memcheck.txt", "ERROR SUMMARY")) if line)
     lines = [
         "# GPU results",
         "",
         f"Measured by `bash bench/gpu.sh` on **{bench['device']}**, torch {bench['torch']}, "
-        f"{time.strftime('%Y-%m-%d')}. Extension {build}; tests/bd_kernels: {tests}; the CUDA tests under "
+        f"{time.strftime('%Y-%m-%d')}. Extension {build}; errors thrown in it: {raised}; "
+        f"tests/bd_kernels: {tests}; the CUDA tests under "
         f"compute-sanitizer memcheck: {memcheck or '–'}.",
         "",
         f"## Kernels (device copy bandwidth measured in the same run: {copy} GB/s; target for the "
