@@ -30,9 +30,10 @@ ARCH=$($PY -c 'import torch; m, n = torch.cuda.get_device_capability(); print(f"
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$ARCH}
 
 echo "== build bd_kernels for sm_${ARCH/./} =="
+# in place, for this GPU, by the compiler CXX names (cpp_extension's default: c++)
+build_extension() { (cd packages/bd-kernels && rm -rf build && FORCE_CUDA=1 timeout 240 $PY setup.py -q build_ext --inplace); }
 start=$(date +%s)
-(cd packages/bd-kernels && FORCE_CUDA=1 timeout 240 $PY setup.py -q build_ext --inplace) > "$OUT/build.log" 2>&1 \
-  || { tail -30 "$OUT/build.log"; exit 1; }
+build_extension > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
 {
   echo "built in $(( $(date +%s) - start )) s"
   $PY -c 'import bd_kernels, json; print(json.dumps(bd_kernels.build_info()))'
@@ -44,7 +45,9 @@ start=$(date +%s)
 echo "== errors raised by the extension reach Python =="
 # SIGSEGV there on 2026-12-04 (see bench/RESULTS.md); on a crash, a backtrace and the loaded C++ runtimes
 GDB=$(command -v cuda-gdb || ls /usr/local/cuda*/bin/cuda-gdb 2>/dev/null | head -1)
-if ! timeout 60 $PY bench/gpu_exception_check.py > "$OUT/cuda-tests.txt" 2>&1 && [ -n "$GDB" ]; then
+timeout 60 $PY bench/gpu_exception_check.py > "$OUT/cuda-tests.txt" 2>&1
+raised=$?  # 0: both checks raised into Python
+if [ $raised -ne 0 ] && [ -n "$GDB" ]; then
   timeout 120 "$GDB" -q -batch -ex run -ex bt -ex "info sharedlibrary" --args $PY bench/gpu_exception_check.py 2>&1 \
     | grep -E "^#|SIGSEGV|signal|libstdc|libgcc_s|_C\.cpython|libc10\.so" | head -60 >> "$OUT/cuda-tests.txt"
 fi
@@ -53,11 +56,11 @@ tail -2 "$OUT/cuda-tests.txt"
 # it crashes, rebuild with the system's g++ (if it is another compiler) and check again: that says
 # whether the toolchain is the cause, and the stages below then test a build that works.
 SYS_CXX=/usr/bin/g++
-if ! grep -q "^errors from the extension reach Python" "$OUT/cuda-tests.txt" && [ -x "$SYS_CXX" ] \
+if [ $raised -ne 0 ] && [ -x "$SYS_CXX" ] \
     && [ "$(readlink -f "$(command -v "${CXX:-c++}")")" != "$(readlink -f "$SYS_CXX")" ]; then
   echo "== crashed: rebuild with $SYS_CXX ($($SYS_CXX --version | head -1)) and check again ==" | tee -a "$OUT/cuda-tests.txt"
-  (cd packages/bd-kernels && rm -rf build && CXX=$SYS_CXX FORCE_CUDA=1 timeout 240 $PY setup.py -q build_ext --inplace) \
-    >> "$OUT/build.log" 2>&1 && timeout 60 $PY bench/gpu_exception_check.py >> "$OUT/cuda-tests.txt" 2>&1
+  CXX=$SYS_CXX build_extension >> "$OUT/build.log" 2>&1 \
+    && timeout 60 $PY bench/gpu_exception_check.py >> "$OUT/cuda-tests.txt" 2>&1
   tail -1 "$OUT/cuda-tests.txt"
 fi
 

@@ -58,16 +58,17 @@ def exception_check(path: Path) -> str:
         return "not run"
     text = path.read_text(errors="replace")
     ok = "errors from the extension reach Python"
+
+    def last_step(log: str) -> str:  # the check prints each step before it runs it
+        steps = re.findall(r"^raising the .+$", log, re.M)
+        return f" (last step: {steps[-1]})" if steps else ""
+
     rebuild = re.search(r"== crashed: rebuild with (.+?) and check again ==", text)
     if rebuild:
         first, second = text[:rebuild.start()], text[rebuild.end():]
-        last = re.findall(r"^raising the .+$", first, re.M)
-        return (f"crashed on the first build{' at: ' + last[-1] if last else ''}; rebuilt with {rebuild.group(1)}: "
+        return (f"crashed on the first build{last_step(first)}; rebuilt with {rebuild.group(1)}: "
                 + ("errors reach Python" if ok in second else "crashed again"))
-    if ok in text:
-        return "errors reach Python"
-    last = re.findall(r"^raising the .+$", text, re.M)
-    return "did not finish" + (f" (last step: {last[-1]})" if last else "")
+    return "errors reach Python" if ok in text else "did not finish" + last_step(text)
 
 
 def main(folder: str, target: str) -> None:
