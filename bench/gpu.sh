@@ -43,26 +43,19 @@ build_extension > "$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; 
 } 2>&1 | tee "$OUT/build-time.txt"
 
 echo "== errors raised by the extension reach Python =="
-# SIGSEGV there on 2026-12-04 (see bench/RESULTS.md); on a crash, a backtrace and the loaded C++ runtimes
-GDB=$(command -v cuda-gdb || ls /usr/local/cuda*/bin/cuda-gdb 2>/dev/null | head -1)
+# SIGSEGV on the H200 of 2026-12-04: its relocated g++ linked libstdc++ statically into the extension
+# (bench/RESULTS.md; setup.py now links the shared one and checks). On a crash: a backtrace and the
+# loaded C++ runtimes
+GDB=$(command -v gdb || command -v cuda-gdb || ls /usr/local/cuda*/bin/cuda-gdb 2>/dev/null | head -1)
 timeout 60 $PY bench/gpu_exception_check.py > "$OUT/cuda-tests.txt" 2>&1
-raised=$?  # 0: both checks raised into Python
+raised=$?  # 0: every check raised into Python
 if [ $raised -ne 0 ] && [ -n "$GDB" ]; then
   timeout 120 "$GDB" -q -batch -ex run -ex bt -ex "info sharedlibrary" --args $PY bench/gpu_exception_check.py 2>&1 \
     | grep -E "^#|SIGSEGV|signal|libstdc|libgcc_s|_C\.cpython|libc10\.so" | head -60 >> "$OUT/cuda-tests.txt"
 fi
 tail -2 "$OUT/cuda-tests.txt"
-# Not reproduced with the same torch wheel built by Debian's g++ 12 (CPU and sm_90 builds), so when
-# it crashes, rebuild with the system's g++ (if it is another compiler) and check again: that says
-# whether the toolchain is the cause, and the stages below then test a build that works.
-SYS_CXX=/usr/bin/g++
-if [ $raised -ne 0 ] && [ -x "$SYS_CXX" ] \
-    && [ "$(readlink -f "$(command -v "${CXX:-c++}")")" != "$(readlink -f "$SYS_CXX")" ]; then
-  echo "== crashed: rebuild with $SYS_CXX ($($SYS_CXX --version | head -1)) and check again ==" | tee -a "$OUT/cuda-tests.txt"
-  CXX=$SYS_CXX build_extension >> "$OUT/build.log" 2>&1 \
-    && timeout 60 $PY bench/gpu_exception_check.py >> "$OUT/cuda-tests.txt" 2>&1
-  tail -1 "$OUT/cuda-tests.txt"
-fi
+# BD_GPU_CHECK_ONLY=1: stop here (a short lease spent on the diagnosis alone)
+[ -z "${BD_GPU_CHECK_ONLY:-}" ] || exit 0
 
 echo "== the CPU tests of the same build (the CUDA ones run under memcheck below) =="
 # in xdist workers (when the plugin is there): a crashing test then fails alone

@@ -9,6 +9,7 @@ extension (every op then runs its reference implementation).
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -33,6 +34,30 @@ def find_cuda_home() -> None:
             return
 
 
+def load_linkage():
+    """bd_kernels/linkage.py, loaded by path: importing the package would load a stale extension."""
+    spec = importlib.util.spec_from_file_location("bd_kernels_linkage", HERE / "src" / "bd_kernels" / "linkage.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+linkage = load_linkage()
+
+
+def checked_build_ext(base):
+    """torch's BuildExtension, then a check that the extension shares the process's libstdc++."""
+
+    class CheckedBuildExtension(base):
+        def build_extension(self, ext) -> None:
+            super().build_extension(ext)
+            error = linkage.static_libstdcxx_error(self.get_ext_fullpath(ext.name))
+            if error:
+                raise RuntimeError(error)
+
+    return CheckedBuildExtension
+
+
 def cuda_home() -> str | None:
     from torch.utils import cpp_extension
 
@@ -53,17 +78,17 @@ def extension_modules():
     # -g0: Python's own CFLAGS carry -g, and debug info for torch's templates costs a third of
     # the compile time of a wheel nobody debugs (`make asan` builds its own copy with -g)
     cxx = ["-O3", "-g0", "-fopenmp-simd", f'-DBD_TORCH_VERSION="{version}"']
-    link = []
+    link = list(linkage.DYNAMIC_LIBSTDCXX)
     if os.environ.get("BD_KERNELS_SANITIZE") == "address":  # `make asan`: AddressSanitizer build of the CPU ops
         cxx = ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer", "-fopenmp-simd",
                f'-DBD_TORCH_VERSION="{version}"']
-        link = ["-fsanitize=address"]
+        link += ["-fsanitize=address"]
     with_cuda = os.environ.get("FORCE_CUDA") == "1" or (cuda_home() is not None
                                                         and os.environ.get("BD_KERNELS_CPU_ONLY") != "1")
     if not with_cuda:
         ext = cpp_extension.CppExtension("bd_kernels._C", sources, extra_compile_args={"cxx": cxx},
                                          extra_link_args=link)
-        return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+        return [ext], {"build_ext": checked_build_ext(cpp_extension.BuildExtension).with_options(use_ninja=True)}
 
     archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     sources += [os.path.relpath(s, HERE) for s in sorted(glob.glob(str(CSRC / "ops" / "cuda" / "*.cu")))]
@@ -85,8 +110,9 @@ def extension_modules():
         include_dirs=include_dirs,
         library_dirs=library_dirs,
         extra_compile_args={"cxx": cxx + flags, "nvcc": ["-O3", "--use_fast_math"] + flags},
+        extra_link_args=link,
     )
-    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+    return [ext], {"build_ext": checked_build_ext(cpp_extension.BuildExtension).with_options(use_ninja=True)}
 
 
 ext_modules, cmdclass = extension_modules()

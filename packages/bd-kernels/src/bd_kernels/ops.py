@@ -6,6 +6,7 @@ device, every op runs its twin in `bd_kernels.reference` (with a one-time warnin
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from dataclasses import dataclass, field
 
@@ -13,14 +14,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bd_kernels import reference
+from bd_kernels import linkage, reference
 
 MAX_PADDING = 1 << 20  # as csrc/ops/apply_trigger.h: no index derived from it can overflow
 
-try:
-    from bd_kernels import _C  # noqa: F401  (registers torch.ops.bd_kernels.*)
 
-    _BUILD: dict = dict(_C.build_info())
+def _load_extension():
+    """Import `bd_kernels._C`, refusing one with its own static libstdc++ (see bd_kernels.linkage):
+    loaded, its first error would crash the process instead of raising."""
+    spec = importlib.util.find_spec("bd_kernels._C")
+    error = spec is not None and spec.origin and linkage.static_libstdcxx_error(spec.origin)
+    if error:
+        raise ImportError(error)
+    from bd_kernels import _C  # registers torch.ops.bd_kernels.*
+
+    return _C
+
+
+try:
+    _BUILD: dict = dict(_load_extension().build_info())
     _LOAD_ERROR = ""
 except ImportError as _e:  # not built, or built against another torch: the reference path serves every op
     _BUILD = {}
