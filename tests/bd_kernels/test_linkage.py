@@ -3,6 +3,7 @@ every error raised by a kernel crash Python on the H200 lent on 2026-12-04."""
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from bd_kernels import linkage
+from bd_kernels import ops as kops
 from kernel_cases import needs_extension
 
 # a TORCH_CHECK's message in miniature: an int formatted into a stream, then thrown
@@ -67,6 +69,15 @@ def test_the_link_flags_take_the_shared_libstdcxx_where_the_toolchain_finds_only
     fixed = build_shared_object(tmp_path, "fixed.so", *linkage.DYNAMIC_LIBSTDCXX)
     assert "libstdc++.so.6" in linkage.needed_libraries(fixed)
     assert linkage.static_libstdcxx_error(fixed) is None
+
+
+def test_bd_kernels_refuses_to_load_an_extension_with_its_own_libstdcxx(tmp_path, monkeypatch):
+    static_only_toolchain((tmp_path / "toolchain").mkdir() or tmp_path / "toolchain")
+    plain = build_shared_object(tmp_path, "plain.so")  # stands in for bd_kernels/_C*.so
+    spec = importlib.machinery.ModuleSpec("bd_kernels._C", None, origin=str(plain))
+    monkeypatch.setattr(kops.importlib.util, "find_spec", lambda name: spec)
+    with pytest.raises(ImportError, match="libstdc\\+\\+ linked in statically"):
+        kops._load_extension()
 
 
 def test_files_that_are_not_elf_objects_need_nothing(tmp_path):
