@@ -39,9 +39,12 @@ def test_needed_libraries_reads_what_readelf_reads():
     assert linkage.needed_libraries(extension_path()) == want and len(want) >= 3
 
 
-def static_only_toolchain(folder: Path) -> Path:
+@pytest.fixture
+def static_only_toolchain(tmp_path: Path) -> Path:
     """A folder laid out like /opt/gcc's library folder on that H200: libstdc++.a, and a relative
-    libstdc++.so link that does not resolve from there."""
+    libstdc++.so link that does not resolve from there (build_shared_object searches it first)."""
+    folder = tmp_path / "toolchain"
+    folder.mkdir()
     compiler = shutil.which("g++")
     archive = compiler and subprocess.run([compiler, "-print-file-name=libstdc++.a"], capture_output=True,
                                           text=True).stdout.strip()
@@ -60,8 +63,8 @@ def build_shared_object(tmp_path: Path, name: str, *flags: str) -> Path:
     return out
 
 
-def test_the_link_flags_take_the_shared_libstdcxx_where_the_toolchain_finds_only_the_static_one(tmp_path):
-    static_only_toolchain((tmp_path / "toolchain").mkdir() or tmp_path / "toolchain")
+def test_the_link_flags_take_the_shared_libstdcxx_where_the_toolchain_finds_only_the_static_one(
+        tmp_path, static_only_toolchain):
     plain = build_shared_object(tmp_path, "plain.so")
     # the failure, reproduced: the compiler's own -lstdc++ took the archive
     assert not any(name.startswith("libstdc++") for name in linkage.needed_libraries(plain))
@@ -71,8 +74,8 @@ def test_the_link_flags_take_the_shared_libstdcxx_where_the_toolchain_finds_only
     assert linkage.static_libstdcxx_error(fixed) is None
 
 
-def test_bd_kernels_refuses_to_load_an_extension_with_its_own_libstdcxx(tmp_path, monkeypatch):
-    static_only_toolchain((tmp_path / "toolchain").mkdir() or tmp_path / "toolchain")
+def test_bd_kernels_refuses_to_load_an_extension_with_its_own_libstdcxx(tmp_path, static_only_toolchain,
+                                                                        monkeypatch):
     plain = build_shared_object(tmp_path, "plain.so")  # stands in for bd_kernels/_C*.so
     spec = importlib.machinery.ModuleSpec("bd_kernels._C", None, origin=str(plain))
     monkeypatch.setattr(kops.importlib.util, "find_spec", lambda name: spec)
