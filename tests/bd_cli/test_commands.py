@@ -40,6 +40,21 @@ def test_flags_show_no_type_and_a_typer_without_the_hook_still_works(monkeypatch
     assert bd("defend", "--help").exit_code == 0
 
 
+def test_merge_brings_rows_of_a_grid_run_elsewhere_into_the_store(tmp_path):
+    from bd_core.store import ResultStore
+
+    for name, keys in (("here", ["a"]), ("gpu", ["a", "b", "c"])):
+        with ResultStore(tmp_path / f"{name}.sqlite") as store:
+            for key in keys:
+                store.put({"key": key, "status": "ok", "defense": "ft", "acc_post": 0.5})
+    result = bd("merge", str(tmp_path / "gpu.sqlite"), "--into", str(tmp_path / "here.sqlite"), "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert json_of(result)["sources"][str(tmp_path / "gpu.sqlite")] == {"added": 2, "kept": 1}
+    assert json_of(result)["rows"] == 3
+    missing = bd("merge", str(tmp_path / "none.sqlite"), "--into", str(tmp_path / "here.sqlite"))
+    assert missing.exit_code == 2 and "no results file at" in missing.output
+
+
 def test_run_clp_on_vgg19(tmp_path):
     result = bd("run", "--defense", "clp", "--arch", "vgg19", "--dataset", "synthetic", "--device", "cpu",
                 "--store", str(tmp_path / "r.sqlite"), "--format", "json")
@@ -47,6 +62,7 @@ def test_run_clp_on_vgg19(tmp_path):
     record = json_of(result)
     assert record["defense"] == "clp" and record["arch"] == "vgg19-bn" and record["details"]["defense"]["data_free"]
     assert re.fullmatch(r"[0-9a-f]{16}", record["details"]["attacked_model_weights"])
+    assert record["details"]["device"] == "cpu"  # where the numbers were computed
 
 
 def test_run_tuned_and_refusal_on_vit(tmp_path):

@@ -10,7 +10,7 @@ import textwrap
 import time
 
 import pytest
-from bd_core.store import ResultStore
+from bd_core.store import ResultStore, StoreError
 
 METRICS = ("acc_pre", "asr_pre", "ra_pre", "acc_post", "asr_post", "ra_post", "arr", "rdr")
 
@@ -39,6 +39,21 @@ def test_failed_unit_is_recorded_then_replaced_by_success(tmp_path):
         assert store.has("k") and store.count() == 1 and store.get("k")["status"] == "ok"
 
 
+def test_merge_adds_new_rows_keeps_finished_ones_and_replaces_failures(tmp_path):
+    with ResultStore(tmp_path / "here.sqlite") as here, ResultStore(tmp_path / "gpu.sqlite") as gpu:
+        here.put(row("done", acc_post=0.9))
+        here.put(row("broke", status="failed", error="OSError"))
+        gpu.put(row("done", acc_post=0.1, created_at="2026-01-01T00:00:00"))
+        gpu.put(row("broke", details={"device": "cuda: H200"}))
+        gpu.put(row("new", details={"device": "cuda: H200"}))
+        assert here.merge(gpu) == {"added": 2, "kept": 1}
+        assert here.get("done")["acc_post"] == 0.9  # a finished row is never overwritten
+        assert here.get("broke")["status"] == "ok" and here.get("new")["details"] == {"device": "cuda: H200"}
+        assert here.merge(gpu) == {"added": 0, "kept": 3} and here.count() == 3  # merging again changes nothing
+        with pytest.raises(StoreError, match="into itself"):
+            here.merge(here)
+
+
 def test_query_filters_and_rejects_unknown_columns(tmp_path):
     with ResultStore(tmp_path / "r.sqlite") as store:
         store.put(row("a", spc=2))
@@ -51,7 +66,7 @@ def test_query_filters_and_rejects_unknown_columns(tmp_path):
 WRITER = textwrap.dedent(
     """
     import sys
-    from bd_core.store import ResultStore
+    from bd_core.store import ResultStore, StoreError
     metrics = {m: 0.25 for m in %r}
     store = ResultStore(sys.argv[1])
     for i in range(int(sys.argv[2])):

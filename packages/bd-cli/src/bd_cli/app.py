@@ -648,6 +648,42 @@ def grid(
         raise typer.Exit(1)  # the other units ran and are stored; the exit status says not all did
 
 
+@app.command(
+    epilog="Examples:\n\n"
+    "  bd merge gpu-run/grid.sqlite --into docs/beyond.sqlite\n\n"
+    "  bd merge node1.sqlite node2.sqlite   (into the default results file)",
+)
+def merge(
+    sources: Annotated[list[Path], typer.Argument(help="results files to copy rows from (read only)")],
+    into: Annotated[Path | None, typer.Option(
+            help="results file that receives them [default: ~/.cache/bd/results.sqlite]")] = None,
+    format: Annotated[Format, typer.Option(help="table or json summary")] = Format.table,
+) -> None:
+    """Merge results files: rows of a grid run elsewhere join this store. A finished row already
+    here is kept (never overwritten); a failed one gives way to a finished one."""
+    from bd_core.errors import BdError
+    from bd_core.store import ResultStore
+
+    path = into or default_store()
+    summary: dict[str, dict[str, int]] = {}
+    try:
+        with ResultStore(path) as target:
+            for source in sources:
+                with ResultStore(source, readonly=True) as rows:
+                    summary[str(source)] = target.merge(rows)
+            total = target.count()
+    except BdError as e:
+        fail(str(e))
+
+    def show_table() -> None:
+        for source, counts in summary.items():
+            out.print(f"{source}: {counts['added']} rows added, {counts['kept']} already in {path}",
+                      soft_wrap=True, highlight=False)
+        out.print(f"{path} now holds {total} rows", soft_wrap=True, highlight=False)
+
+    emit({"into": str(path), "sources": summary, "rows": total}, format, show_table)
+
+
 class Listing(str, Enum):
     attacks = "attacks"
     defenses = "defenses"

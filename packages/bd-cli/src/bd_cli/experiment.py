@@ -144,6 +144,14 @@ def unlabeled_data(defense, data: DataBundle, spec: ExperimentSpec):
     return as_unlabeled(load_dataset(name, "train"), data.train, count, seed=spec.attack.seed)
 
 
+def device_label(device: str) -> str:
+    """Where a result was computed, as the record keeps it: "cpu", or "cuda: <GPU name>" (a store can
+    hold rows from both, e.g. a CPU grid completed on a lent GPU)."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(torch.device(device))}"
+    return device
+
+
 def execute(
     spec: ExperimentSpec, data: DataBundle, cache: ModelCache, device: str = "cpu",
     attacked: AttackedModel | None = None,
@@ -205,6 +213,7 @@ def execute(
             "attacked_model": attacked.meta.get("cache_key"),
             "attacked_model_weights": weights,
             "attacked_model_cached": cache_hit,
+            "device": device_label(device),
             "approximations": approximations(spec, data),
             **({"warnings": [warning]} if warning else {}),
         },

@@ -159,6 +159,17 @@ class ResultStore:
                              ) from None
         return cur.rowcount > 0
 
+    def merge(self, source: ResultStore) -> dict[str, int]:
+        """Copy in the rows of another results file (a grid run elsewhere: a lent GPU, a second
+        machine): each row is `put` as it is, so a finished row here is never overwritten and a
+        failed one gives way to the other file's; returns how many rows were added and kept."""
+        if source.path.resolve() == self.path.resolve():
+            raise StoreError(f"{source.path} cannot be merged into itself; pass --into with another results file")
+        counts = {"added": 0, "kept": 0}
+        for row in source.query():
+            counts["added" if self.put(row) else "kept"] += 1
+        return counts
+
     def get(self, key: str) -> dict[str, Any] | None:
         rows = self.query(key=key)
         return rows[0] if rows else None
