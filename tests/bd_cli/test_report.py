@@ -34,7 +34,7 @@ def store(tmp_path_factory):
                          "attack": attack, "poison_ratio": 0.1, "defense": defense, "spc": spc, "partition": partition,
                          "seed": 0, "preset": "quick", "acc_pre": 0.9, "asr_pre": 0.99, "ra_pre": 0.01,
                          "acc_post": 0.85, "asr_post": asr, "ra_post": 0.9 - asr, "arr": 0.05 + asr / 10,
-                         "rdr": asr, "defense_seconds": 1.0, "details": {"defense": {}}, "config": {
+                         "rdr": asr, "defense_seconds": 1.0, "details": {"defense": {}, "device": "cpu"}, "config": {
                              "defense_settings": {"u": 3.0}, "attack": {"attack_settings": {"patch": 3}}}})
         results.put({"key": "bad", "status": "failed", "dataset": "fashion-mnist", "defense": "ft", "error": "boom"})
     return path
@@ -51,7 +51,7 @@ def test_to_frame_is_flat_with_metrics_and_settings(store, frame):
     for column in ("acc_pre", "asr_pre", "ra_pre", "acc_post", "asr_post", "ra_post", "arr", "rdr", "spc",
                    "defense_settings", "attack_settings"):
         assert column in frame.columns
-    assert frame.defense_settings.iloc[0] == '{"u": 3.0}'
+    assert frame.defense_settings.iloc[0] == '{"u": 3.0}' and (frame.device == "cpu").all()
     with ResultStore(store, readonly=True) as results:
         assert len(results.to_frame(status=None)) == len(frame) + 1
 

@@ -32,7 +32,7 @@ SPLITS = {"spc": ("fig6_spc", "SPC"), "attack": ("fig7_attack", "attack"), "arch
           "dataset": ("fig9_dataset", "dataset"), "poison_ratio": ("fig10_poison_ratio", "poison ratio")}
 FLAT = ("key", "status", "dataset", "arch", "attack", "poison_ratio", "defense", "spc", "partition", "seed", "preset",
         "acc_pre", "asr_pre", "ra_pre", "acc_post", "asr_post", "ra_post", "arr", "rdr", "defense_seconds", "error",
-        "precision", "attacked_model", "attacked_model_weights")
+        "precision", "attacked_model", "attacked_model_weights", "device")
 
 # the survey's orders and letters (Figures 7-9)
 ATTACK_ORDER = ("badnets", "blended", "lf", "sig", "bpp", "inputaware", "ssba", "wanet")

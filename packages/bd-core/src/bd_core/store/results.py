@@ -192,8 +192,9 @@ class ResultStore:
 
     def to_frame(self, status: str | None = "ok"):
         """The results as a pandas DataFrame, one row per experiment with flat columns: the
-        experiment's settings, pre/post metrics, ARR, RDR, time, and the defense's and attack's
-        settings (JSON text); `status=None` keeps failed rows too."""
+        experiment's settings, pre/post metrics, ARR, RDR, time, the device it ran on (None in rows
+        stored before bd recorded it), and the defense's and attack's settings (JSON text);
+        `status=None` keeps failed rows too."""
         import pandas as pd
 
         rows = self.query(**({"status": status} if status else {}))
@@ -207,12 +208,13 @@ class ResultStore:
                 "attack_settings": json.dumps(attack.get("attack_settings", {}), sort_keys=True),
                 "attacked_model": details.get("attacked_model"),
                 "attacked_model_weights": details.get("attacked_model_weights"),
+                "device": details.get("device"),  # absent from rows stored before bd recorded it (all CPU)
                 "warnings": " | ".join(details.get("warnings", [])),
                 "precision": config.get("precision", "fp32") if isinstance(config, dict) else "fp32",
             })
         columns = [c for c in COLUMNS if c not in JSON_COLUMNS] + ["defense_settings", "attack_settings",
                                                                     "attacked_model", "attacked_model_weights",
-                                                                    "warnings", "precision"]
+                                                                    "device", "warnings", "precision"]
         return pd.DataFrame(flat, columns=columns)
 
     def count(self) -> int:
