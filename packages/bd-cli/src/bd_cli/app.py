@@ -582,6 +582,7 @@ def grid(
     from bd_core.paths import cache_root
     from bd_core.progress import make_progress
     from bd_core.store import ResultStore
+    from bd_core.threads import withdraw
 
     from bd_cli.grid import GridSpec, bind_units, choose_runner, run_grid
 
@@ -623,6 +624,7 @@ def grid(
         with ResultStore(path) as results:
             done = sum(results.has(u.key) for u in bind_units(units, data_dir))
             runner, threads = choose_runner(backend.value, address, workers, dev)
+            withdraw()  # this process only waits for the workers: they share the cores
             with make_progress() as progress:
                 task = progress.add_task("grid", total=len(units) - done, status="")
 

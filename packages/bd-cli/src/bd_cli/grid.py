@@ -21,6 +21,7 @@ import tomllib
 from bd_core.attacked import AttackSpec, DataBundle, load_data, obtain_attacked_model, weak_attack_warning
 from bd_core.errors import InvalidRequest
 from bd_core.store import ModelCache, ResultStore, load_model
+from bd_core.threads import cores, fixed_threads, share_cores
 from bd_core.train import PRESETS, Recipe, check_precision
 
 from bd_cli.experiment import ExperimentSpec, execute
@@ -158,6 +159,8 @@ def _prepare(setup: WorkerSetup) -> None:
     quiet_library_warnings()
     if setup.threads:
         torch.set_num_threads(setup.threads)
+    else:  # its share of the cores among every live bd process (other grids, `bd run`s), kept between epochs
+        share_cores()
     for name, recipe in setup.presets.items():
         PRESETS.setdefault(name, Recipe(**recipe))
 
@@ -211,16 +214,16 @@ def local_runner(workers: int) -> Runner:
 
 def choose_runner(backend: str, address: str | None, workers: int, device: str) -> tuple[Runner, int]:
     """(runner, torch threads per worker): Ray tasks take one thread each; the local pool runs one
-    worker per core (per GPU on CUDA) unless told otherwise and shares the cores among them."""
+    worker per core (per GPU on CUDA) unless told otherwise. Its workers take the number fixed by
+    $BD_THREADS or OMP_NUM_THREADS, else 0: each its share of the cores among all live bd
+    processes, so two grids side by side (or a grid and a `bd run`) do not oversubscribe them."""
     if backend == "ray":
         return ray_runner(address), 1
-    cores = os.cpu_count() or 1
     if not workers:
         import torch
 
-        workers = torch.cuda.device_count() if device.startswith("cuda") else cores
-    workers = max(1, workers)
-    return local_runner(workers), max(1, cores // workers)
+        workers = torch.cuda.device_count() if device.startswith("cuda") else cores()
+    return local_runner(max(1, workers)), fixed_threads() or 0
 
 
 def ray_runner(address: str | None) -> Runner:

@@ -5,7 +5,8 @@ run sixteen threads on four cores and slow each other down many times over. A bd
 registers itself in a folder of live processes ($BD_CACHE/running/<pid>), takes
 cores // live processes threads, and looks again between epochs (`rebalance`), so the share
 follows processes as they start and end. $BD_THREADS, or OMP_NUM_THREADS set by the user,
-fixes the number instead; `bd grid` sets it per worker.
+fixes the number instead. `bd grid`'s pool workers share the same way (each registers), and
+the grid's own process, which only waits for them, withdraws (`withdraw`).
 """
 
 from __future__ import annotations
@@ -88,6 +89,14 @@ def share_cores() -> int:
     if share != torch.get_num_threads():
         torch.set_num_threads(share)
     return share
+
+
+def withdraw() -> None:
+    """Stop counting this process in the share (a grid's driver while its workers compute)."""
+    global _registered
+    if _registered is not None:
+        _registered.unlink(missing_ok=True)
+        _registered = None
 
 
 def rebalance() -> None:
