@@ -11,13 +11,18 @@
 # Arguments are `bd grid`'s, added to SLICE (default: the #17 grid's 3 attacks x 3 partitions, quick).
 # WORKERS processes share the GPU (the quick models leave it mostly idle); the grid stops at
 # BUDGET_S, keeping every finished unit (an unfinished one is run again by the next grid).
+# STORE names the results file (several lanes of different lengths can run side by side, each
+# with its own); SEED, a store copied into it first, makes the grid skip the units SEED has.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-bench/gpu-out}
 BUDGET_S=${BUDGET_S:-480}
 WORKERS=${WORKERS:-12}
+STORE=${STORE:-$OUT/grid.sqlite}
+LOG=${STORE%.sqlite}.log
 mkdir -p "$OUT"
+[ -n "${SEED:-}" ] && [ ! -e "$STORE" ] && cp "$SEED" "$STORE"
 export PYTHONPATH="$PWD/packages/bd-kernels/src:$PWD/packages/bd-core/src:$PWD/packages/bd-defenses/src:$PWD/packages/bd-cli/src"
 export BD_PROGRESS=0 BD_CACHE=${BD_CACHE:-/tmp/bd-gpu-cache} BD_DATA=${BD_DATA:-$PWD/.bd/data} PYTHONUNBUFFERED=1
 export OMP_NUM_THREADS=1
@@ -27,10 +32,10 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT/device.tx
 SLICE=${SLICE:---attack badnets,blended,ssba --partitions 3 --preset quick}
 # timeout signals its whole process group: the pool's workers stop with the grid
 timeout -s INT -k 10 "$BUDGET_S" $PY -m bd_cli.app grid $SLICE \
-  --store "$OUT/grid.sqlite" --workers "$WORKERS" --device "${DEVICE:-cuda}" "$@" 2>&1 | tail -40 > "$OUT/grid.log"
-echo "grid exit status ${PIPESTATUS[0]}" >> "$OUT/grid.log"
+  --store "$STORE" --workers "$WORKERS" --device "${DEVICE:-cuda}" "$@" 2>&1 | tail -40 > "$LOG"
+echo "grid exit status ${PIPESTATUS[0]}" >> "$LOG"
 # one self-contained file comes back (no -wal beside it)
 $PY -c "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('PRAGMA wal_checkpoint(TRUNCATE)'); \
-print(c.execute('select status, count(*) from results group by status').fetchall())" "$OUT/grid.sqlite" \
-  >> "$OUT/grid.log" 2>&1
-tail -8 "$OUT/grid.log"
+print(c.execute('select status, count(*) from results group by status').fetchall())" "$STORE" \
+  >> "$LOG" 2>&1
+tail -8 "$LOG"

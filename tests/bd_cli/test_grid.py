@@ -83,6 +83,26 @@ def test_local_backend_runs_every_unit_once_and_resumes(grid_file, cache_dir, tm
     assert len(rows) == 32 and all(status == "ok" for _, status in rows)
 
 
+def _touch_after(path: str, seconds: float) -> str:
+    time.sleep(seconds)
+    Path(path).touch()
+    return path
+
+
+def test_local_pool_cancels_units_not_started_when_its_consumer_stops(tmp_path):
+    # the driver stops consuming (a row it cannot store, Ctrl-C): the units not yet handed to a
+    # worker must not run, since nobody would store their results
+    items = [str(tmp_path / f"unit{i}") for i in range(10)]
+    results = local_runner(1)(_touch_after, items, 0.3)
+    first = next(iter(results))
+    results.close()
+    ran = sorted(p.name for p in tmp_path.iterdir())
+    assert Path(first).name in ran
+    # one finished, one running, at most two handed to the pool's call queue: the rest cancelled
+    assert len(ran) <= 4, ran
+    assert "unit9" not in ran
+
+
 def test_ray_backend_streams_the_same_units_into_the_store(grid_file, cache_dir, tmp_path):
     ray = pytest.importorskip("ray")
     from bd_cli.grid import ray_runner

@@ -197,17 +197,24 @@ Runner = Callable[[Callable, list, WorkerSetup], Iterable]
 
 
 def local_runner(workers: int) -> Runner:
-    """Run tasks in a spawn-started process pool; yields results as they complete."""
+    """Run tasks in a spawn-started process pool; yields results as they complete. When the
+    consumer stops early (an error while storing a row, Ctrl-C), the tasks not yet started are
+    cancelled: a plain `with` would run every one of them first, results nobody would store."""
 
     def run(fn: Callable, items: list, setup: WorkerSetup) -> Iterable:
         if not items:
             return
-        with ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=get_context("spawn")) as pool:
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=get_context("spawn"))
+        finished = False
+        try:
             pending = {pool.submit(fn, item, setup) for item in items}
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for f in done:
                     yield f.result()
+            finished = True
+        finally:
+            pool.shutdown(wait=True, cancel_futures=not finished)
 
     return run
 
