@@ -13,6 +13,11 @@
 # BUDGET_S, keeping every finished unit (an unfinished one is run again by the next grid).
 # STORE names the results file (several lanes of different lengths can run side by side, each
 # with its own); SEED, a store copied into it first, makes the grid skip the units SEED has.
+# A tuned unit keeps its finished candidates ($BD_CACHE/trials, a few KB each) and resumes after
+# them: they come back as $OUT/trials.tar; carry that file as $TRIALS (e.g. .bd/trials.tar) on
+# the next lease and a unit longer than one call (SAU tuned: four SAU runs) finishes there.
+# At most 8 files come back from a call: with N lanes that is N stores, N logs, device.txt and
+# trials.tar, so three lanes at most.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -27,6 +32,7 @@ export PYTHONPATH="$PWD/packages/bd-kernels/src:$PWD/packages/bd-core/src:$PWD/p
 export BD_PROGRESS=0 BD_CACHE=${BD_CACHE:-/tmp/bd-gpu-cache} BD_DATA=${BD_DATA:-$PWD/.bd/data} PYTHONUNBUFFERED=1
 export OMP_NUM_THREADS=1
 mkdir -p "$BD_CACHE" && cp -rn docs/beyond-models/. "$BD_CACHE/"
+[ -n "${TRIALS:-}" ] && [ -f "$TRIALS" ] && tar -xf "$TRIALS" -C "$BD_CACHE"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT/device.txt" 2>&1 || echo cpu > "$OUT/device.txt"
 # the extension is not built: the kernels' pure-torch references give the same results
 SLICE=${SLICE:---attack badnets,blended,ssba --partitions 3 --preset quick}
@@ -38,4 +44,6 @@ echo "grid exit status ${PIPESTATUS[0]}" >> "$LOG"
 $PY -c "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('PRAGMA wal_checkpoint(TRUNCATE)'); \
 print(c.execute('select status, count(*) from results group by status').fetchall())" "$STORE" \
   >> "$LOG" 2>&1
+# every lane's kept candidates in one file (lanes share $BD_CACHE; the last one to stop writes it)
+[ -d "$BD_CACHE/trials" ] && tar -cf "$OUT/trials.tar" -C "$BD_CACHE" trials
 tail -8 "$LOG"

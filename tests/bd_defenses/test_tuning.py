@@ -6,13 +6,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import pytest
 import torch
 from bd_core.data import make_synthetic, mitigation_set
 from bd_core.errors import BdError
 from bd_core.models import create_model
-from bd_defenses import DEFENSES, Context, MitigationData, create_defense, tunable_names, with_tuning
+from bd_defenses import DEFENSES, Context, Defense, MitigationData, create_defense, tunable_names, with_tuning
 from bd_defenses.tuning import Tuned, choose
 
 
@@ -54,11 +56,12 @@ def test_names_and_refusals():
 
 def test_selection_sees_only_the_defenders_data():
     """The API boundary: a tuned defense is called as any defense is, with the model, the clean
-    mitigation set and a context that holds run settings only (device, seed, arithmetic)."""
+    mitigation set and a context that holds run settings only (device, seed, arithmetic, and the
+    folder where a tuned unit keeps its finished candidates' signals)."""
     params = list(inspect.signature(Tuned.__call__).parameters)
     assert params == ["self", "model", "data", "ctx"]
     assert {f.name for f in dataclasses.fields(MitigationData)} == {"clean", "unlabeled"}
-    assert {f.name for f in dataclasses.fields(Context)} == {"device", "seed", "record", "precision"}
+    assert {f.name for f in dataclasses.fields(Context)} == {"device", "seed", "record", "precision", "trials"}
 
 
 def test_tuned_clp_records_its_candidates_and_follows_the_rule():
@@ -182,3 +185,102 @@ def test_tuned_uses_the_shared_candidate_runs(monkeypatch):
     candidates = ({"acc_ratio": 0.1}, {"acc_ratio": 0.1, "mask_lr": 0.1})  # the second changes the masks too
     create_defense("anp", {"iterations": "2"}).run_candidates(candidates, model, MitigationData(clean), Context(seed=1))
     assert len(learned) == 2
+
+
+@dataclass(frozen=True)
+class Jitter(Defense):
+    """A stand-in defense that draws from torch's global generator, as ANP does: a resumed tuned
+    unit must hand each candidate the generator state an unstopped run would."""
+
+    name: ClassVar[str] = "jitter"
+    family: ClassVar[str] = "test"
+    paper: ClassVar[str] = "test"
+    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"scale": 0.01}, {"scale": 0.02}, {"scale": 0.05})
+    scale: float = 0.02
+
+    def __call__(self, model, data, ctx):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * self.scale)
+        ctx.report(draw=float(torch.rand(())))
+        return model
+
+
+class Stop(Exception):
+    pass
+
+
+def held_out_case():
+    torch.manual_seed(0)  # 500 images: the smallest set with a held-out part (100 images)
+    clean = mitigation_set(make_synthetic("train", n_train=600, size=28, channels=1), 50, 0)
+    return create_model("preact-resnet18", 10, 1, 28, 0.125).eval(), MitigationData(clean)
+
+
+def tuned_run(defense, model, data, trials):
+    torch.manual_seed(5)  # as the runner seeds it before a defense
+    ctx = Context(seed=5, trials=trials)
+    return defense(copy.deepcopy(model), data, ctx), ctx.record
+
+
+def test_a_stopped_tuned_unit_resumes_after_its_finished_candidates(tmp_path, monkeypatch):
+    model, data = held_out_case()
+    tuned = Tuned(Jitter())
+    unstopped, record = tuned_run(tuned, model, data, tmp_path / "unstopped")
+    assert not (tmp_path / "unstopped").exists()  # cleared once the unit finished
+    calls, call, stop = [], Jitter.__call__, [2]
+
+    def stop_at_the_second(self, *a):
+        calls.append(self.scale)
+        if len(calls) in stop:
+            stop.clear()
+            raise Stop
+        return call(self, *a)
+
+    monkeypatch.setattr(Jitter, "__call__", stop_at_the_second)
+    with pytest.raises(Stop):
+        tuned_run(tuned, model, data, tmp_path / "unit")
+    assert len(list((tmp_path / "unit").glob("*.json"))) == 1
+    calls.clear()
+    resumed, resumed_record = tuned_run(tuned, model, data, tmp_path / "unit")
+    assert calls == [0.02, 0.05, resumed_record["tuning"]["chosen"]["scale"]]  # the first was not run again
+    assert resumed_record["tuning"].pop("resumed_candidates") == 1
+    assert resumed_record == record
+    assert_same_weights(resumed, unstopped)
+    assert not (tmp_path / "unit").exists()
+
+
+def test_a_tuned_unit_with_a_shared_stage_resumes_at_its_final_run(tmp_path, monkeypatch):
+    """ANP's candidates share one mask optimisation, kept as one; stopped in the final run on all
+    images, the unit resumes there, and equals a run never stopped."""
+    from bd_defenses.anp import ANP
+
+    model, data = held_out_case()
+    tuned = create_defense("anp/tuned", {"iterations": "4", "pruning_step": "0.3"})
+    unstopped, record = tuned_run(tuned, model, data, tmp_path / "unstopped")
+    learned, learn_masks = [], ANP.learn_masks
+    monkeypatch.setattr(ANP, "learn_masks", lambda *a: (learned.append(1), learn_masks(*a))[1])
+    monkeypatch.setattr(ANP, "__call__", lambda *a: (_ for _ in ()).throw(Stop))
+    with pytest.raises(Stop):
+        tuned_run(tuned, model, data, tmp_path / "unit")
+    assert len(learned) == 1 and len(list((tmp_path / "unit").glob("*.json"))) == 3
+    monkeypatch.undo()
+    monkeypatch.setattr(ANP, "learn_masks", lambda *a: (learned.append(1), learn_masks(*a))[1])
+    resumed, resumed_record = tuned_run(tuned, model, data, tmp_path / "unit")
+    assert len(learned) == 2  # only the final run learned masks again
+    assert resumed_record["tuning"].pop("resumed_candidates") == 3
+    assert resumed_record == record
+    assert_same_weights(resumed, unstopped)
+
+
+def test_a_damaged_or_foreign_trial_file_is_not_resumed(tmp_path):
+    from bd_defenses.tuning import TrialLog
+
+    log, candidate, ctx = TrialLog(tmp_path), Jitter(scale=0.01), Context(seed=1)
+    log.path(candidate, ctx).parent.mkdir(parents=True, exist_ok=True)
+    log.path(candidate, ctx).write_text('{"settings": {"scale": 0.01}, "signals": {')
+    assert log.load(candidate, ctx) is None
+    log.save(candidate, ctx, {"settings": {"scale": 0.01}, "signals": {"acc": 0.5}, "rng": {"cpu": ""}})
+    assert log.load(candidate, ctx)["signals"] == {"acc": 0.5}
+    assert log.load(Jitter(scale=0.02), ctx) is None  # another setting
+    assert log.load(candidate, Context(seed=2)) is None  # another seed
+    assert log.load(candidate, Context(seed=1, device="cuda")) is None  # another device

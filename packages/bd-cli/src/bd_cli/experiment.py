@@ -180,7 +180,9 @@ def execute(
         if warning:
             log(f"[yellow]warning:[/yellow] {warning}")
         defense = spec.build_defense()
-        ctx = Context(device=device, seed=spec.attack.seed + spec.partition, precision=spec.precision)
+        # a tuned unit keeps its finished candidates beside the model cache until the unit finishes
+        ctx = Context(device=device, seed=spec.attack.seed + spec.partition, precision=spec.precision,
+                      trials=cache.root.parent / "trials" / spec.key)
         model = copy.deepcopy(attacked.model).to(device)
         torch.manual_seed(ctx.seed)
         if data is not original:  # the model's own normalization: draw the same rows from the renormalized split

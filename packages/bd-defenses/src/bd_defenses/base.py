@@ -10,6 +10,7 @@ import copy
 import dataclasses
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -71,6 +72,9 @@ class Context:
     seed: int = 0
     record: dict[str, Any] = field(default_factory=dict)
     precision: str = "fp32"  # of the training steps (bd_core.train.PRECISIONS), where the defense allows
+    # where a tuned defense keeps its finished candidates, so a stopped unit resumes after them
+    # (bd_defenses.tuning.TrialLog); None: nothing kept
+    trials: Path | None = None
 
     def report(self, **values: Any) -> None:
         """Note what the defense did (channels pruned, mask sparsity, ...) in the result record."""
@@ -81,7 +85,7 @@ class Context:
 
     def fresh(self) -> Context:
         """The same run settings with an empty record: one per trial of a tuned defense."""
-        return Context(device=self.device, seed=self.seed, precision=self.precision)
+        return Context(device=self.device, seed=self.seed, precision=self.precision, trials=self.trials)
 
 
 @dataclass(frozen=True)
@@ -145,7 +149,7 @@ class Defense:
         `model` from the same seed: (defended model, the record its run made) per candidate, for
         `--tune`. Where every candidate varies only `second_stage_settings`, the first stage runs
         once; what this returns equals running each candidate alone (tests/bd_defenses/test_tuning.py)."""
-        if not self.second_stage_settings or any(not set(s) <= self.second_stage_settings for s in candidates):
+        if not self.shares_first_stage(candidates):
             results = []
             for settings in candidates:
                 trial = ctx.fresh()
@@ -163,6 +167,11 @@ class Defense:
                 finished[key] = candidate.second_stage(copy.deepcopy(first), data, trial), trial.record
             keys.append(key)
         return [finished[key] for key in keys]
+
+    def shares_first_stage(self, candidates: tuple[dict[str, Any], ...]) -> bool:
+        """True when `candidates` differ only in `second_stage_settings`: run together, they share
+        one first stage (cheaper than running each alone, with the same results)."""
+        return bool(self.second_stage_settings) and all(set(s) <= self.second_stage_settings for s in candidates)
 
     def unlabeled_request(self) -> tuple[str, int] | None:
         """(dataset name, number of images) of unlabeled data this defense needs beyond the
