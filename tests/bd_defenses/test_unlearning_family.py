@@ -16,7 +16,7 @@ from bd_core.models import create_model
 from bd_defenses import Context, MitigationData, create_defense, describe
 from bd_defenses.fst import head_layers
 from bd_defenses.ftsam import adaptive_perturbation, smoothed_cross_entropy
-from bd_defenses.nc import anomaly_indices
+from bd_defenses.nc import ReversedTriggers, anomaly_indices
 from planted import TARGET, planted_model
 
 pytestmark = pytest.mark.learned  # asserts on training outcomes: see docs/decisions.md
@@ -40,6 +40,15 @@ def test_anomaly_index_is_the_mad_score():
     norms = torch.tensor([10.0, 11.0, 9.0, 10.5, 2.0])
     mad = 1.4826 * torch.tensor([0.0, 1.0, 1.0, 0.5, 8.0]).median()
     torch.testing.assert_close(anomaly_indices(norms), (norms - 10.0).abs() / mad)
+
+
+def test_nc_stamps_a_batch_with_one_trigger_per_image_as_image_by_image():
+    g = torch.Generator().manual_seed(0)
+    triggers = ReversedTriggers(torch.rand(4, 1, 8, 8, generator=g), torch.rand(4, 3, 8, 8, generator=g), torch.ones(4))
+    x, pick = torch.rand(6, 3, 8, 8, generator=g), torch.tensor([2, 0, 3, 2, 1, 1])
+    one_by_one = torch.stack([triggers.stamp(xi, int(k)) for xi, k in zip(x, pick, strict=True)])
+    assert torch.equal(triggers.stamp(x, pick), one_by_one)  # the same arithmetic, bit for bit
+    assert torch.equal(triggers.stamp(x[1], 0), one_by_one[1])
 
 
 def test_fst_head_keeps_the_original_norm_and_turns_away(world):

@@ -45,7 +45,10 @@ class ReversedTriggers:
     patterns: Tensor  # [K, C, H, W] in [0, 1]
     success: Tensor  # [K] attack success of the kept trigger on D_m
 
-    def stamp(self, x: Tensor, k: int) -> Tensor:
+    def stamp(self, x: Tensor, k: int | Tensor) -> Tensor:
+        """`x` with class k's reversed trigger: one class for every image, or (k a tensor of
+        class indices) one per image of the batch, in one elementwise pass."""
+        k = k.to(self.masks.device) if isinstance(k, Tensor) else k
         mask, pattern = self.masks[k].to(x.device), self.patterns[k].to(x.device)
         return (1 - mask) * x + mask * pattern
 
@@ -121,7 +124,7 @@ class NC(Defense):
 
         def stamp(x: Tensor, g: torch.Generator) -> Tensor:
             pick = torch.tensor(flagged)[torch.randint(len(flagged), (len(x),), generator=g)]
-            return torch.stack([triggers.stamp(xi, int(k)) for xi, k in zip(x, pick, strict=True)])
+            return triggers.stamp(x, pick)
 
         unlearn(model, data.clean, ctx, stamp, ratio=self.unlearning_ratio, epochs=self.unlearn_epochs,
                 lr=self.unlearn_lr, batch_size=self.batch_size, description="NC unlearning")
