@@ -284,3 +284,33 @@ def test_a_damaged_or_foreign_trial_file_is_not_resumed(tmp_path):
     assert log.load(Jitter(scale=0.02), ctx) is None  # another setting
     assert log.load(candidate, Context(seed=2)) is None  # another seed
     assert log.load(candidate, Context(seed=1, device="cuda")) is None  # another device
+
+
+def test_tuned_parts_of_a_combination_resume_apart(tmp_path, monkeypatch):
+    """bnp/tuned+ft/tuned-like sequences: each tuned part keeps its candidates in its own folder,
+    and a combination stopped in its second part resumes to what an unstopped one gives."""
+    from bd_defenses.combined import Combined
+
+    model, data = held_out_case()
+    combined = Combined((Tuned(Jitter()), Tuned(Jitter(scale=0.05))))
+    unstopped, record = tuned_run(combined, model, data, tmp_path / "unstopped")
+    assert not (tmp_path / "unstopped").exists()
+    calls, call, stop = [], Jitter.__call__, [6]  # the first part makes 4 calls (3 candidates, final run)
+
+    def stop_in_the_second_part(self, *a):
+        calls.append(self.scale)
+        if len(calls) in stop:
+            stop.clear()
+            raise Stop
+        return call(self, *a)
+
+    monkeypatch.setattr(Jitter, "__call__", stop_in_the_second_part)
+    with pytest.raises(Stop):
+        tuned_run(combined, model, data, tmp_path / "unit")
+    assert [p.name for p in (tmp_path / "unit").iterdir()] == ["part1"]  # the first part finished and cleared
+    resumed, resumed_record = tuned_run(combined, model, data, tmp_path / "unit")
+    assert resumed_record["steps"][1]["tuning"].pop("resumed_candidates") == 1
+    for step, again in zip(record["steps"], resumed_record["steps"], strict=True):
+        assert {k: v for k, v in step.items() if k != "seconds"} == {k: v for k, v in again.items() if k != "seconds"}
+    assert_same_weights(resumed, unstopped)
+    assert not (tmp_path / "unit").exists()

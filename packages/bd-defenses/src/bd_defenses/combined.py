@@ -58,11 +58,15 @@ class Combined(Defense):
         # Every part sees the context seed a single run of it would see, so the first part's
         # output is exactly its standalone result and differences come from the sequence alone.
         steps = []
-        for part in self.parts:
-            part_ctx = Context(device=ctx.device, seed=ctx.seed, precision=ctx.precision)
+        for index, part in enumerate(self.parts):
+            # a tuned part keeps its finished candidates apart from the other parts'
+            trials = ctx.trials / f"part{index}" if ctx.trials is not None else None
+            part_ctx = Context(device=ctx.device, seed=ctx.seed, precision=ctx.precision, trials=trials)
             started = time.perf_counter()
             model = part(model, data, part_ctx)
             steps.append({"defense": part.name, "seconds": round(time.perf_counter() - started, 3),
                           **part_ctx.record})
         ctx.report(components=[p.name for p in self.parts], steps=steps)
+        if ctx.trials is not None and ctx.trials.is_dir() and not any(ctx.trials.iterdir()):
+            ctx.trials.rmdir()  # every tuned part has finished and removed its own
         return model
