@@ -44,6 +44,7 @@ echo "grid exit status ${PIPESTATUS[0]}" >> "$LOG"
 $PY -c "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('PRAGMA wal_checkpoint(TRUNCATE)'); \
 print(c.execute('select status, count(*) from results group by status').fetchall())" "$STORE" \
   >> "$LOG" 2>&1
-# every lane's kept candidates in one file (lanes share $BD_CACHE; the last one to stop writes it)
-[ -d "$BD_CACHE/trials" ] && tar -cf "$OUT/trials.tar" -C "$BD_CACHE" trials
+# every lane's kept candidates in one file (lanes share $BD_CACHE; the last one to stop writes it,
+# each through its own temporary file so two lanes stopping together leave a whole one)
+[ -d "$BD_CACHE/trials" ] && tar -cf "$OUT/trials.$$.tmp" -C "$BD_CACHE" trials && mv "$OUT/trials.$$.tmp" "$OUT/trials.tar"
 tail -8 "$LOG"
