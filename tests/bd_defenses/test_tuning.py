@@ -210,6 +210,21 @@ class Stop(Exception):
     pass
 
 
+def stop_jitter_once_at(call_number: int, monkeypatch) -> list[float]:
+    """Make Jitter's `call_number`-th call raise Stop (once); returns the scales it is called with."""
+    calls, call = [], Jitter.__call__
+
+    def stopping(self, *a):
+        calls.append(self.scale)
+        if len(calls) == call_number and not getattr(stopping, "done", False):
+            stopping.done = True
+            raise Stop
+        return call(self, *a)
+
+    monkeypatch.setattr(Jitter, "__call__", stopping)
+    return calls
+
+
 def held_out_case():
     torch.manual_seed(0)  # 500 images: the smallest set with a held-out part (100 images)
     clean = mitigation_set(make_synthetic("train", n_train=600, size=28, channels=1), 50, 0)
@@ -227,16 +242,7 @@ def test_a_stopped_tuned_unit_resumes_after_its_finished_candidates(tmp_path, mo
     tuned = Tuned(Jitter())
     unstopped, record = tuned_run(tuned, model, data, tmp_path / "unstopped")
     assert not (tmp_path / "unstopped").exists()  # cleared once the unit finished
-    calls, call, stop = [], Jitter.__call__, [2]
-
-    def stop_at_the_second(self, *a):
-        calls.append(self.scale)
-        if len(calls) in stop:
-            stop.clear()
-            raise Stop
-        return call(self, *a)
-
-    monkeypatch.setattr(Jitter, "__call__", stop_at_the_second)
+    calls = stop_jitter_once_at(2, monkeypatch)
     with pytest.raises(Stop):
         tuned_run(tuned, model, data, tmp_path / "unit")
     assert len(list((tmp_path / "unit").glob("*.json"))) == 1
@@ -295,16 +301,7 @@ def test_tuned_parts_of_a_combination_resume_apart(tmp_path, monkeypatch):
     combined = Combined((Tuned(Jitter()), Tuned(Jitter(scale=0.05))))
     unstopped, record = tuned_run(combined, model, data, tmp_path / "unstopped")
     assert not (tmp_path / "unstopped").exists()
-    calls, call, stop = [], Jitter.__call__, [6]  # the first part makes 4 calls (3 candidates, final run)
-
-    def stop_in_the_second_part(self, *a):
-        calls.append(self.scale)
-        if len(calls) in stop:
-            stop.clear()
-            raise Stop
-        return call(self, *a)
-
-    monkeypatch.setattr(Jitter, "__call__", stop_in_the_second_part)
+    stop_jitter_once_at(6, monkeypatch)  # the first part makes 4 calls (3 candidates, final run)
     with pytest.raises(Stop):
         tuned_run(combined, model, data, tmp_path / "unit")
     assert [p.name for p in (tmp_path / "unit").iterdir()] == ["part1"]  # the first part finished and cleared
