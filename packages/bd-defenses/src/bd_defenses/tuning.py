@@ -202,13 +202,14 @@ class Tuned(Defense):
         draws its random starts from it), restored before whatever ran next."""
         defenses = self.candidate_defenses()
         kept = [log.load(d, ctx) if log is not None else None for d in defenses]
+        loaded = [trial is not None for trial in kept]
         if self.inner.shares_first_stage(self.candidates):
             groups = [list(range(len(defenses)))] if None in kept else []  # one shared stage: all or none
         else:
             groups = [[i] for i, trial in enumerate(kept) if trial is None]
         resumed = len(defenses) - sum(len(g) for g in groups)
         for group in groups:
-            if group[0] > 0:  # the generator as the candidate before this one left it
+            if group[0] > 0 and loaded[group[0] - 1]:  # the generator as that kept candidate left it
                 restore_global_rng(kept[group[0] - 1]["rng"])
             results = self.inner.run_candidates(tuple(self.candidates[i] for i in group), original, fit, ctx)
             for i, (defended, _) in zip(group, results, strict=True):
@@ -216,7 +217,7 @@ class Tuned(Defense):
                 kept[i] = {"settings": self.candidates[i], "signals": signals, "rng": global_rng_state()}
                 if log is not None:
                     log.save(defenses[i], ctx, kept[i])
-        if resumed and (not groups or groups[-1][-1] < len(defenses) - 1):  # the last candidate was kept
+        if loaded[-1] and not any(len(defenses) - 1 in g for g in groups):  # the last candidate was kept
             restore_global_rng(kept[-1]["rng"])
         return [{"settings": t["settings"], **t["signals"]} for t in kept], resumed
 
