@@ -16,6 +16,7 @@ from typing import ClassVar
 import torch.nn as nn
 
 from bd_defenses.base import Context, Defense, MitigationData
+from bd_defenses.tuning import TrialLog
 
 SEPARATOR = "+"
 
@@ -67,6 +68,6 @@ class Combined(Defense):
             steps.append({"defense": part.name, "seconds": round(time.perf_counter() - started, 3),
                           **part_ctx.record})
         ctx.report(components=[p.name for p in self.parts], steps=steps)
-        if ctx.trials is not None and ctx.trials.is_dir() and not any(ctx.trials.iterdir()):
-            ctx.trials.rmdir()  # every tuned part has finished and removed its own
+        if ctx.trials is not None:
+            TrialLog(ctx.trials).clear()  # the parts' own folders are gone: every tuned part finished
         return model
