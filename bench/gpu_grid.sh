@@ -36,8 +36,10 @@ mkdir -p "$BD_CACHE" && cp -rn docs/beyond-models/. "$BD_CACHE/"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT/device.txt" 2>&1 || echo cpu > "$OUT/device.txt"
 # the extension is not built: the kernels' pure-torch references give the same results
 SLICE=${SLICE:---attack badnets,blended,ssba --partitions 3 --preset quick}
-# timeout signals its whole process group: the pool's workers stop with the grid
-timeout -s INT -k 10 "$BUDGET_S" $PY -m bd_cli.app grid $SLICE \
+# timeout signals its whole process group: the pool's workers stop with the grid. TERM, not INT:
+# a lane started with `&` by a non-interactive shell ignores SIGINT (and so would every bd process
+# in it); the grid takes SIGTERM as it takes Ctrl-C (rows kept, workers stopped, exit 130)
+timeout -s TERM -k 30 "$BUDGET_S" $PY -m bd_cli.app grid $SLICE \
   --store "$STORE" --workers "$WORKERS" --device "${DEVICE:-cuda}" "$@" 2>&1 | tail -40 > "$LOG"
 echo "grid exit status ${PIPESTATUS[0]}" >> "$LOG"
 # one self-contained file comes back (no -wal beside it)

@@ -1,14 +1,16 @@
 """Grids: a mini grid (2 attacks x 4 defenses x 2 SPC x 2 partitions) on the local process
-pool and on a real local Ray instance, resumption after SIGKILL, failures recorded."""
+pool and on a real local Ray instance, resumption after SIGTERM and SIGKILL, failures recorded."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -83,24 +85,25 @@ def test_local_backend_runs_every_unit_once_and_resumes(grid_file, cache_dir, tm
     assert len(rows) == 32 and all(status == "ok" for _, status in rows)
 
 
-def _touch_after(path: str, seconds: float) -> str:
+def _touch_after(item: tuple[str, float], setup: object) -> str:
+    path, seconds = item
     time.sleep(seconds)
     Path(path).touch()
     return path
 
 
-def test_local_pool_cancels_units_not_started_when_its_consumer_stops(tmp_path):
-    # the driver stops consuming (a row it cannot store, Ctrl-C): the units not yet handed to a
-    # worker must not run, since nobody would store their results
-    items = [str(tmp_path / f"unit{i}") for i in range(10)]
-    results = local_runner(1)(_touch_after, items, 0.3)
+def test_local_pool_stops_its_units_when_its_consumer_stops(tmp_path):
+    # the driver stops consuming (a row it cannot store, Ctrl-C, SIGTERM): the units not yet handed
+    # to a worker must not run and the running one must stop, since nobody would store their results
+    items = [(str(tmp_path / f"unit{i}"), 0.3 if i == 0 else 600.0) for i in range(10)]
+    results = local_runner(1)(_touch_after, items, None)
     first = next(iter(results))
-    results.close()
-    ran = sorted(p.name for p in tmp_path.iterdir())
-    assert Path(first).name in ran
-    # one finished, one running, at most two handed to the pool's call queue: the rest cancelled
-    assert len(ran) <= 4, ran
-    assert "unit9" not in ran
+    closing = threading.Thread(target=results.close)
+    closing.start()
+    closing.join(timeout=120)  # waiting for the running unit instead would take 600 s
+    assert not closing.is_alive(), "the pool waited for a unit whose result nobody would store"
+    assert Path(first).name == "unit0"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unit0"]
 
 
 def test_ray_backend_streams_the_same_units_into_the_store(grid_file, cache_dir, tmp_path):
@@ -150,21 +153,51 @@ def test_a_failing_unit_is_recorded_and_the_rest_complete(grid_file, cache_dir, 
     assert all(r["defense"] == "explode" and "RuntimeError: boom" in r["error"] for r in failed)
 
 
-def test_killed_grid_resumes_without_duplicates(grid_file, cache_dir, tmp_path):
+def _wait_for_rows(store: Path, at_least: int) -> int:
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if store.exists() and at_least <= len(keys_in(store)) < 32:
+            break
+        time.sleep(0.5)
+    return len(keys_in(store))
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_stopped_or_killed_grid_resumes_without_duplicates(grid_file, cache_dir, tmp_path):
     store = tmp_path / "killed.sqlite"
     env = {**os.environ, "BD_PROGRESS": "0", "BD_CACHE": str(cache_dir.parent / "killed-cache")}
     cmd = [sys.executable, "-m", "bd_cli.app", "grid", "--config", str(grid_file), "--store", str(store),
            "--device", "cpu", "--workers", "2"]
+    # SIGTERM to the driver alone (`kill`, a scheduler): it stops its own workers, keeps the rows
+    # stored so far and says so; nothing of the grid outlives it
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    stopped_at = _wait_for_rows(store, 3)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    partial = len(keys_in(store))
+    assert 3 <= stopped_at <= partial < 32
+    said = re.search(r"stopped: (\d+) results stored by this run", stderr)
+    assert said and int(said.group(1)) in (partial, partial - 1), stderr[-2000:]  # -1: a signal between put and count
+    deadline = time.time() + 30
+    while _group_alive(proc.pid) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _group_alive(proc.pid), "a pool worker outlived the stopped grid"
+    # SIGKILL to the whole group: no chance to clean up, the store still holds whole rows only
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if store.exists() and 3 <= len(keys_in(store)) < 32:
-            break
-        time.sleep(0.5)
+    _wait_for_rows(store, partial + 2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     partial = len(keys_in(store))
-    assert 3 <= partial < 32
+    assert partial < 32
     done = subprocess.run(cmd + ["--format", "json"], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = keys_in(store)

@@ -584,7 +584,7 @@ def grid(
     from bd_core.store import ResultStore
     from bd_core.threads import withdraw
 
-    from bd_cli.grid import GridSpec, bind_units, choose_runner, run_grid
+    from bd_cli.grid import GridSpec, bind_units, choose_runner, run_grid, sigterm_as_interrupt
 
     if partitions is not None and partitions < 1:
         fail(f"--partitions {partitions}: give the number of mitigation partitions, at least 1 (survey: 10)")
@@ -595,6 +595,8 @@ def grid(
         "partitions": list(range(partitions)) if partitions is not None else None,
         "seeds": _numbers("--seed", seed, int, "e.g. 0,1,2"), "preset": preset.value if preset else None,
     }
+    path = store or default_store()
+    stored_now = 0
     try:
         if config:
             spec = GridSpec.from_toml(config, **flags)
@@ -608,7 +610,6 @@ def grid(
         for line in notes:
             err.print(line, highlight=False)
         dev = resolve_device(device)
-        path = store or default_store()
         if dry_run:  # reads the store if there is one, creates and changes nothing
             units = bind_units(units, data_dir)
             done = 0
@@ -621,7 +622,7 @@ def grid(
                 f"{summary['units']} units ({summary['attacked_models']} attacked models): "
                 f"{summary['stored']} already stored in {path}, {summary['to_run']} to run", highlight=False))
             return
-        with ResultStore(path) as results:
+        with sigterm_as_interrupt(), ResultStore(path) as results:
             done = sum(results.has(u.key) for u in bind_units(units, data_dir))
             runner, threads = choose_runner(backend.value, address, workers, dev)
             withdraw()  # this process only waits for the workers: they share the cores
@@ -629,12 +630,17 @@ def grid(
                 task = progress.add_task("grid", total=len(units) - done, status="")
 
                 def advance(row: dict) -> None:
+                    nonlocal stored_now
+                    stored_now += 1
                     progress.update(task, advance=1, status=f"{row['defense']}/{row['attack']}: {row['status']}")
 
                 report = run_grid(units, results, cache_root() / "models", runner, device=dev, data_dir=data_dir,
                                   threads=threads, on_result=advance)
     except BdError as e:
         fail(str(e))
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM; the units that were running are run again next time
+        fail(f"stopped: {stored_now} results stored by this run in {path}; the same command resumes "
+             "(stored units are skipped)", code=130)
     summary = {**report.__dict__, "store": str(path)}
 
     def show_table() -> None:

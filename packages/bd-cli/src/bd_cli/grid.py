@@ -6,10 +6,12 @@ grid resumes where it stopped; a unit that raises is stored as failed and the gr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import os
-from collections.abc import Callable, Iterable
+import signal
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -198,8 +200,9 @@ Runner = Callable[[Callable, list, WorkerSetup], Iterable]
 
 def local_runner(workers: int) -> Runner:
     """Run tasks in a spawn-started process pool; yields results as they complete. When the
-    consumer stops early (an error while storing a row, Ctrl-C), the tasks not yet started are
-    cancelled: a plain `with` would run every one of them first, results nobody would store."""
+    consumer stops early (an error while storing a row, Ctrl-C, SIGTERM), the tasks not yet
+    started are cancelled and the running ones stopped: a plain `with` would run every one of
+    them first, results nobody would store."""
 
     def run(fn: Callable, items: list, setup: WorkerSetup) -> Iterable:
         if not items:
@@ -214,9 +217,38 @@ def local_runner(workers: int) -> Runner:
                     yield f.result()
             finished = True
         finally:
+            if not finished:
+                _stop_workers(pool)
             pool.shutdown(wait=True, cancel_futures=not finished)
 
     return run
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """End the pool's running tasks now. Their files are safe to cut off (models, kept tuning
+    candidates and rows are all written whole or not at all); waiting would cost up to a whole
+    unit (an hour for a tuned one on a CPU) for a result that is thrown away."""
+    if hasattr(pool, "terminate_workers"):  # Python >= 3.14
+        pool.terminate_workers()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`kill`, `timeout`, a batch scheduler's stop) ends the grid the way Ctrl-C does:
+    the pool is stopped, the rows already stored stay, and the command says how to resume.
+    Only this process's handler changes (spawned workers start with the default one)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def choose_runner(backend: str, address: str | None, workers: int, device: str) -> tuple[Runner, int]:
@@ -253,10 +285,14 @@ def ray_runner(address: str | None) -> Runner:
         gpus = 1 if setup.device.startswith("cuda") else 0
         task = ray.remote(num_cpus=max(1, setup.threads), num_gpus=gpus)(fn)
         pending = [task.remote(item, setup) for item in items]
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            for ref in done:
-                yield ray.get(ref)
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                for ref in done:
+                    yield ray.get(ref)
+        finally:  # the consumer stopped early: the cluster need not run what nobody stores
+            for ref in pending:
+                ray.cancel(ref, force=True)
 
     return run
 
