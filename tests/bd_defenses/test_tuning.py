@@ -237,7 +237,7 @@ def tuned_run(defense, model, data, trials):
     return defense(copy.deepcopy(model), data, ctx), ctx.record
 
 
-def test_a_stopped_tuned_unit_resumes_after_its_finished_candidates(tmp_path, monkeypatch):
+def test_a_stopped_tuned_unit_resumes_after_its_finished_candidates(tmp_path, monkeypatch, capsys):
     model, data = held_out_case()
     tuned = Tuned(Jitter())
     unstopped, record = tuned_run(tuned, model, data, tmp_path / "unstopped")
@@ -247,8 +247,13 @@ def test_a_stopped_tuned_unit_resumes_after_its_finished_candidates(tmp_path, mo
         tuned_run(tuned, model, data, tmp_path / "unit")
     assert len(list((tmp_path / "unit").glob("*.json"))) == 1
     calls.clear()
+    capsys.readouterr()
     resumed, resumed_record = tuned_run(tuned, model, data, tmp_path / "unit")
     assert calls == [0.02, 0.05, resumed_record["tuning"]["chosen"]["scale"]]  # the first was not run again
+    said = capsys.readouterr().err  # a log says which candidates ran, which were kept, and the choice
+    assert "jitter: 1 of 3 candidates kept from an earlier run" in said
+    assert "candidate 1 of 3" not in said and "candidate 2 of 3: scale=0.02 on 400 images" in said
+    assert f"chose scale={resumed_record['tuning']['chosen']['scale']}; running it on all 500 images" in said
     assert resumed_record["tuning"].pop("resumed_candidates") == 1
     assert resumed_record == record
     assert_same_weights(resumed, unstopped)

@@ -22,6 +22,7 @@ from typing import Any
 import tomllib
 from bd_core.attacked import AttackSpec, DataBundle, load_data, obtain_attacked_model, weak_attack_warning
 from bd_core.errors import InvalidRequest
+from bd_core.progress import labelled
 from bd_core.store import ModelCache, ResultStore, load_model
 from bd_core.threads import cores, fixed_threads, share_cores
 from bd_core.train import PRESETS, Recipe, check_precision
@@ -176,19 +177,27 @@ def train_attack_unit(spec: AttackSpec, setup: WorkerSetup) -> tuple[str, str | 
     """Phase 1: train (or find) one attacked model; returns (key, error or None)."""
     _prepare(setup)
     try:
-        obtain_attacked_model(spec, _data(spec.dataset, setup.data_dir), ModelCache(Path(setup.cache_dir)),
-                              setup.device)
+        with labelled(f"{spec.attack} on {spec.arch}"):
+            obtain_attacked_model(spec, _data(spec.dataset, setup.data_dir), ModelCache(Path(setup.cache_dir)),
+                                  setup.device)
         return spec.key, None
     except Exception as e:  # recorded against every unit that needed this model
         return spec.key, f"attack training failed: {type(e).__name__}: {e}"
+
+
+def unit_label(spec: ExperimentSpec) -> str:
+    """How a unit's progress lines are told apart in a grid's log, where workers interleave."""
+    a = spec.attack
+    return f"{a.attack} on {a.arch}, {spec.defense}, spc {spec.spc}, partition {spec.partition}"
 
 
 def defense_unit(spec: ExperimentSpec, setup: WorkerSetup) -> dict[str, Any]:
     """Phase 2: one defense unit -> its result row (never raises)."""
     _prepare(setup)
     try:
-        return execute(spec, _data(spec.attack.dataset, setup.data_dir), ModelCache(Path(setup.cache_dir)),
-                       setup.device)
+        with labelled(unit_label(spec)):
+            return execute(spec, _data(spec.attack.dataset, setup.data_dir), ModelCache(Path(setup.cache_dir)),
+                           setup.device)
     except Exception as e:
         return {**spec.columns(), "config": spec.config(), "status": "failed", "error": f"{type(e).__name__}: {e}"}
 
@@ -278,7 +287,7 @@ def ray_runner(address: str | None) -> Runner:
         if not items:
             return
         if not ray.is_initialized():
-            env = {k: os.environ[k] for k in ("BD_PLUGINS", "BD_CACHE", "BD_DATA", "BD_PROGRESS",
+            env = {k: os.environ[k] for k in ("BD_PLUGINS", "BD_CACHE", "BD_DATA", "BD_PROGRESS", "BD_PROGRESS_EVERY",
                                               "PYTHONPATH") if k in os.environ}
             ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=False,
                      include_dashboard=False)

@@ -1,29 +1,120 @@
 """Progress bars for long work, drawn on stderr so that stdout stays data.
 
-Set BD_PROGRESS=0 to silence them (tests, logs).
+Set BD_PROGRESS=0 to silence them (tests). When stderr is not a terminal (a log file, `nohup`, CI,
+a batch scheduler, a grid worker's output) rich would draw each bar once, when it ends, so an
+hour of work would leave nothing in the log: there each bar becomes a plain line every
+BD_PROGRESS_EVERY seconds (default 60) and one when it finishes.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, TypeVar
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Column
 
 T = TypeVar("T")
 _console = Console(stderr=True)
+# what the work belongs to, in log lines (a grid interleaves its workers' lines in one log)
+_label: ContextVar[str] = ContextVar("bd_progress_label", default="")
 
 
 def enabled() -> bool:
     return os.environ.get("BD_PROGRESS", "1") != "0"
 
 
+def log_interval() -> float:
+    """Seconds between a bar's plain lines when stderr is not a terminal (BD_PROGRESS_EVERY)."""
+    text = os.environ.get("BD_PROGRESS_EVERY", "60")
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # also rejects nan
+        raise ValueError(f"BD_PROGRESS_EVERY={text!r} is not a number of seconds >= 0; unset it for 60")
+    return seconds
+
+
+@contextmanager
+def labelled(label: str) -> Iterator[None]:
+    """Prefix the log lines of the bars opened inside with `label` (e.g. the grid unit)."""
+    token = _label.set(label)
+    try:
+        yield
+    finally:
+        _label.reset(token)
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+class LoggedProgress(Progress):
+    """rich's Progress for a stderr that is not a terminal: nothing is drawn; each bar prints a
+    plain line when `every` seconds have passed since its last one, and one when it finishes."""
+
+    def __init__(self, *columns: Any, every: float, **kwargs: Any) -> None:
+        super().__init__(*columns, **{**kwargs, "disable": True})
+        self.every, self.label = every, _label.get()
+        self._last_line: dict[TaskID, float] = {}
+
+    def add_task(self, description: str, *args: Any, **kwargs: Any) -> TaskID:
+        task_id = super().add_task(description, *args, **kwargs)
+        self._last_line[task_id] = time.monotonic()
+        return task_id
+
+    def update(self, task_id: TaskID, *args: Any, **kwargs: Any) -> None:
+        super().update(task_id, *args, **kwargs)
+        self._line_if_due(task_id)
+
+    def advance(self, task_id: TaskID, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        self._line_if_due(task_id)
+
+    def _line_if_due(self, task_id: TaskID) -> None:
+        task = self._tasks[task_id]
+        last = self._last_line.get(task_id)
+        if last is None:  # its finishing line is out
+            return
+        now = time.monotonic()
+        if not task.finished and now - last < self.every:
+            return
+        self._last_line[task_id] = now
+        if task.finished:
+            del self._last_line[task_id]
+        count = f"{task.completed:g}/{task.total:g}" if task.total is not None else f"{task.completed:g}"
+        status = task.fields.get("status") or ""
+        when = (f"done in {_clock(task.finished_time)}" if task.finished
+                else f"{_clock(task.elapsed)} elapsed, {_clock(task.time_remaining)} left")
+        line = f"{f'[{self.label}] ' if self.label else ''}{task.description}: {count}{' ' + status if status else ''}"
+        log(f"{escape(line)} ({when})")
+
+
 def make_progress() -> Progress:
     """Counts, elapsed and remaining time keep their width; the description and the status text
-    share what is left of the line (ellipsised), so 80 columns show every number."""
+    share what is left of the line (ellipsised), so 80 columns show every number. Off a
+    terminal, a `LoggedProgress` prints plain lines instead."""
+    if enabled() and not _console.is_terminal:
+        return LoggedProgress(console=_console, every=log_interval())
     return Progress(
         TextColumn("[bold]{task.description}", table_column=Column(ratio=3, no_wrap=True, overflow="ellipsis",
                                                                    min_width=12)),

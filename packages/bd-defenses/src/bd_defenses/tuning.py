@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from bd_core.data import Augment, ImageSet
 from bd_core.data.batches import augmented_batch
 from bd_core.data.pixels import Pixels
+from bd_core.progress import log as say
 
 from bd_defenses.base import Context, Defense, MitigationData, check_between
 
@@ -82,6 +83,11 @@ def clean_signals(model: nn.Module, original: nn.Module, check: ImageSet, device
     entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1).mean()
     return {"acc": round(float(acc), 4), "loss": round(float(loss), 4), "agreement": round(float(agreement), 4),
             "entropy": round(float(entropy), 4), "confidence": round(float(probs.max(1).values.mean()), 4)}
+
+
+def settings_text(settings: dict[str, Any]) -> str:
+    """`{"trigger_norm": 0.2}` as `trigger_norm=0.2`, for log lines."""
+    return " ".join(f"{k}={v}" for k, v in settings.items())
 
 
 def choose(signals: list[dict[str, float]], tolerance: float) -> int:
@@ -171,6 +177,8 @@ class Tuned(Defense):
         fit, check, rule = data.selection_split(ctx.seed)
         fit_data = dataclasses.replace(data, clean=fit)
         original = copy.deepcopy(model)
+        say(f"tuning {self.inner.name}: {len(self.candidates)} candidates "
+            f"({', '.join(settings_text(c) for c in self.candidates)}), checked on {rule}")
         if fit is data.clean:  # the candidate already saw all of D_m: the chosen one is the result
             results = self.inner.run_candidates(self.candidates, original, fit_data, ctx)
             trials = [{"settings": settings, **clean_signals(defended, original, check, ctx.device, ctx.seed)}
@@ -182,6 +190,8 @@ class Tuned(Defense):
             log = TrialLog(ctx.trials) if ctx.trials is not None else None
             trials, resumed = self.checked_candidates(original, fit_data, check, ctx, log)
             chosen = choose(trials, self.tolerance)
+            say(f"tuning {self.inner.name}: chose {settings_text(self.candidates[chosen])}; "
+                f"running it on all {len(data.clean)} images")
             final_ctx = ctx.fresh()
             defended, record = self.candidate_defenses()[chosen](original, data, final_ctx), final_ctx.record
             if log is not None:
@@ -208,7 +218,12 @@ class Tuned(Defense):
         else:
             groups = [[i] for i, trial in enumerate(kept) if trial is None]
         resumed = len(defenses) - sum(len(g) for g in groups)
+        if resumed:
+            say(f"tuning {self.inner.name}: {resumed} of {len(defenses)} candidates kept from an earlier run "
+                f"({log.folder if log is not None else ''})")
         for group in groups:
+            say(f"tuning {self.inner.name}: candidate {', '.join(str(i + 1) for i in group)} of {len(defenses)}: "
+                f"{', '.join(settings_text(self.candidates[i]) for i in group)} on {len(fit.clean)} images")
             if group[0] > 0 and loaded[group[0] - 1]:  # the generator as that kept candidate left it
                 restore_global_rng(kept[group[0] - 1]["rng"])
             results = self.inner.run_candidates(tuple(self.candidates[i] for i in group), original, fit, ctx)
@@ -217,6 +232,9 @@ class Tuned(Defense):
                 kept[i] = {"settings": self.candidates[i], "signals": signals, "rng": global_rng_state()}
                 if log is not None:
                     log.save(defenses[i], ctx, kept[i])
+                say(f"tuning {self.inner.name}: candidate {i + 1} ({settings_text(self.candidates[i])}): check "
+                    f"accuracy {signals['acc']:.4f}, agreement {signals['agreement']:.4f}"
+                    f"{', kept' if log is not None else ''}")
         if loaded[-1] and not any(len(defenses) - 1 in g for g in groups):  # the last candidate was kept
             restore_global_rng(kept[-1]["rng"])
         return [{"settings": t["settings"], **t["signals"]} for t in kept], resumed
