@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from rich.console import Console
@@ -61,11 +62,7 @@ def labelled(label: str) -> Iterator[None]:
 
 
 def _clock(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
+    return "?" if seconds is None else str(timedelta(seconds=int(seconds)))  # h:mm:ss, as rich's bar shows it
 
 
 class LoggedProgress(Progress):

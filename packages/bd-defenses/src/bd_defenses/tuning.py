@@ -218,9 +218,9 @@ class Tuned(Defense):
         else:
             groups = [[i] for i, trial in enumerate(kept) if trial is None]
         resumed = len(defenses) - sum(len(g) for g in groups)
-        if resumed:
+        if resumed:  # only a TrialLog resumes candidates
             say(f"tuning {self.inner.name}: {resumed} of {len(defenses)} candidates kept from an earlier run "
-                f"({log.folder if log is not None else ''})")
+                f"({log.folder})")
         for group in groups:
             say(f"tuning {self.inner.name}: candidate {', '.join(str(i + 1) for i in group)} of {len(defenses)}: "
                 f"{', '.join(settings_text(self.candidates[i]) for i in group)} on {len(fit.clean)} images")
