@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 from bd_core import progress
@@ -52,6 +53,22 @@ def test_the_label_ends_with_its_block(console, monkeypatch):
     with Steps("after", 1) as tick:
         tick()
     assert out.getvalue().startswith("after: 1/1")
+
+
+@pytest.mark.parametrize("terminal", [False, True])
+def test_status_lines_name_their_unit_and_keep_their_markup(console, terminal):
+    out = console(terminal=terminal)
+    with labelled("blended on vit, sau/tuned, spc 100, partition 0"):
+        progress.log("tuning sau: candidate 1 (trigger_norm=0.1): check accuracy 0.8650, kept")
+        progress.log("[yellow]warning:[/yellow] few images")
+    progress.log("after the unit")
+    text = re.sub(r"\x1b\[[0-9;]*m", "", out.getvalue())  # a terminal colours the warning; the words are read
+    assert text.splitlines() == [
+        "[blended on vit, sau/tuned, spc 100, partition 0] tuning sau: candidate 1 (trigger_norm=0.1): check "
+        "accuracy 0.8650, kept",
+        "[blended on vit, sau/tuned, spc 100, partition 0] warning: few images",
+        "after the unit",
+    ]
 
 
 def test_on_a_terminal_rich_draws_the_bar(console):

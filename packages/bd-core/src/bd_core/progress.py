@@ -102,8 +102,8 @@ class LoggedProgress(Progress):
         status = task.fields.get("status") or ""
         when = (f"done in {_clock(task.finished_time)}" if task.finished
                 else f"{_clock(task.elapsed)} elapsed, {_clock(task.time_remaining)} left")
-        line = f"{f'[{self.label}] ' if self.label else ''}{task.description}: {count}{' ' + status if status else ''}"
-        log(f"{escape(line)} ({when})")
+        line = f"{task.description}: {count}{' ' + status if status else ''}"
+        _print(self.label, f"{escape(line)} ({when})")
 
 
 def make_progress() -> Progress:
@@ -157,5 +157,11 @@ class Steps:
 
 
 def log(message: str) -> None:
-    """A status line on stderr (always shown: it says what bd is doing)."""
-    _console.print(message, highlight=False, soft_wrap=True)
+    """A status line on stderr (always shown: it says what bd is doing), prefixed with the unit
+    inside `labelled` (a grid's workers interleave their lines in one log)."""
+    _print(_label.get(), message)
+
+
+def _print(label: str, message: str) -> None:
+    """`message` may hold rich markup; the label is printed as it is written."""
+    _console.print(f"{escape(f'[{label}] ') if label else ''}{message}", highlight=False, soft_wrap=True)
