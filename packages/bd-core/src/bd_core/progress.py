@@ -53,7 +53,7 @@ def log_interval() -> float:
 
 @contextmanager
 def labelled(label: str) -> Iterator[None]:
-    """Prefix the log lines of the bars opened inside with `label` (e.g. the grid unit)."""
+    """Prefix the status and progress lines printed inside with `label` (e.g. the grid unit)."""
     token = _label.set(label)
     try:
         yield
@@ -71,7 +71,7 @@ class LoggedProgress(Progress):
 
     def __init__(self, *columns: Any, every: float, **kwargs: Any) -> None:
         super().__init__(*columns, **{**kwargs, "disable": True})
-        self.every, self.label = every, _label.get()
+        self.every = every
         self._last_line: dict[TaskID, float] = {}
 
     def add_task(self, description: str, *args: Any, **kwargs: Any) -> TaskID:
@@ -103,7 +103,7 @@ class LoggedProgress(Progress):
         when = (f"done in {_clock(task.finished_time)}" if task.finished
                 else f"{_clock(task.elapsed)} elapsed, {_clock(task.time_remaining)} left")
         line = f"{task.description}: {count}{' ' + status if status else ''}"
-        _print(self.label, f"{escape(line)} ({when})")
+        log(f"{escape(line)} ({when})")  # the unit's label comes from the context, as for any status line
 
 
 def make_progress() -> Progress:
@@ -159,9 +159,5 @@ class Steps:
 def log(message: str) -> None:
     """A status line on stderr (always shown: it says what bd is doing), prefixed with the unit
     inside `labelled` (a grid's workers interleave their lines in one log)."""
-    _print(_label.get(), message)
-
-
-def _print(label: str, message: str) -> None:
-    """`message` may hold rich markup; the label is printed as it is written."""
+    label = _label.get()  # printed as written; `message` may hold rich markup
     _console.print(f"{escape(f'[{label}] ') if label else ''}{message}", highlight=False, soft_wrap=True)
