@@ -2,14 +2,17 @@
 
 Each reader returns (images uint8 [N,C,H,W], labels int64 [N], class names). They
 never execute code from the files: CIFAR-10's pickles go through an unpickler that
-only rebuilds plain containers and numpy arrays.
+only rebuilds plain containers and numpy arrays, and never allocate more than the file
+could hold: a damaged pickle's length fields are checked against the file first.
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
+import io
 import pickle
+import pickletools
 import struct
 import zlib
 from pathlib import Path
@@ -59,7 +62,11 @@ def read_mnist_pair(images_path: Path, labels_path: Path) -> tuple[Tensor, Tenso
 # ---------------------------------------------------------------- CIFAR-10 python batches
 
 
-class _ArrayOnlyUnpickler(pickle.Unpickler):
+# The pure-Python unpickler, not the C one: the C unpickler sizes its memo table from the
+# PUT index it reads (a corrupt 4-byte index asks for gigabytes, and a failed read into a
+# preallocated bytearray prints an unraisable SystemError past our error handling); the
+# Python one keeps its memo in a dict. Its speed is ample for ~20k opcodes per batch.
+class _ArrayOnlyUnpickler(pickle._Unpickler):  # noqa: SLF001
     """Rebuilds dicts, lists, bytes and numpy arrays; refuses every other global."""
 
     _allowed = {
@@ -96,16 +103,26 @@ def _load_cifar_pickle(path: Path, what: str) -> dict:
         raise DataNotFound(f"{path} is missing: CIFAR-10's cifar-10-batches-py/ needs data_batch_1..5, test_batch "
                            "and batches.meta (re-extract cifar-10-python.tar.gz, or pass --download)")
     try:
-        with open(path, "rb") as f:
-            content = _ArrayOnlyUnpickler(f, encoding="bytes").load()
+        raw = path.read_bytes()
     except OSError as e:
         raise BdError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        _check_lengths_fit(raw)
+        content = _ArrayOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as e:  # any way a damaged or hostile pickle fails: refused, nothing of it ran
         raise BdError(f"{path} is not a CIFAR-10 python {what} ({type(e).__name__}: {' '.join(str(e).split())[:120]}); "
                       "re-extract the dataset") from None
     if not isinstance(content, dict):
         raise BdError(f"{path} is not a CIFAR-10 python {what} (holds a {type(content).__name__}, not a dict)")
     return content
+
+
+def _check_lengths_fit(raw: bytes) -> None:
+    """Walk the opcodes once without building anything: every counted string, bytes or long
+    must lie inside the file, so the unpickler never allocates for a length that cannot be
+    there (a BYTEARRAY8 claiming 2**60 bytes in a 300-byte file); raises ValueError otherwise."""
+    for _ in pickletools.genops(raw):
+        pass
 
 
 def read_cifar10(folder: Path, train: bool) -> tuple[Tensor, Tensor, list[str]]:
