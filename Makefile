@@ -77,11 +77,17 @@ asan: $(TOOLS)
 	LD_PRELOAD="$(ASAN_LIB)" ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 PYTHONPATH=build/asan BD_FUZZ_EXAMPLES=300 \
 		$(BIN)/python -m pytest -q -p no:cacheprovider tests/bd_kernels/test_fuzz.py tests/bd_kernels/test_ops.py
 
-# Tests that assert on learned outcomes, run with other CPU code paths than this machine's own
-# (ATen's vector ISA and oneDNN's), as on a CPU without AVX-512 or one of another vendor.
+# Tests that assert on learned outcomes under every CPU code path a user may have: this machine's
+# own, ATen's and oneDNN's AVX2 kernels (a CPU without AVX-512), and their baseline kernels, each
+# with 1 and with 2 threads (about 30 minutes on 2 cores).
+ISA_PATHS := native avx2:ATEN_CPU_CAPABILITY=avx2:ONEDNN_MAX_CPU_ISA=AVX2 \
+             default:ATEN_CPU_CAPABILITY=default:ONEDNN_MAX_CPU_ISA=SSE41
 test-isa: $(TOOLS) data
-	ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 $(BIN)/python -m pytest -q -p no:cacheprovider -m learned tests
-	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(BIN)/python -m pytest -q -p no:cacheprovider -m learned tests
+	@set -e; for path in $(ISA_PATHS); do for threads in 1 2; do \
+		echo "== learned tests: $${path%%:*} kernels, $$threads thread(s)"; \
+		env $$(echo "$$path" | cut -s -d: -f2- | tr : ' ') OMP_NUM_THREADS=$$threads BD_THREADS=$$threads \
+			$(BIN)/python -m pytest -q -p no:cacheprovider -m learned tests; \
+	done; done
 
 clean:
 	rm -rf $(VENV) build packages/*/build packages/*/src/*.egg-info

@@ -216,3 +216,56 @@ def test_precision_bf16_runs_under_its_own_key_and_only_where_a_defense_allows_i
               "--dry-run", "--format", "json")
     assert grid.exit_code == 0 and "clp cannot run in it and run in fp32" in grid.output
     assert json_of(grid)["units"] == 2
+
+
+DIVERGING = '''
+from dataclasses import dataclass
+
+import torch
+from bd_core.train import optimize
+from bd_defenses import Defense, register
+
+
+@register("diverge", family="test", paper="a defense whose training blows up, for tests")
+@dataclass(frozen=True)
+class Diverge(Defense):
+    where: str = "loss"  # "loss": its loss becomes infinite; "weights": it leaves a weight NaN
+
+    def __call__(self, model, data, ctx):
+        weight = next(model.parameters())
+        if self.where == "weights":
+            with torch.no_grad():
+                weight.view(-1)[0] = float("nan")
+            return model
+        optimize(lambda x, y: weight.sum() * float("inf"), lambda: [(data.clean.images[:2], data.clean.labels[:2])],
+                 torch.optim.SGD([weight], lr=0.1), epochs=1, description="diverge's training")
+        return model
+'''
+
+
+@pytest.mark.parametrize("where, reason", [("loss", "diverge's training diverged: the loss became"),
+                                           ("weights", "diverge's defended model: conv1.weight holds non-finite")])
+def test_a_diverged_defense_is_stored_as_failed_never_as_a_result(tmp_path, monkeypatch, where, reason):
+    """A NaN network predicts one class for every input: stored as a result, it would read as
+    ACC 10 % and ASR 100 % (a defense that failed against a perfect attack)."""
+    import importlib
+    import sys
+
+    from bd_core.store import ResultStore
+    from bd_defenses import DEFENSES
+
+    (tmp_path / "diverging_defense.py").write_text(DIVERGING)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("diverging_defense")
+    store = tmp_path / "r.sqlite"
+    try:
+        result = bd("run", "--dataset", "synthetic", "--defense", "diverge", "--set", f"where={where}", "--store",
+                    str(store), "--device", "cpu")
+    finally:
+        DEFENSES.pop("diverge", None)  # other tests iterate over the registry
+        sys.modules.pop("diverging_defense", None)
+    assert result.exit_code == 1 and reason in result.output and "Traceback" not in result.output
+    with ResultStore(store) as results:
+        (row,) = results.query()
+    assert row["status"] == "failed" and reason in row["error"] and row["error"].startswith("Diverged: ")
+    assert row.get("acc_post") is None and row.get("asr_post") is None

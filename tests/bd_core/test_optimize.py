@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 import torch.nn as nn
+from bd_core.errors import BdError, Diverged
+from bd_core.models.state import check_finite
 from bd_core.train import optimize
 
 torch.manual_seed(0)
@@ -123,3 +126,23 @@ def test_tick_replaces_the_loops_own_progress_bar():
     optimize(mse(model), batches, torch.optim.SGD(model.parameters(), lr=0.01), epochs=4,
              tick=lambda: ticks.append(1))
     assert len(ticks) == 4
+
+
+def test_a_non_finite_loss_stops_the_run_with_a_clear_reason():
+    """A learning rate that makes SGD blow up must end the run, not hand back NaN weights whose
+    predictions (one class for every input) would read as a perfect attack."""
+    model = nn.Linear(5, 1, bias=False)
+    opt = torch.optim.SGD(model.parameters(), lr=1e3)
+    reason = r"FT fine-tuning diverged: the loss became (inf|nan) at epoch \d+, batch \d"
+    with pytest.raises(Diverged, match=reason) as e:
+        optimize(mse(model), batches, opt, epochs=50, description="FT fine-tuning")
+    assert not isinstance(e.value, BdError)  # a failed run to store, not a request error to refuse
+
+
+def test_non_finite_weights_are_named():
+    model = nn.Sequential(nn.Linear(5, 3), nn.BatchNorm1d(3))
+    check_finite(model, "the model")  # finite: no error
+    with torch.no_grad():
+        model[1].running_var[2] = float("nan")
+    with pytest.raises(Diverged, match=r"the model: 1.running_var holds non-finite values"):
+        check_finite(model, "the model")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from bd_core.attacked import AttackSpec, obtain_attacked_model, train_attacked_model, weights_digest
+from bd_core.attacked import AttackSpec, load_data, obtain_attacked_model, train_attacked_model, weights_digest
 from bd_core.attacks import BadNets, create_attack
 from bd_core.data import make_synthetic
 from bd_core.errors import BdError, InvalidRequest
@@ -165,3 +165,19 @@ def test_fit_in_bf16_autocasts_the_convolutions_and_keeps_the_fp32_direction():
     assert torch.nn.functional.cosine_similarity(updates[0], updates[1], dim=0) > 0.9
     with pytest.raises(InvalidRequest, match="precision must be one of fp32, bf16"):
         fit(model, lambda idx, g: (images[idx], labels[idx]), 16, epochs=1, batch_size=8, lr=0.05, precision="fp16")
+
+
+@pytest.mark.learned
+@pytest.mark.parametrize("attack", ["blended"])
+def test_attacks_take_on_the_synthetic_data_at_the_quick_preset(attack):
+    """What `bd attack --dataset synthetic` trains, in float32 as a user runs it: the backdoor must
+    take on any CPU (`make test-isa`), or every synthetic grid measures nothing. Measured on an
+    AVX-512 EPYC: Blended ASR 1.0, loss 0.001 by epoch 5. BadNets is not here yet: on this data it
+    takes for seed 1 and not for seeds 0 and 2 (docs/decisions.md). The model lands in the
+    session's cache, where the CLI tests find it."""
+    from bd_core.paths import cache_root
+    from bd_core.store import ModelCache
+
+    attacked, _ = obtain_attacked_model(AttackSpec("synthetic", "preact-resnet18", attack), load_data("synthetic"),
+                                        ModelCache(cache_root() / "models"))
+    assert attacked.meta["metrics"]["asr"] >= 0.9 and attacked.meta["metrics"]["acc"] >= 0.9

@@ -10,10 +10,12 @@ poisoned training mix (10 % triggered), as training on poisoned data would leave
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from bd_core.data import ImageSet
+from bd_core.data import ImageSet, make_synthetic, mitigation_set
 from bd_core.data.batches import clean_batches
 from bd_core.models import BdModel, ModelFacts
 from bd_core.train import fit
@@ -51,7 +53,7 @@ def add_patch(images: torch.Tensor) -> torch.Tensor:
 
 def normalized(images: torch.Tensor, data: ImageSet) -> torch.Tensor:
     mean, std = data.mean_std()
-    return (images.float() / 255 - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    return (images.to(torch.get_default_dtype()) / 255 - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
 
 
 @torch.no_grad()
@@ -90,10 +92,29 @@ def set_bn_channel(bn: nn.BatchNorm2d, z: torch.Tensor, shift: float) -> None:
     bn.bias[K] = mean + shift
 
 
-def planted_model(train: ImageSet, epochs: int = 10, seed: int = 0) -> Planted:
+class PlantedWorld(NamedTuple):
+    """What the mechanism tests share: the data, the planted model (float64) and a clean set."""
+
+    train: ImageSet
+    test: ImageSet
+    model: Planted
+    clean: ImageSet  # the defender's mitigation set, SPC 10
+
+
+def planted_world(n_train: int = 1000) -> PlantedWorld:
+    """Synthetic 1x28x28 data and the planted model trained on it. Float32: the backdoor is set by
+    hand with wide margins, and the mechanism tests hold across CPU paths in float32 (`make
+    test-isa` checks it); float64 would cost 4x on every convolution."""
+    train = make_synthetic("train", n_train=n_train, size=28, channels=1)
+    test = make_synthetic("test", n_test=300, size=28, channels=1)
+    return PlantedWorld(train, test, planted_model(train), mitigation_set(train, 10, 0))
+
+
+def planted_model(train: ImageSet, epochs: int = 5, seed: int = 0) -> Planted:
     torch.manual_seed(seed)
     model = Planted(train.channels, WIDTH, train.num_classes)
-    fit(model, clean_batches(train, None, "cpu"), len(train), epochs=epochs, batch_size=128, lr=0.05, seed=seed)
+    # small batches, many steps: clean accuracy ~0.99, so a clean error never reads as attack success
+    fit(model, clean_batches(train, None, "cpu"), len(train), epochs=epochs, batch_size=32, lr=0.05, seed=seed)
     return plant(model, train)
 
 

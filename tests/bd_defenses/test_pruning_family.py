@@ -9,7 +9,6 @@ import math
 
 import pytest
 import torch
-from bd_core.data import make_synthetic, mitigation_set
 from bd_core.data.pixels import Pixels
 from bd_defenses import Context, MitigationData, create_defense
 from bd_defenses.bnp import bnp_divergence
@@ -17,15 +16,14 @@ from bd_defenses.bounds import ChannelBound, clamp_above
 from bd_defenses.clp import channel_lipschitz_bounds
 from bd_defenses.fmp import conv_output
 from bd_defenses.surgery import ChannelMask, fold_batchnorm
-from planted import K, plant, planted_model, success_rates
+from planted import K, plant, planted_world, success_rates
+
+pytestmark = pytest.mark.learned  # masks are learned on the planted model (in float32: see planted_world)
 
 
 @pytest.fixture(scope="module")
 def world():
-    train = make_synthetic("train", n_train=1000, size=28, channels=1)
-    test = make_synthetic("test", n_test=300, size=28, channels=1)
-    model = planted_model(train)
-    return train, test, model, mitigation_set(train, 10, 0)
+    return planted_world()
 
 
 def run(name, model, clean, **settings):

@@ -36,7 +36,9 @@ class RunsCode:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A store holding one row, a model file, and data folders broken in every way tried."""
+    from bd_core.attacked import AttackSpec
     from bd_core.attacks import BadNets
+    from bd_core.attacks.base import PatternTrigger
     from bd_core.data import make_synthetic
     from bd_core.models import create_model
     from bd_core.store import ResultStore, save_model
@@ -55,6 +57,11 @@ def world(tmp_path_factory):
                                                                                                      n_train=8), 0)
     save_model(root / "no-attack.safetensors", model, meta, trigger)
     save_model(root / "huge.safetensors", model, {**meta, "num_classes": 10**12}, trigger)
+    # a complete model file of a 1x28x28 network whose BadNets pattern is 3x5x5
+    gray = {**meta, "in_channels": 1, "image_size": 28,
+            "attack": AttackSpec("synthetic", "preact-resnet18", "badnets").config()}
+    save_model(root / "misfit-trigger.safetensors", create_model("preact-resnet18", 10, 1, 28, 0.125), gray,
+               PatternTrigger(torch.full((3, 5, 5), 255.0), torch.ones(1, 5, 5)))
     (root / "junk.sqlite").write_bytes(random.Random(1).randbytes(4096))
     (root / "a-file").write_text("not a folder")
 
@@ -106,6 +113,14 @@ CASES = [
     ("model file without an attack section",
      ["defend", "--model", "{root}/no-attack.safetensors", "--dataset", "synthetic"], "no 'attack' section"),
     ("model file with absurd num_classes", ["defend", "--model", "{root}/huge.safetensors"], "num_classes"),
+    ("model file whose trigger does not fit", ["defend", "--model", "{root}/misfit-trigger.safetensors"],
+     "trigger does not fit the model's 1x28x28 images"),
+    ("learning rate not finite", ["run", "--dataset", "synthetic", "--defense", "ft", "--set", "lr=inf", "--store",
+                                  "{store}"], "lr must be a finite number, got inf"),
+    ("absurd learning rate", ["run", "--dataset", "synthetic", "--defense", "ft", "--set", "lr=1e30", "--store",
+                              "{store}"], "lr must be in (0, 1], got 1e+30"),
+    ("absurd setting of a combined part", ["run", "--dataset", "synthetic", "--defense", "bnp+ft", "--set",
+                                           "ft.momentum=nan", "--store", "{store}"], "momentum must be a finite"),
     ("missing CIFAR "
      "batch", ["attack", "--dataset", "cifar10", "--data-dir", "{cifar-missing}"], "data_batch_3 is missing"),
     ("malicious batches.meta", ["attack", "--dataset", "cifar10", "--data-dir", "{cifar-evil-meta}"], "batches.meta"),

@@ -19,9 +19,10 @@ from bd_core.attacks import ATTACKS
 from bd_core.data import load_dataset, mitigation_set
 from bd_core.data.imageset import ImageSet, as_unlabeled
 from bd_core.data.mitigation import check_mitigation_request, indices_digest, mitigation_from_indices
-from bd_core.errors import BdError, InvalidRequest
+from bd_core.errors import BdError, Diverged, InvalidRequest
 from bd_core.metrics import Metrics, arr, evaluate, rdr
 from bd_core.models import MODELS
+from bd_core.models.state import check_finite
 from bd_core.profiling import profiled
 from bd_core.progress import log
 from bd_core.store import ModelCache, ResultStore, config_key
@@ -195,11 +196,15 @@ def execute(
             started = time.perf_counter()
             repaired = defense(model, MitigationData(clean, unlabeled_data(defense, data, spec)), ctx)
             seconds = time.perf_counter() - started
+        check_finite(repaired, f"{defense.name}'s defended model")
         if profile is not None:
             log(f"profile of {defense.name}: {profile}")
         post = evaluate(repaired, data.test, attacked.trigger, spec.attack.target, device=device)
     except BdError:
         raise
+    except Diverged as e:  # the reason is the whole story: no traceback
+        row.update(status="failed", error=f"{type(e).__name__}: {e}")
+        return row
     except Exception as e:
         row.update(status="failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}")
         return row

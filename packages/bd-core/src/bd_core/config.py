@@ -1,15 +1,90 @@
 """Building frozen settings dataclasses from user overrides (`--set key=value`),
-with type conversion and one clear error for unknown keys or bad values."""
+with type conversion and one clear error for unknown keys or bad values.
+
+A setting's valid range is declared on its field (`setting(0.01, above=0, high=10)`) and
+checked by `check_settings`, once for every dataclass: every number must be finite and inside
+its declared range, so a value that would make training diverge (`lr=inf`, `lr=1e30`) is
+refused before anything runs.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from bd_core.errors import InvalidRequest
 
 T = TypeVar("T")
+RANGE = "bd_range"  # the dataclass field metadata key of a declared range
+
+
+@dataclass(frozen=True)
+class Range:
+    """low <= value <= high; an open end excludes its bound; None: unbounded on that side."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        low, high = _number(self.low), _number(self.high)
+        if self.high is None:
+            return "unbounded" if self.low is None else f"{'>' if self.low_open else '>='} {low}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {high}"
+        return f"{'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+
+
+def _number(value: float | None) -> str:
+    """1000000 as 1000000 (not 1e+06), 1e-06 and 0.5 as they are."""
+    if value is None:
+        return ""
+    return str(int(value)) if float(value).is_integer() and abs(value) < 1e12 else f"{value:g}"
+
+
+def setting(default: Any, low: float | None = None, high: float | None = None, *, above: float | None = None,
+            below: float | None = None) -> Any:
+    """A dataclass field with `default` whose value must lie in [low, high]; `above`/`below` are
+    exclusive bounds instead (`setting(0.01, above=0, high=10)`: a learning rate in (0, 10])."""
+    if (low is not None and above is not None) or (high is not None and below is not None):
+        raise ValueError("give each end of a range once: low or above, high or below")
+    bounds = Range(low if above is None else above, high if below is None else below, above is not None,
+                   below is not None)
+    return dataclasses.field(default=default, metadata={RANGE: bounds})
+
+
+def declared_range(field: dataclasses.Field) -> Range | None:
+    return field.metadata.get(RANGE)
+
+
+def check_settings(settings: Any) -> None:
+    """Raise ValueError naming the first setting of the dataclass `settings` that is not a finite
+    number where numbers go, or lies outside its declared range. Booleans and strings pass."""
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                continue
+            if not math.isfinite(v):
+                raise ValueError(f"{field.name} must be a finite number, got {v}")
+            bounds = declared_range(field)
+            if bounds is not None and v not in bounds:
+                raise ValueError(f"{field.name} must be {_phrase(bounds)}, got {v:g}")
+
+
+def _phrase(bounds: Range) -> str:
+    text = str(bounds)
+    return text if text[0] in "<>" else f"in {text}"
 
 
 def parse_assignments(items: list[str] | None) -> dict[str, str]:

@@ -15,3 +15,8 @@ class UnsafeModelFile(BdError):
 
 class InvalidRequest(BdError):
     """A parameter value is out of range or inconsistent with the data."""
+
+
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss or non-finite weights. Not a request error: the unit
+    ran, and is stored as failed with this reason (never as a result with ACC and ASR)."""

@@ -15,6 +15,7 @@ cosine annealing. A training-controlled attack or a defense passes its own `step
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bd_core import layout
-from bd_core.errors import InvalidRequest
+from bd_core.errors import Diverged, InvalidRequest
 from bd_core.progress import make_progress
 from bd_core.threads import rebalance
 
@@ -165,7 +166,7 @@ def optimize(
             if model is not None:
                 model.train(training)
             total, count = 0.0, 0
-            for x, y in batches():
+            for batch_number, (x, y) in enumerate(batches(), 1):
                 if device is not None:
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 optimizer.zero_grad(set_to_none=True)
@@ -177,7 +178,11 @@ def optimize(
                 optimizer.step()
                 if after_step is not None:
                     after_step()
-                total += float(loss.detach()) * len(y)
+                value = float(loss.detach())  # the loop reads every loss anyway (its mean per epoch)
+                if not math.isfinite(value):
+                    raise Diverged(f"{description} diverged: the loss became {value} at epoch {epoch}, batch "
+                                   f"{batch_number}; lower its learning rate (or step size)")
+                total += value * len(y)
                 count += len(y)
                 if steps_per_epoch and progress is not None:
                     progress.update(task, advance=1, status=f"epoch {epoch}/{epochs} loss {total / count:.3f}")

@@ -18,10 +18,11 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from bd_core.config import setting
 from bd_core.data.pixels import Pixels
 from bd_core.train import optimize
 
-from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
+from bd_defenses.base import Context, Defense, MitigationData
 from bd_defenses.masking import MaskedConv2d, bake_masks, clip_masks, mask_scores, masked_model, prune_by_threshold
 from bd_defenses.pixels import accuracy
 from bd_defenses.registry import register
@@ -45,22 +46,16 @@ class ANP(Defense):
     requires: ClassVar[dict[str, str]] = {"conv": "it perturbs and masks every convolution's output channels"}
     tune: ClassVar[tuple[dict[str, Any], ...]] = ({"acc_ratio": 0.05}, {"acc_ratio": 0.1},
                                                   {"acc_ratio": 0.2})  # --tune, mildest first: pruning tolerance
-    eps: float = 0.4  # perturbation budget on each neuron's weight and bias multipliers
-    alpha: float = 0.2  # weight of the natural loss (lambda in survey Eq. 6)
-    iterations: int = 2000
-    batch_size: int = 256  # images per iteration, as the survey's code (it samples with replacement)
-    mask_lr: float = 0.01  # the survey's code (BackdoorBench's config); ANP's paper used 0.2
-    acc_ratio: float = 0.1
-    pruning_max: float = 0.9
-    pruning_step: float = 0.05
+    eps: float = setting(0.4, 0, 1)  # perturbation budget on each neuron's weight and bias multipliers
+    alpha: float = setting(0.2, 0, 1)  # weight of the natural loss (lambda in survey Eq. 6)
+    iterations: int = setting(2000, 1, 100_000)
+    # images per iteration, as the survey's code (it samples with replacement)
+    batch_size: int = setting(256, 1, 1_000_000)
+    mask_lr: float = setting(0.01, above=0, high=1)  # the survey's code (BackdoorBench's config); ANP's paper used 0.2
+    acc_ratio: float = setting(0.1, 0, 1)
+    pruning_max: float = setting(0.9, 0, 1)
+    pruning_step: float = setting(0.05, above=0, high=1)
 
-    def __post_init__(self) -> None:
-        check_between("eps", self.eps, 0.0, 1.0)
-        check_between("alpha", self.alpha, 0.0, 1.0)
-        check_between("acc_ratio", self.acc_ratio, 0.0, 1.0)
-        check_between("pruning_max", self.pruning_max, 0.0, 1.0)
-        check_positive(iterations=self.iterations, batch_size=self.batch_size, mask_lr=self.mask_lr,
-                       pruning_step=self.pruning_step)
 
     # ANP is learn, then prune (Defense.__call__ runs the two stages); `--tune` varies the pruning
     # tolerance, so its candidates share the masks' 2000 iterations

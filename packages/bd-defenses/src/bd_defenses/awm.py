@@ -16,10 +16,11 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from bd_core.config import setting
 from bd_core.data.pixels import Pixels, epoch_batches
 from bd_core.train import optimize
 
-from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
+from bd_defenses.base import Context, Defense, MitigationData
 from bd_defenses.masking import bake_masks, clip_masks, mask_summary, masked_model
 from bd_defenses.registry import register
 
@@ -29,22 +30,15 @@ from bd_defenses.registry import register
 @dataclass(frozen=True)
 class AWM(Defense):
     requires: ClassVar[dict[str, str]] = {"conv": "it learns a mask over every convolution's weights"}
-    lambda1: float = 0.9  # clean loss
-    lambda2: float = 0.1  # loss under the universal perturbation
-    lambda3: float = 1e-7  # L1 sparsity of the mask
-    epochs: int = 20
-    lr: float = 1e-2
-    lr_decay: float = 0.9
-    trigger_lr: float = 10.0
-    trigger_norm: float = 1000.0  # L1 radius of delta, in pixel units summed over the image
-    batch_size: int = 256
-
-    def __post_init__(self) -> None:
-        for name in ("lambda1", "lambda2", "lr_decay"):
-            check_between(name, getattr(self, name), 0.0, 1.0)
-        check_between("lambda3", self.lambda3, 0.0, 1.0)
-        check_positive(epochs=self.epochs, lr=self.lr, trigger_lr=self.trigger_lr, trigger_norm=self.trigger_norm,
-                       batch_size=self.batch_size)
+    lambda1: float = setting(0.9, 0, 1)  # clean loss
+    lambda2: float = setting(0.1, 0, 1)  # loss under the universal perturbation
+    lambda3: float = setting(1e-7, 0, 1)  # L1 sparsity of the mask
+    epochs: int = setting(20, 1, 100_000)
+    lr: float = setting(1e-2, above=0, high=1)
+    lr_decay: float = setting(0.9, 0, 1)
+    trigger_lr: float = setting(10.0, above=0, high=10_000)
+    trigger_norm: float = setting(1000.0, above=0, high=1e9)  # L1 radius of delta, in pixel units summed over the image
+    batch_size: int = setting(256, 1, 1_000_000)
 
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
         pixels = Pixels.of(data.clean, ctx.device)

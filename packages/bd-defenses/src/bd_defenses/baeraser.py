@@ -16,11 +16,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from bd_core.config import setting
 from bd_core.data.pixels import Pixels, epoch_batches
 from bd_core.progress import Steps
 from bd_core.train import optimize
 
-from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
+from bd_defenses.base import Context, Defense, MitigationData
 from bd_defenses.pixels import accuracy
 from bd_defenses.registry import register
 from bd_defenses.trigger_distribution import ASSUMES, check_assumptions, fit_trigger_distribution
@@ -33,23 +34,19 @@ class BAERASER(Defense):
     target: int = -1
     trigger_size: int = 3
     location: str = "bottom-right"
-    entropy_weight: float = 0.1
-    success_level: float = 0.9
-    steps: int = 300
-    gen_batch: int = 64
-    gen_lr: float = 1e-3
-    epochs: int = 10
-    lr: float = 1e-3  # gradient ascent diverges at 1e-2 on small models (measured; docs/defenses.md)
-    ascent_cap: float = 5.0  # stop ascending once the target-class CE of stamped images exceeds this
-    penalty: float = 1.0  # initial weight of the clean loss
-    tolerance: float = 0.05
-    batch_size: int = 256
-
-    def __post_init__(self) -> None:
-        check_between("success_level", self.success_level, 0.01, 0.99)
-        check_between("tolerance", self.tolerance, 0.0, 1.0)
-        check_positive(steps=self.steps, gen_batch=self.gen_batch, gen_lr=self.gen_lr, epochs=self.epochs, lr=self.lr,
-                       ascent_cap=self.ascent_cap, penalty=self.penalty, batch_size=self.batch_size)
+    entropy_weight: float = setting(0.1, 0, 100)
+    success_level: float = setting(0.9, 0.01, 0.99)
+    steps: int = setting(300, 1, 100_000)
+    gen_batch: int = setting(64, 1, 1_000_000)
+    gen_lr: float = setting(1e-3, above=0, high=1)
+    epochs: int = setting(10, 1, 100_000)
+    # gradient ascent diverges at 1e-2 on small models (measured; docs/defenses.md)
+    lr: float = setting(1e-3, above=0, high=1)
+    # stop ascending once the target-class CE of stamped images exceeds this
+    ascent_cap: float = setting(5.0, above=0, high=1000)
+    penalty: float = setting(1.0, above=0, high=1e6)  # initial weight of the clean loss
+    tolerance: float = setting(0.05, 0, 1)
+    batch_size: int = setting(256, 1, 1_000_000)
 
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
         pixels = Pixels.of(data.clean, ctx.device)

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
+from bd_core.config import check_settings
 from bd_core.data import Augment, ImageSet
 from bd_core.errors import BdError
 from bd_core.models import ModelFacts
@@ -107,6 +108,11 @@ class Defense:
     # default among them (bd_defenses.tuning); empty: not tunable
     tune: ClassVar[tuple[dict[str, Any], ...]] = ()
 
+    def __post_init__(self) -> None:
+        """Every setting finite and inside the range declared on its field (bd_core.config.setting);
+        a subclass with checks of its own calls this first."""
+        check_settings(self)
+
     def refusal(self, facts: ModelFacts, arch: str) -> str | None:
         """One line saying which layer type this defense needs and `arch` lacks, or None."""
         for layer, why in self.requires.items():
@@ -179,13 +185,3 @@ class Defense:
         into `MitigationData.unlabeled`; no defense reads a dataset itself."""
         return None
 
-
-def check_positive(**values: float) -> None:
-    for name, value in values.items():
-        if not value > 0:
-            raise ValueError(f"{name} must be > 0, got {value}")
-
-
-def check_between(name: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be in [{low}, {high}], got {value}")

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from bd_core.config import setting
 from bd_core.data import ImageSet
 from bd_core.data.batches import clean_batches
 from bd_core.train import optimize, shuffled_batches
 
-from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
+from bd_defenses.base import Context, Defense, MitigationData
 from bd_defenses.registry import register
 
 NEEDS = "unlabeled out-of-distribution images: --set ood_dataset=NAME (e.g. fashion-mnist for a CIFAR model)"
@@ -53,17 +54,12 @@ def reinitialise_by_depth(model: nn.Module, reinit_max: float, g: torch.Generato
 @dataclass(frozen=True)
 class BCU(Defense):
     ood_dataset: str = ""  # required: the unlabeled data BCU assumes
-    ood_images: int = 5000
-    reinit_max: float = 0.3
-    temperature: float = 4.0
-    epochs: int = 20
-    lr: float = 0.01
-    batch_size: int = 256
-
-    def __post_init__(self) -> None:
-        check_between("reinit_max", self.reinit_max, 0.0, 1.0)
-        check_positive(ood_images=self.ood_images, temperature=self.temperature, epochs=self.epochs, lr=self.lr,
-                       batch_size=self.batch_size)
+    ood_images: int = setting(5000, 1, 10_000_000)
+    reinit_max: float = setting(0.3, 0, 1)
+    temperature: float = setting(4.0, above=0, high=1000)
+    epochs: int = setting(20, 1, 100_000)
+    lr: float = setting(0.01, above=0, high=1)
+    batch_size: int = setting(256, 1, 1_000_000)
 
     def unlabeled_request(self) -> tuple[str, int] | None:
         return (self.ood_dataset, self.ood_images) if self.ood_dataset else None

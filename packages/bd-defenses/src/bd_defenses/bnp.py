@@ -24,10 +24,11 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
+from bd_core.config import setting
 from torch import Tensor
 
 from bd_defenses.activations import layers_statistics
-from bd_defenses.base import Context, Defense, MitigationData, check_between
+from bd_defenses.base import Context, Defense, MitigationData
 from bd_defenses.pruning import layer_outliers, outlier_report
 from bd_defenses.registry import register
 from bd_defenses.surgery import zero_bn_channels
@@ -46,10 +47,7 @@ class BNP(Defense):
                                           "data's"}
     tune: ClassVar[tuple[dict[str, Any], ...]] = ({"u": 4.0}, {"u": 3.0},
                                                   {"u": 2.0})  # --tune, mildest first: lower u prunes more
-    u: float = 3.0  # lambda in tau_l = mean(K_l) + lambda * std(K_l)
-
-    def __post_init__(self) -> None:
-        check_between("u", self.u, -10.0, 100.0)
+    u: float = setting(3.0, -10, 100)  # lambda in tau_l = mean(K_l) + lambda * std(K_l)
 
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
         bns = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from bd_core.config import setting
 from bd_core.data.batches import clean_batches
 from bd_core.data.pixels import Pixels, epoch_batches
 from bd_core.progress import Steps
 from bd_core.train import optimize, shuffled_batches
 from torch import Tensor
 
-from bd_defenses.base import Context, Defense, MitigationData, check_positive
+from bd_defenses.base import Context, Defense, MitigationData
 from bd_defenses.pixels import clamp_between
 from bd_defenses.registry import register
 
@@ -62,23 +63,17 @@ class UNet(nn.Module):
           "via Decoupling Benign Features (ICLR 2024)", aliases=("btidbf", "btidbf-u"))
 @dataclass(frozen=True)
 class BTIDBF(Defense):
-    rounds: int = 5
-    pretrain_epochs: int = 50
-    mask_epochs: int = 20
-    generator_epochs: int = 30
-    unlearn_epochs: int = 30
-    gen_lr: float = 1e-3
-    cls_lr: float = 1e-4
-    norm_bound: float = 0.3
-    feat_bound: float = 3.0
-    batch_size: int = 128
-    base_filters: int = 32
-
-    def __post_init__(self) -> None:
-        check_positive(rounds=self.rounds, pretrain_epochs=self.pretrain_epochs, mask_epochs=self.mask_epochs,
-                       generator_epochs=self.generator_epochs, unlearn_epochs=self.unlearn_epochs, gen_lr=self.gen_lr,
-                       cls_lr=self.cls_lr, norm_bound=self.norm_bound, feat_bound=self.feat_bound,
-                       batch_size=self.batch_size, base_filters=self.base_filters)
+    rounds: int = setting(5, 1, 100_000)
+    pretrain_epochs: int = setting(50, 1, 100_000)
+    mask_epochs: int = setting(20, 1, 100_000)
+    generator_epochs: int = setting(30, 1, 100_000)
+    unlearn_epochs: int = setting(30, 1, 100_000)
+    gen_lr: float = setting(1e-3, above=0, high=1)
+    cls_lr: float = setting(1e-4, above=0, high=1)
+    norm_bound: float = setting(0.3, above=0, high=1000)
+    feat_bound: float = setting(3.0, above=0, high=1000)
+    batch_size: int = setting(128, 1, 1_000_000)
+    base_filters: int = setting(32, 1, 4096)
 
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
         pixels = Pixels.of(data.clean, ctx.device)

@@ -30,6 +30,7 @@ class Combined(Defense):
     benchmarked: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if len(self.parts) < 2:
             raise ValueError(f"a combined defense needs at least two parts, got {len(self.parts)}")
 

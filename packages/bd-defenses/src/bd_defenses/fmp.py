@@ -17,12 +17,13 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from bd_core.config import setting
 from bd_core.data.pixels import Pixels
 from bd_core.models import anatomy
 from bd_core.progress import Steps
 from torch import Tensor
 
-from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
+from bd_defenses.base import Context, Defense, MitigationData
 from bd_defenses.finetune import finetune
 from bd_defenses.registry import register
 from bd_defenses.surgery import zero_channels
@@ -57,19 +58,13 @@ def conv_output(model: nn.Module, conv: nn.Module, x: Tensor) -> Tensor:
 class FMP(Defense):
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "bf16")  # all its training is finetune()
     requires: ClassVar[dict[str, str]] = {"conv": "it ranks every convolution's feature maps by their FGSM sensitivity"}
-    eps: float = 1 / 255
-    adv_images: int = 32
-    prune_fraction: float = 1 / 64  # per layer, of the most perturbation-sensitive channels
-    epochs: int = 10
-    lr: float = 0.01
-    batch_size: int = 256
-    group: int = 16  # channels perturbed together in one batched pass
-
-    def __post_init__(self) -> None:
-        check_between("eps", self.eps, 0.0, 1.0)
-        check_between("prune_fraction", self.prune_fraction, 0.0, 1.0)
-        check_between("epochs", self.epochs, 0, 10_000)
-        check_positive(adv_images=self.adv_images, lr=self.lr, batch_size=self.batch_size, group=self.group)
+    eps: float = setting(1 / 255, 0, 1)
+    adv_images: int = setting(32, 1, 10_000_000)
+    prune_fraction: float = setting(1 / 64, 0, 1)  # per layer, of the most perturbation-sensitive channels
+    epochs: int = setting(10, 0, 100_000)
+    lr: float = setting(0.01, above=0, high=1)
+    batch_size: int = setting(256, 1, 1_000_000)
+    group: int = setting(16, 1, 100_000)  # channels perturbed together in one batched pass
 
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
         parts = anatomy(model)

@@ -16,12 +16,13 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
+from bd_core.config import setting
 from bd_core.data.pixels import Pixels
 from bd_core.models import anatomy
 from torch import Tensor
 
 from bd_defenses.activations import layer_statistics
-from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
+from bd_defenses.base import Context, Defense, MitigationData
 from bd_defenses.finetune import finetune
 from bd_defenses.pixels import accuracy
 from bd_defenses.registry import register
@@ -55,18 +56,12 @@ class FP(Defense):
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "bf16")  # all its training is finetune()
     tune: ClassVar[tuple[dict[str, Any], ...]] = ({"acc_ratio": 0.05}, {"acc_ratio": 0.1},
                                                   {"acc_ratio": 0.2})  # --tune, mildest first: pruning tolerance
-    acc_ratio: float = 0.1  # tolerated relative drop of clean accuracy
-    prune_step: float = 0.01  # fraction of the layer's channels pruned per step
-    epochs: int = 100  # fine-tuning after pruning
-    batch_size: int = 256
-    lr: float = 0.01
-    channels: int = -1  # >= 0: prune exactly this many channels instead of choosing by the rule
-
-    def __post_init__(self) -> None:
-        check_between("acc_ratio", self.acc_ratio, 0.0, 1.0)
-        check_between("prune_step", self.prune_step, 1e-6, 1.0)
-        check_positive(batch_size=self.batch_size, lr=self.lr)
-        check_between("epochs", self.epochs, 0, 10_000)
+    acc_ratio: float = setting(0.1, 0, 1)  # tolerated relative drop of clean accuracy
+    prune_step: float = setting(0.01, 1e-6, 1)  # fraction of the layer's channels pruned per step
+    epochs: int = setting(100, 0, 100_000)  # fine-tuning after pruning
+    batch_size: int = setting(256, 1, 1_000_000)
+    lr: float = setting(0.01, above=0, high=1)
+    channels: int = setting(-1, -1)  # >= 0: prune exactly this many channels instead of choosing by the rule
 
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
         parts = anatomy(model)

@@ -13,9 +13,10 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from bd_core.config import setting
 from bd_core.models import anatomy
 
-from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
+from bd_defenses.base import Context, Defense, MitigationData
 from bd_defenses.finetune import finetune
 from bd_defenses.registry import register
 
@@ -32,14 +33,10 @@ def head_layers(model: nn.Module) -> list[nn.Linear]:
 @dataclass(frozen=True)
 class FST(Defense):
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "bf16")  # all its training is finetune()
-    alpha: float = -1.0  # < 0: the survey's value for the dataset (0.2 where it gives none)
-    epochs: int = 15
-    lr: float = 0.01
-    batch_size: int = 256
-
-    def __post_init__(self) -> None:
-        check_between("alpha", self.alpha, -1.0, 100.0)
-        check_positive(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
+    alpha: float = setting(-1.0, -1, 100)  # < 0: the survey's value for the dataset (0.2 where it gives none)
+    epochs: int = setting(15, 1, 100_000)
+    lr: float = setting(0.01, above=0, high=1)
+    batch_size: int = setting(256, 1, 1_000_000)
 
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
         alpha = self.alpha if self.alpha >= 0 else ALPHA_BY_DATASET.get(data.clean.info.name, 0.2)

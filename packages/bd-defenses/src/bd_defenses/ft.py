@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch.nn as nn
+from bd_core.config import setting
 
-from bd_defenses.base import Context, Defense, MitigationData, check_positive
+from bd_defenses.base import Context, Defense, MitigationData
 from bd_defenses.finetune import finetune
 from bd_defenses.registry import register
 
@@ -19,16 +20,11 @@ class FT(Defense):
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "bf16")  # all its training is finetune()
     tune: ClassVar[tuple[dict[str, Any], ...]] = ({"lr": 0.005}, {"lr": 0.01},
                                                   {"lr": 0.02})  # --tune, mildest first: learning rate
-    epochs: int = 100
-    batch_size: int = 256
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-
-    def __post_init__(self) -> None:
-        check_positive(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr)
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+    epochs: int = setting(100, 1, 100_000)
+    batch_size: int = setting(256, 1, 1_000_000)
+    lr: float = setting(0.01, above=0, high=1)
+    momentum: float = setting(0.9, 0, below=1)
+    weight_decay: float = setting(5e-4, 0, 1)
 
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
         losses = finetune(

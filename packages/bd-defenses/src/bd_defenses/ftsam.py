@@ -17,10 +17,11 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from bd_core.config import setting
 from bd_core.data.batches import clean_batches
 from bd_core.train import optimize, shuffled_batches
 
-from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
+from bd_defenses.base import Context, Defense, MitigationData
 from bd_defenses.registry import register
 
 
@@ -94,16 +95,12 @@ class FTSAM(Defense):
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "bf16")  # its step (ascent included) under autocast
     tune: ClassVar[tuple[dict[str, Any], ...]] = ({"lr": 0.005}, {"lr": 0.01},
                                                   {"lr": 0.02})  # --tune, mildest first: learning rate
-    rho: float = 2.0
-    label_smoothing: float = 0.1
-    epochs: int = 100
-    lr: float = 0.01
-    batch_size: int = 256
-    weight_decay: float = 5e-4
-
-    def __post_init__(self) -> None:
-        check_between("label_smoothing", self.label_smoothing, 0.0, 0.5)
-        check_positive(rho=self.rho, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
+    rho: float = setting(2.0, above=0, high=100)
+    label_smoothing: float = setting(0.1, 0, 0.5)
+    epochs: int = setting(100, 1, 100_000)
+    lr: float = setting(0.01, above=0, high=1)
+    batch_size: int = setting(256, 1, 1_000_000)
+    weight_decay: float = setting(5e-4, 0, 1)
 
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
         make_batch = clean_batches(data.clean, data.augment(), ctx.device)

@@ -16,12 +16,13 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from bd_core.config import setting
 from bd_core.data.pixels import Pixels, epoch_batches
 from bd_core.train import optimize
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
+from bd_defenses.base import Context, Defense, MitigationData
 from bd_defenses.registry import register
 
 
@@ -74,19 +75,14 @@ class IBAU(Defense):
     # --tune, mildest first: the ascent step sets the perturbation's size (the L2 penalty cannot:
     # delta starts at zero, where the penalty's gradient vanishes; measured inert, docs/beyond.md)
     tune: ClassVar[tuple[dict[str, Any], ...]] = ({"delta_lr": 5.0}, {"delta_lr": 10.0}, {"delta_lr": 20.0})
-    rounds: int = 5
-    K: int = 5
-    lr: float = 1e-4
-    inner_step: float = 0.1
-    delta_lr: float = 10.0
-    penalty: float = 0.001
-    portion: float = 0.01  # of each batch perturbed in the outer loss (at least one image)
-    batch_size: int = 256
-
-    def __post_init__(self) -> None:
-        check_between("portion", self.portion, 0.0, 1.0)
-        check_positive(rounds=self.rounds, K=self.K, lr=self.lr, inner_step=self.inner_step, delta_lr=self.delta_lr,
-                       batch_size=self.batch_size)
+    rounds: int = setting(5, 1, 100_000)
+    K: int = setting(5, 1, 100_000)
+    lr: float = setting(1e-4, above=0, high=1)
+    inner_step: float = setting(0.1, above=0, high=1000)
+    delta_lr: float = setting(10.0, above=0, high=10_000)
+    penalty: float = setting(0.001, 0, 1e6)
+    portion: float = setting(0.01, 0, 1)  # of each batch perturbed in the outer loss (at least one image)
+    batch_size: int = setting(256, 1, 1_000_000)
 
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
         pixels = Pixels.of(data.clean, ctx.device)

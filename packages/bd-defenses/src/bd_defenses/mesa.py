@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch.nn as nn
+from bd_core.config import setting
 from bd_core.data.pixels import Pixels
 from bd_core.progress import Steps
 
-from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
+from bd_defenses.base import Context, Defense, MitigationData
 from bd_defenses.registry import register
 from bd_defenses.trigger_distribution import ASSUMES, check_assumptions, fit_trigger_distribution
 from bd_defenses.unlearning import unlearn
@@ -27,26 +28,23 @@ from bd_defenses.unlearning import unlearn
 @dataclass(frozen=True)
 class MESA(Defense):
     target: int = -1  # required: MESA's assumption
-    trigger_size: int = 3
+    trigger_size: int = setting(3, 1, 4096)
     location: str = "bottom-right"
     levels: str = "0.5,0.7,0.9"  # staircase of success levels beta
-    entropy_weight: float = 0.1
-    steps: int = 300  # generator updates per level
-    gen_batch: int = 64
-    gen_lr: float = 1e-3
-    patch_ratio: float = 0.2
-    epochs: int = 20
-    lr: float = 0.01
-    batch_size: int = 256
+    entropy_weight: float = setting(0.1, 0, 100)
+    steps: int = setting(300, 1, 100_000)  # generator updates per level
+    gen_batch: int = setting(64, 1, 1_000_000)
+    gen_lr: float = setting(1e-3, above=0, high=1)
+    patch_ratio: float = setting(0.2, 0, 1)
+    epochs: int = setting(20, 1, 100_000)
+    lr: float = setting(0.01, above=0, high=1)
+    batch_size: int = setting(256, 1, 1_000_000)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         betas = self.betas()
         if not betas or not all(0 < b < 1 for b in betas):
             raise ValueError(f"levels must be comma-separated values in (0, 1), got {self.levels!r}")
-        check_between("patch_ratio", self.patch_ratio, 0.0, 1.0)
-        check_between("entropy_weight", self.entropy_weight, 0.0, 100.0)
-        check_positive(steps=self.steps, gen_batch=self.gen_batch, gen_lr=self.gen_lr, epochs=self.epochs, lr=self.lr,
-                       batch_size=self.batch_size)
 
     def betas(self) -> tuple[float, ...]:
         try:

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from bd_core.config import setting
 from bd_core.data.pixels import Pixels
 
 from bd_defenses.activations import layers_statistics
-from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
+from bd_defenses.base import Context, Defense, MitigationData
 from bd_defenses.bounds import install_bounds, layer_moments, train_bounds
 from bd_defenses.registry import register
 
@@ -29,19 +30,13 @@ from bd_defenses.registry import register
           "Arbitrary Backdoor Pattern Types (IEEE S&P 2024)", aliases=("mmbd",))
 @dataclass(frozen=True)
 class MMBD(Defense):
-    lam: float = 0.5
-    alpha: float = 1.2
-    acc_reduction: float = 0.05
-    adapt_every: int = 10
-    epochs: int = 50
-    lr: float = 1e-3
-    batch_size: int = 256
-
-    def __post_init__(self) -> None:
-        check_between("acc_reduction", self.acc_reduction, 0.0, 1.0)
-        check_between("alpha", self.alpha, 1.0, 100.0)
-        check_between("lam", self.lam, 0.0, 1e6)
-        check_positive(adapt_every=self.adapt_every, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
+    lam: float = setting(0.5, 0, 1e6)
+    alpha: float = setting(1.2, 1, 100)
+    acc_reduction: float = setting(0.05, 0, 1)
+    adapt_every: int = setting(10, 1, 100_000)
+    epochs: int = setting(50, 1, 100_000)
+    lr: float = setting(1e-3, above=0, high=1)
+    batch_size: int = setting(256, 1, 1_000_000)
 
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
         pixels = Pixels.of(data.clean, ctx.device)

@@ -21,10 +21,11 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from bd_core.config import setting
 from bd_core.models import anatomy, as_feature_map
 from torch import Tensor
 
-from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
+from bd_defenses.base import Context, Defense, MitigationData
 from bd_defenses.features import stage_outputs
 from bd_defenses.finetune import finetune
 from bd_defenses.registry import register
@@ -50,20 +51,14 @@ class NAD(Defense):
         {"beta1": 500.0, "beta2": 1000.0, "beta3": 1000.0},
         {"beta1": 1000.0, "beta2": 2000.0, "beta3": 2000.0},
     )
-    beta1: float = 500.0  # attention weights of the last three stages, shallow to deep
-    beta2: float = 1000.0
-    beta3: float = 1000.0
-    p: float = 2.0
-    teacher_epochs: int = 10
-    epochs: int = 10  # the student's: te_epochs in the survey's code (see above)
-    lr: float = 0.01
-    batch_size: int = 256
-
-    def __post_init__(self) -> None:
-        for name in ("beta1", "beta2", "beta3"):
-            check_between(name, getattr(self, name), 0.0, 1e6)
-        check_between("p", self.p, 0.5, 8.0)
-        check_positive(teacher_epochs=self.teacher_epochs, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
+    beta1: float = setting(500.0, 0, 1e6)  # attention weights of the last three stages, shallow to deep
+    beta2: float = setting(1000.0, 0, 1e6)
+    beta3: float = setting(1000.0, 0, 1e6)
+    p: float = setting(2.0, 0.5, 8)
+    teacher_epochs: int = setting(10, 1, 100_000)
+    epochs: int = setting(10, 1, 100_000)  # the student's: te_epochs in the survey's code (see above)
+    lr: float = setting(0.01, above=0, high=1)
+    batch_size: int = setting(256, 1, 1_000_000)
 
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
         teacher = copy.deepcopy(model)

@@ -18,12 +18,13 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from bd_core.config import setting
 from bd_core.data.pixels import Pixels, epoch_batches
 from bd_core.progress import Steps
 from bd_core.train import optimize
 from torch import Tensor
 
-from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
+from bd_defenses.base import Context, Defense, MitigationData
 from bd_defenses.registry import register
 from bd_defenses.unlearning import unlearn
 
@@ -60,26 +61,19 @@ class NC(Defense):
     # --tune, mildest first: a lower threshold flags more classes
     tune: ClassVar[tuple[dict[str, Any], ...]] = ({"anomaly_threshold": 2.5}, {"anomaly_threshold": 2.0},
                                                   {"anomaly_threshold": 1.5})
-    init_cost: float = 1e-3
-    epochs: int = 80  # reverse-engineering epochs per class
-    mask_lr: float = 0.1
-    success_threshold: float = 0.98
-    patience: int = 5
-    cost_multiplier: float = 2.0
-    anomaly_threshold: float = 2.0
-    unlearning_ratio: float = 0.2
-    unlearn_epochs: int = 100
-    unlearn_lr: float = 0.01
-    batch_size: int = 256
-    class_chunk: int = 10  # classes reverse-engineered together in one batched pass
+    init_cost: float = setting(1e-3, above=0, high=1e6)
+    epochs: int = setting(80, 1, 100_000)  # reverse-engineering epochs per class
+    mask_lr: float = setting(0.1, above=0, high=1)
+    success_threshold: float = setting(0.98, 0, 1)
+    patience: int = setting(5, 1, 100_000)
+    cost_multiplier: float = setting(2.0, 1, 100)
+    anomaly_threshold: float = setting(2.0, above=0)  # a huge value flags nothing
+    unlearning_ratio: float = setting(0.2, 0, 1)
+    unlearn_epochs: int = setting(100, 1, 100_000)
+    unlearn_lr: float = setting(0.01, above=0, high=1)
+    batch_size: int = setting(256, 1, 1_000_000)
+    class_chunk: int = setting(10, 1, 100_000)  # classes reverse-engineered together in one batched pass
 
-    def __post_init__(self) -> None:
-        check_between("success_threshold", self.success_threshold, 0.0, 1.0)
-        check_between("unlearning_ratio", self.unlearning_ratio, 0.0, 1.0)
-        check_between("cost_multiplier", self.cost_multiplier, 1.0, 100.0)
-        check_positive(init_cost=self.init_cost, epochs=self.epochs, mask_lr=self.mask_lr, patience=self.patience,
-                       anomaly_threshold=self.anomaly_threshold, unlearn_epochs=self.unlearn_epochs,
-                       unlearn_lr=self.unlearn_lr, batch_size=self.batch_size, class_chunk=self.class_chunk)
 
     # NC is reverse, then repair (Defense.__call__ runs the two stages); `--tune` varies the anomaly
     # threshold, so its candidates share one reverse-engineering of every class, and those

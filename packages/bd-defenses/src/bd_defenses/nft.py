@@ -17,10 +17,11 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from bd_core.config import setting
 from bd_core.data.pixels import Pixels, epoch_batches
 from bd_core.train import optimize
 
-from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
+from bd_defenses.base import Context, Defense, MitigationData
 from bd_defenses.masking import bake_masks, clip_masks, mask_summary, masked_model
 from bd_defenses.registry import register
 
@@ -30,22 +31,15 @@ from bd_defenses.registry import register
 @dataclass(frozen=True)
 class NFT(Defense):
     requires: ClassVar[dict[str, str]] = {"conv": "it learns a mask over every convolution's output channels"}
-    alpha: float = 0.8  # mask lower bound scale
-    beta: float = 0.5  # mask lower bound decay per layer
-    l1_weight: float = 1e-3
-    mixup_alpha: float = 1.0  # Beta(a, a) for the MixUp coefficient
-    epochs: int = 100
-    lr: float = 0.1
-    lr_min: float = 0.02
-    momentum: float = 0.95
-    batch_size: int = 256
-
-    def __post_init__(self) -> None:
-        check_between("alpha", self.alpha, 0.0, 1.0)
-        check_between("beta", self.beta, 0.0, 100.0)
-        check_between("momentum", self.momentum, 0.0, 0.999)
-        check_between("l1_weight", self.l1_weight, 0.0, 10.0)
-        check_positive(mixup_alpha=self.mixup_alpha, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
+    alpha: float = setting(0.8, 0, 1)  # mask lower bound scale
+    beta: float = setting(0.5, 0, 100)  # mask lower bound decay per layer
+    l1_weight: float = setting(1e-3, 0, 10)
+    mixup_alpha: float = setting(1.0, above=0, high=1000)  # Beta(a, a) for the MixUp coefficient
+    epochs: int = setting(100, 1, 100_000)
+    lr: float = setting(0.1, above=0, high=1)
+    lr_min: float = setting(0.02, 0, 10)
+    momentum: float = setting(0.95, 0, 0.999)
+    batch_size: int = setting(256, 1, 1_000_000)
 
     def lower_bounds(self, layers: int) -> list[float]:
         return [self.alpha * math.exp(-self.beta * depth) for depth in range(1, layers + 1)]

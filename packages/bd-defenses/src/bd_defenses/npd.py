@@ -30,12 +30,13 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from bd_core.config import setting
 from bd_core.data.pixels import Pixels, epoch_batches
 from bd_core.models import anatomy
 from bd_core.train import optimize
 from torch import Tensor
 
-from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
+from bd_defenses.base import Context, Defense, MitigationData
 from bd_defenses.registry import register
 from bd_defenses.surgery import set_module
 
@@ -66,28 +67,20 @@ def project_l2(delta: Tensor, radius: float) -> Tensor:
 @dataclass(frozen=True)
 class NPD(Defense):
     requires: ClassVar[dict[str, str]] = {"conv": "its polarizer is a convolution inserted before one of the model's"}
-    lambda1: float = 1.0
-    lambda2: float = 0.4
-    lambda3: float = 0.4
-    lambda4: float = 0.4
-    epochs: int = 50
-    warm_epochs: int = 5
-    warm_lr: float = 1e-4
-    lr: float = 0.01
-    batch_size: int = 128
-    trigger_norm: float = 3.0
-    adv_lr: float = 0.1
-    inner_steps: int = 2
-    stop_success: float = 0.6
+    lambda1: float = setting(1.0, 0, 100)
+    lambda2: float = setting(0.4, 0, 100)
+    lambda3: float = setting(0.4, 0, 100)
+    lambda4: float = setting(0.4, 0, 100)
+    epochs: int = setting(50, 1, 100_000)
+    warm_epochs: int = setting(5, 0, 100_000)
+    warm_lr: float = setting(1e-4, above=0, high=1)
+    lr: float = setting(0.01, above=0, high=1)
+    batch_size: int = setting(128, 1, 1_000_000)
+    trigger_norm: float = setting(3.0, above=0, high=1000)
+    adv_lr: float = setting(0.1, above=0, high=1000)
+    inner_steps: int = setting(2, 1, 100_000)
+    stop_success: float = setting(0.6, 0, 1)
     augment: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("lambda1", "lambda2", "lambda3", "lambda4"):
-            check_between(name, getattr(self, name), 0.0, 100.0)
-        check_between("stop_success", self.stop_success, 0.0, 1.0)
-        check_between("warm_epochs", self.warm_epochs, 0, 1000)
-        check_positive(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, trigger_norm=self.trigger_norm,
-                       adv_lr=self.adv_lr, inner_steps=self.inner_steps, warm_lr=self.warm_lr)
 
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
         pixels = Pixels.of(data.clean, ctx.device)

@@ -11,12 +11,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from bd_core.config import setting
 from bd_core.data.batches import clean_batches
 from bd_core.data.pixels import Pixels
 from bd_core.train import index_batches, optimize
 
 from bd_defenses.adversarial import pgd_linf
-from bd_defenses.base import Context, Defense, MitigationData, check_positive
+from bd_defenses.base import Context, Defense, MitigationData
 from bd_defenses.registry import register
 
 
@@ -24,16 +25,12 @@ from bd_defenses.registry import register
           "Adversarial Attacks (CVPR 2023)")
 @dataclass(frozen=True)
 class PBE(Defense):
-    eps: float = 0.02
-    step_scale: float = 5.0  # PGD step = eps / step_scale
-    iterations: int = 7
-    epochs: int = 20
-    lr: float = 0.01
-    batch_size: int = 256
-
-    def __post_init__(self) -> None:
-        check_positive(eps=self.eps, step_scale=self.step_scale, iterations=self.iterations, epochs=self.epochs,
-                       lr=self.lr, batch_size=self.batch_size)
+    eps: float = setting(0.02, above=0, high=1)
+    step_scale: float = setting(5.0, above=0, high=1000)  # PGD step = eps / step_scale
+    iterations: int = setting(7, 1, 100_000)
+    epochs: int = setting(20, 1, 100_000)
+    lr: float = setting(0.01, above=0, high=1)
+    batch_size: int = setting(256, 1, 1_000_000)
 
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
         low, high = Pixels.of(data.clean, ctx.device).bounds()

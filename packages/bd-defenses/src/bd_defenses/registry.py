@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from bd_core.config import build_dataclass
+from bd_core.config import build_dataclass, declared_range
 from bd_core.errors import BdError
 from bd_core.registry import Registry
 
@@ -154,6 +154,7 @@ def describe(name: str) -> dict[str, Any]:
             "requires": ", ".join(sorted({r for p in parts for r in p["requires"].split(", ") if r})),
             "tune": [],
             "hyperparameters": {f"{p['name']}.{k}": v for p in parts for k, v in p["hyperparameters"].items()},
+            "ranges": {f"{p['name']}.{k}": v for p in parts for k, v in p["ranges"].items()},
         }
     cls = DEFENSES[canonical.removesuffix(TUNED)]
     return {
@@ -165,4 +166,6 @@ def describe(name: str) -> dict[str, Any]:
         "requires": ", ".join(sorted(cls.requires)),  # layer types; a model without them is refused
         "tune": [dict(c) for c in cls.tune],  # --tune's candidates, mildest first
         "hyperparameters": {f.name: f.default for f in dataclasses.fields(cls)},
+        # each setting's valid range, as declared on its field (bd_core.config.setting)
+        "ranges": {f.name: str(r) for f in dataclasses.fields(cls) if (r := declared_range(f)) is not None},
     }

@@ -19,10 +19,11 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from bd_core.config import setting
 from bd_core.data.pixels import Pixels, epoch_batches
 from bd_core.train import optimize
 
-from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
+from bd_defenses.base import Context, Defense, MitigationData
 from bd_defenses.masking import bake_masks, clip_masks, mask_scores, masked_model, prune_by_threshold
 from bd_defenses.pixels import accuracy
 from bd_defenses.registry import register
@@ -32,22 +33,15 @@ from bd_defenses.registry import register
 @dataclass(frozen=True)
 class RNP(Defense):
     requires: ClassVar[dict[str, str]] = {"conv": "it learns a mask over every convolution's output channels"}
-    unlearn_threshold: float = 0.1
-    unlearn_lr: float = 1e-3
-    unlearn_epochs: int = 20
-    weight_decay: float = 5e-2
-    recovery_lr: float = 0.2
-    recovery_epochs: int = 20
-    recovery_drop: float = 0.02
-    threshold_step: float = 0.02
-    batch_size: int = 128
-
-    def __post_init__(self) -> None:
-        check_between("unlearn_threshold", self.unlearn_threshold, 0.0, 1.0)
-        check_between("recovery_drop", self.recovery_drop, 0.0, 1.0)
-        check_positive(unlearn_lr=self.unlearn_lr, unlearn_epochs=self.unlearn_epochs, recovery_lr=self.recovery_lr,
-                       recovery_epochs=self.recovery_epochs, threshold_step=self.threshold_step,
-                       batch_size=self.batch_size)
+    unlearn_threshold: float = setting(0.1, 0, 1)
+    unlearn_lr: float = setting(1e-3, above=0, high=1)
+    unlearn_epochs: int = setting(20, 1, 100_000)
+    weight_decay: float = setting(5e-2, 0, 1)
+    recovery_lr: float = setting(0.2, above=0, high=1)
+    recovery_epochs: int = setting(20, 1, 100_000)
+    recovery_drop: float = setting(0.02, 0, 1)
+    threshold_step: float = setting(0.02, above=0, high=1)
+    batch_size: int = setting(128, 1, 1_000_000)
 
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
         pixels = Pixels.of(data.clean, ctx.device)

@@ -20,11 +20,12 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from bd_core.config import setting
 from bd_core.data.pixels import Pixels, epoch_batches
 from bd_core.train import optimize
 from torch import Tensor
 
-from bd_defenses.base import Context, Defense, MitigationData, check_between, check_positive
+from bd_defenses.base import Context, Defense, MitigationData
 from bd_defenses.registry import register
 
 
@@ -41,27 +42,20 @@ def js_divergence(p: Tensor, q: Tensor) -> Tensor:
 class SAU(Defense):
     tune: ClassVar[tuple[dict[str, Any], ...]] = ({"trigger_norm": 0.1}, {"trigger_norm": 0.2},
                                                   {"trigger_norm": 0.3})  # --tune, mildest first: perturbation budget
-    rounds: int = 100
-    lr: float = 1e-4
-    trigger_norm: float = 0.2  # L-inf radius in pixel units
-    adv_lr: float = 0.2
-    adv_steps: int = 5
-    beta1: float = 0.01
-    beta2: float = 1.0
-    lambda1: float = 1.0
-    lambda2: float = 0.0
-    lambda3: float = 1.0
-    batch_size: int = 256
+    rounds: int = setting(100, 1, 100_000)
+    lr: float = setting(1e-4, above=0, high=1)
+    trigger_norm: float = setting(0.2, 0, 1)  # L-inf radius in pixel units
+    adv_lr: float = setting(0.2, above=0, high=1000)
+    adv_steps: int = setting(5, 1, 100_000)
+    beta1: float = setting(0.01, 0, 100)
+    beta2: float = setting(1.0, 0, 100)
+    lambda1: float = setting(1.0, 0, 100)
+    lambda2: float = setting(0.0, 0, 100)
+    lambda3: float = setting(1.0, 0, 100)
+    batch_size: int = setting(256, 1, 1_000_000)
     # keep perturbed images valid ([0, 1] pixels). The authors' code (BackdoorBench's sau.py) adds
     # the perturbation to the denormalised image without clamping; false reproduces that.
     valid_images: bool = True
-
-    def __post_init__(self) -> None:
-        check_between("trigger_norm", self.trigger_norm, 0.0, 1.0)
-        for name in ("beta1", "beta2", "lambda1", "lambda2", "lambda3"):
-            check_between(name, getattr(self, name), 0.0, 100.0)
-        check_positive(rounds=self.rounds, lr=self.lr, adv_lr=self.adv_lr, adv_steps=self.adv_steps,
-                       batch_size=self.batch_size)
 
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
         pixels = Pixels.of(data.clean, ctx.device)

@@ -39,12 +39,13 @@ from typing import Any, ClassVar
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from bd_core.config import setting
 from bd_core.data import Augment, ImageSet
 from bd_core.data.batches import augmented_batch
 from bd_core.data.pixels import Pixels
 from bd_core.progress import log as say
 
-from bd_defenses.base import Context, Defense, MitigationData, check_between
+from bd_defenses.base import Context, Defense, MitigationData
 
 SUFFIX = "/tuned"  # how a tuned defense is named in results and reports: clp/tuned
 
@@ -140,7 +141,7 @@ class Tuned(Defense):
     """`inner` with its decisive setting chosen from `inner.tune` by the defender's signals."""
 
     inner: Defense
-    tolerance: float = 0.02  # accuracy a stronger candidate may lose against the best one
+    tolerance: float = setting(0.02, 0, 1)  # accuracy a stronger candidate may lose against the best one
     # the settings tried, mildest first: `inner.tune` unless given; part of the stored config, so
     # a result made with other candidates is never taken for this one
     candidates: tuple[dict[str, Any], ...] = ()
@@ -150,9 +151,9 @@ class Tuned(Defense):
     benchmarked: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.inner.tune:
             raise ValueError(f"{self.inner.name} has no tunable setting")
-        check_between("tolerance", self.tolerance, 0.0, 1.0)
         if not self.candidates:
             object.__setattr__(self, "candidates", tuple(dict(c) for c in self.inner.tune))
 

@@ -85,7 +85,7 @@ def apply_trigger(
     crop_offsets: Tensor | None = None,
     padding: int = 0,
     flip: Tensor | None = None,
-    out_dtype: torch.dtype = torch.float32,
+    out_dtype: torch.dtype | None = None,
     channels_last: bool = False,
 ) -> Tensor:
     """Fused poison -> crop/flip -> uint8-to-float -> normalize over a uint8 batch [N,C,H,W].
@@ -93,8 +93,9 @@ def apply_trigger(
     poisoned: bool [N] flags or an index tensor of poisoned rows; pattern [C,H,W] or
     [N,C,H,W] in 0..255; mask [1|C,H,W] or [N,1|C,H,W] in [0,1]; mode replace, blend
     (with alpha) or add (clamped); crop_offsets int [N,2] into the zero-padded image;
-    flip bool [N]. Returns out_dtype, contiguous or channels_last.
+    flip bool [N]. Returns out_dtype (default: torch's default dtype), contiguous or channels_last.
     """
+    out_dtype = out_dtype or torch.get_default_dtype()
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise ValueError(f"images must be uint8 [N,C,H,W], got {images.dtype} {tuple(images.shape)}")
     if mode not in reference.TRIGGER_MODES:

@@ -64,6 +64,19 @@ class Trigger:
     def settings(self) -> dict[str, Any]:
         return {"kind": self.kind}
 
+    def check_fits(self, channels: int, size: int) -> None:
+        """Raise ValueError unless this trigger poisons the images of a channels x size x size model:
+        probed once on a blank image, so every kind (patterns, warp grids, encoders, generators) is
+        checked by what it does, when a model file is read rather than in the middle of a run."""
+        blank = torch.zeros(1, channels, size, size, dtype=torch.uint8)
+        try:
+            with torch.no_grad():
+                out = self.apply(blank, torch.ones(1, dtype=torch.bool), torch.zeros(channels), torch.ones(channels))
+        except (RuntimeError, ValueError, IndexError) as e:
+            raise ValueError(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+        if tuple(out.shape) != tuple(blank.shape):
+            raise ValueError(f"it turns a {tuple(blank.shape[1:])} image into {tuple(out.shape[1:])}")
+
     def bake_rows(self, images: Tensor, poisoned: Tensor) -> tuple[Tensor, Tensor | None]:
         """For a fixed poisoned set: (images, flags) to hand to `apply` batch by batch. A trigger
         that can poison uint8 rows ahead of time does it here once and returns no flags."""

@@ -85,7 +85,7 @@ class LF(Attack):
 
         def random_victims():  # one step is one "epoch" of the loop: a fresh batch of non-target images
             rows = victims[torch.randint(0, len(victims), (128,), generator=g)]
-            return [(train.images[rows].float() / 255.0, torch.full((len(rows),), target))]
+            return [(train.images[rows].to(torch.get_default_dtype()) / 255.0, torch.full((len(rows),), target))]
 
         def project_low_frequency() -> None:
             with torch.no_grad():

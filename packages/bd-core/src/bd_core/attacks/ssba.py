@@ -82,8 +82,8 @@ class SSBATrigger(PixelTrigger):
     @torch.no_grad()
     def poison_pixels(self, images: Tensor) -> Tensor:
         self.encoder.to(images.device).eval()
-        x = images.float() / 255
-        residual = self.encoder(x, self.code.to(images.device).float().unsqueeze(0))
+        x = images.to(torch.get_default_dtype()) / 255
+        residual = self.encoder(x, self.code.to(images.device, torch.get_default_dtype()).unsqueeze(0))
         return ((x + residual).clamp(0, 1) * 255).round().to(torch.uint8)
 
     def artifacts(self) -> dict[str, Tensor]:
@@ -138,8 +138,9 @@ class SSBA(Attack):
 
         def random_images_and_codes():  # one step is one "epoch" of the loop: a fresh random batch
             rows = torch.randint(0, len(train), (self.batch_size,), generator=g)
-            x = train.images[rows].float() / 255
-            return [(x, torch.randint(0, 2, (self.batch_size, self.code_bits), generator=g).float())]
+            x = train.images[rows].to(torch.get_default_dtype()) / 255
+            code = torch.randint(0, 2, (self.batch_size, self.code_bits), generator=g)
+            return [(x, code.to(x.dtype))]
 
         def decodable_and_invisible(x: Tensor, code: Tensor) -> Tensor:
             encoded = to_pixels((x + encoder(x, code)).clamp(0, 1))

@@ -55,6 +55,11 @@ class StoredTrigger(Trigger):
                                  "stored trigger was recorded on; a stored trigger poisons only its record's test set")
         return self.poisoned[torch.tensor(rows, dtype=torch.long)].to(images.device)
 
+    def check_fits(self, channels: int, size: int) -> None:
+        if tuple(self.poisoned.shape[1:]) != (channels, size, size):
+            raise ValueError(f"its poisoned images are {tuple(self.poisoned.shape[1:])}, the model takes "
+                             f"{(channels, size, size)}")
+
     def apply(self, images, poisoned, mean, std, crop_offsets=None, padding=0, flip=None) -> Tensor:
         if poisoned is not None and bool(poisoned.any()):
             images = images.clone()

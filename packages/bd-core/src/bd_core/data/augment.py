@@ -23,8 +23,8 @@ class Augment:
     hflip: bool = True
 
     @staticmethod
-    def for_dataset(info: DatasetInfo, padding: int = 4) -> Augment:
-        return Augment(padding=padding, hflip=info.hflip)
+    def for_dataset(info: DatasetInfo) -> Augment:
+        return Augment(padding=info.crop_padding, hflip=info.hflip)
 
     def draw(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
         offsets = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=generator)

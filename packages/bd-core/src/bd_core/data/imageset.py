@@ -20,6 +20,8 @@ class DatasetInfo:
     std: tuple[float, ...]
     hflip: bool  # horizontal flip is a label-preserving augmentation for this data
     note: str = ""  # anything a reader of the results must know (approximations, sources)
+    # zero padding of the random-crop augmentation (torchvision's RandomCrop(padding=4) by default)
+    crop_padding: int = 4
 
     @property
     def num_classes(self) -> int:
@@ -107,8 +109,9 @@ class ImageSet:
         return torch.bincount(self.labels, minlength=self.num_classes)
 
     def mean_std(self) -> tuple[Tensor, Tensor]:
-        """Normalization constants as float32 tensors [C]."""
-        return torch.tensor(self.info.mean, dtype=torch.float32), torch.tensor(self.info.std, dtype=torch.float32)
+        """Normalization constants as tensors [C] of torch's default dtype (float32 unless a caller
+        such as the learned-outcome tests computes in float64)."""
+        return torch.tensor(self.info.mean), torch.tensor(self.info.std)
 
 
 def as_unlabeled(source: ImageSet, like: ImageSet, n: int, seed: int = 0) -> ImageSet:
@@ -118,7 +121,7 @@ def as_unlabeled(source: ImageSet, like: ImageSet, n: int, seed: int = 0) -> Ima
 
     g = torch.Generator().manual_seed(seed)
     rows = torch.randperm(len(source), generator=g)[: min(n, len(source))]
-    x = source.images[rows].float()
+    x = source.images[rows].to(torch.get_default_dtype())
     if x.shape[1] != like.channels:
         x = x.mean(1, keepdim=True) if like.channels == 1 else x.mean(1, keepdim=True).expand(-1, like.channels, -1, -1)
     if x.shape[-1] != like.image_size:

@@ -20,7 +20,7 @@ from bd_core.data.imageset import ImageSet
 
 @dataclass
 class Pixels:
-    x: Tensor  # [N, C, H, W] float32 in [0, 1], on the defense's device
+    x: Tensor  # [N, C, H, W] in [0, 1], torch's default dtype, on the defense's device
     y: Tensor  # [N] int64, same device
     mean: Tensor  # [1, C, 1, 1]
     std: Tensor
@@ -30,7 +30,7 @@ class Pixels:
     def of(cls, data: ImageSet, device: str | torch.device = "cpu") -> Pixels:
         mean, std = data.mean_std()
         return cls(
-            data.images.to(device).float().div_(255),
+            data.images.to(device, torch.get_default_dtype()).div_(255),
             data.labels.to(device),
             mean.view(1, -1, 1, 1).to(device),
             std.view(1, -1, 1, 1).to(device),

@@ -76,6 +76,12 @@ def load_model(path: Path, need_trigger: bool = True) -> AttackedModel:
         settings = metadata_json(metadata, "bd_trigger", path)
         artifacts = {k[len("trigger.") :]: v for k, v in tensors.items() if k.startswith("trigger.")}
         trigger = Trigger.restore(artifacts, settings)
+        try:
+            trigger.check_fits(meta["in_channels"], meta["image_size"])
+        except ValueError as e:
+            shape = f"{meta['in_channels']}x{meta['image_size']}x{meta['image_size']}"
+            raise UnsafeModelFile(f"{path}: its {trigger.kind} trigger does not fit the model's {shape} images "
+                                  f"({e})") from None
     return AttackedModel(model, trigger, meta)
 
 
