@@ -58,7 +58,7 @@ def world(tmp_path_factory):
     save_model(root / "no-attack.safetensors", model, meta, trigger)
     save_model(root / "huge.safetensors", model, {**meta, "num_classes": 10**12}, trigger)
     # a complete model file of a 1x28x28 network whose BadNets pattern is 3x5x5
-    gray = {**meta, "in_channels": 1, "image_size": 28,
+    gray = {**meta, "in_channels": 1, "image_size": 28, "metrics": {"acc": 0.9, "asr": 0.9, "ra": 0.1},
             "attack": AttackSpec("synthetic", "preact-resnet18", "badnets").config()}
     save_model(root / "misfit-trigger.safetensors", create_model("preact-resnet18", 10, 1, 28, 0.125), gray,
                PatternTrigger(torch.full((3, 5, 5), 255.0), torch.ones(1, 5, 5)))
