@@ -17,7 +17,7 @@ import re
 import statistics
 from pathlib import Path
 
-from bd_cli.experiment import ExperimentSpec, run_experiment
+from bd_cli.runner import ExperimentSpec, run_experiment
 from bd_core.attacked import AttackSpec, load_data
 from bd_core.paths import cache_root
 from bd_core.store import ModelCache, ResultStore

@@ -179,7 +179,7 @@ def test_grid_dry_run_counts_units(tmp_path):
 
 
 def test_every_result_names_the_quick_preset_sizes_of_its_attack():
-    from bd_cli.experiment import ExperimentSpec, approximations
+    from bd_cli.runner.experiment import ExperimentSpec, approximations
     from bd_core.attacked import AttackSpec, DataBundle
     from bd_core.data import make_synthetic
 

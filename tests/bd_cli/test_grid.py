@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from bd_cli.grid import GridSpec, bind_units, local_runner, run_grid
+from bd_cli.runner import GridSpec, LocalPool, bind_units, run_grid
 from bd_core.store import ResultStore
 
 MINI = """
@@ -77,9 +77,9 @@ def test_bad_grid_file_names_the_valid_keys(tmp_path):
 def test_local_backend_runs_every_unit_once_and_resumes(grid_file, cache_dir, tmp_path):
     grid = GridSpec.from_toml(grid_file)
     with ResultStore(tmp_path / "r.sqlite") as store:
-        report = run_grid(grid.units(), store, cache_dir, local_runner(2), threads=1)
+        report = run_grid(grid.units(), store, cache_dir, LocalPool(2), threads=1)
         assert (report.total, report.ok, report.failed, report.attacks_trained) == (32, 32, 0, 2), report.failures
-        again = run_grid(grid.units(), store, cache_dir, local_runner(2), threads=1)
+        again = run_grid(grid.units(), store, cache_dir, LocalPool(2), threads=1)
         assert (again.skipped, again.ok, again.attacks_trained) == (32, 0, 0)
     rows = keys_in(tmp_path / "r.sqlite")
     assert len(rows) == 32 and all(status == "ok" for _, status in rows)
@@ -96,8 +96,8 @@ def test_local_pool_stops_its_units_when_its_consumer_stops(tmp_path):
     # the driver stops consuming (a row it cannot store, Ctrl-C, SIGTERM): the units not yet handed
     # to a worker must not run and the running one must stop, since nobody would store their results
     items = [(str(tmp_path / f"unit{i}"), 0.3 if i == 0 else 600.0) for i in range(10)]
-    results = local_runner(1)(_touch_after, items, None)
-    first = next(iter(results))
+    results = LocalPool(1)(_touch_after, items, None)
+    _, first = next(iter(results))
     closing = threading.Thread(target=results.close)
     closing.start()
     closing.join(timeout=120)  # waiting for the running unit instead would take 600 s
@@ -108,13 +108,13 @@ def test_local_pool_stops_its_units_when_its_consumer_stops(tmp_path):
 
 def test_ray_backend_streams_the_same_units_into_the_store(grid_file, cache_dir, tmp_path):
     ray = pytest.importorskip("ray")
-    from bd_cli.grid import ray_runner
+    from bd_cli.runner import RayCluster
 
     grid = GridSpec.from_toml(grid_file)
     try:
         with ResultStore(tmp_path / "ray.sqlite") as store:
             seen = []
-            report = run_grid(grid.units(), store, cache_dir, ray_runner(None), threads=1, on_result=seen.append)
+            report = run_grid(grid.units(), store, cache_dir, RayCluster(None), threads=1, on_result=seen.append)
         assert report.ok == 32 and len(seen) == 32
     finally:
         ray.shutdown()
@@ -145,7 +145,7 @@ def test_a_failing_unit_is_recorded_and_the_rest_complete(grid_file, cache_dir, 
 
     try:
         with ResultStore(tmp_path / "f.sqlite") as store:
-            report = run_grid(GridSpec.from_toml(grid_path).units(), store, cache_dir, local_runner(2), threads=1)
+            report = run_grid(GridSpec.from_toml(grid_path).units(), store, cache_dir, LocalPool(2), threads=1)
             failed = store.query(status="failed")
     finally:
         DEFENSES.pop("explode", None)  # other tests iterate over the registry

@@ -57,7 +57,8 @@ def test_live_processes_share_the_cores_and_dead_ones_are_forgotten(running):
 
 
 def test_grid_workers_share_unless_the_user_fixed_the_threads(running, monkeypatch):
-    from bd_cli.grid import WorkerSetup, _prepare, choose_runner
+    from bd_cli.runner.backends import choose_runner
+    from bd_cli.runner.worker import WorkerSetup, _prepare
 
     assert choose_runner("local", None, 2, "cpu")[1] == 0  # 0: each worker takes its share
     _prepare(WorkerSetup("", None, "cpu", {}, threads=0))

@@ -73,6 +73,9 @@ def test_list_defenses_shows_family_paper_and_defaults():
     assert result.exit_code == 0
     ft = next(d for d in json.loads(result.stdout) if d["name"] == "ft")
     assert ft["family"] == "fine-tuning" and "Liu" in ft["paper"] and ft["hyperparameters"]["epochs"] == 100
+    assert ft["ranges"]["lr"] == "(0, 1]" and ft["ranges"]["momentum"] == "[0, 1)"  # declared on the fields
+    table = bd("list", "defenses")
+    assert table.exit_code == 0 and "ranges" not in table.stdout  # the table leaves them to --format json
 
 
 @pytest.mark.slow

@@ -23,6 +23,7 @@ from bd_core.attacks.base import Attack, TrainingPlan, Trigger, check_ratio
 from bd_core.data import Augment, ImageSet, canonical_dataset, load_dataset
 from bd_core.data.batches import clean_batches
 from bd_core.data.mitigation import stratified_index
+from bd_core.devices import device_label
 from bd_core.errors import InvalidRequest
 from bd_core.metrics import evaluate
 from bd_core.models import canonical_model, create_model, training_changes
@@ -258,6 +259,7 @@ def _train(arch: str, train: ImageSet, plan: TrainingPlan, recipe: Recipe, seed:
     )
     report = {
         "train_seconds": round(time.perf_counter() - started, 2),
+        "device": device_label(device),
         "train_images": len(train),
         "epoch_losses": [round(v, 4) for v in losses],
     }

@@ -49,13 +49,32 @@ def load_tensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
         raise UnsafeModelFile(f"{path} is a damaged safetensors file: {e}") from None
 
 
+def load_metadata(path: Path) -> dict[str, str]:
+    """The string metadata of a checked safetensors file, without reading its tensors."""
+    check_safetensors(path)
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise UnsafeModelFile(f"{path} is a damaged safetensors file: {e}") from None
+
+
 def save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
     """Write atomically (temp file then rename) so a killed writer never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two processes may write the same model
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     os.chmod(tmp, 0o666 & ~current_umask())  # safetensors writes 0600; a shared cache needs the umask's mode
+    tmp.replace(path)
+
+
+def write_atomically(path: Path, blob: bytes) -> None:
+    """Write bytes whole or not at all; concurrent writers of one path each use their own temp file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(blob)
     tmp.replace(path)
 
 

@@ -21,7 +21,7 @@ from bd_core.attacks.base import Trigger
 from bd_core.errors import BdError, UnsafeModelFile
 from bd_core.models import create_model
 from bd_core.models.state import load_checked_state
-from bd_core.safefile import load_tensors, metadata_json, save_tensors
+from bd_core.safefile import load_tensors, metadata_json, save_tensors, write_atomically
 
 MODEL_FILE = "model.safetensors"
 REQUIRED = {"arch": str, "num_classes": int, "in_channels": int, "image_size": int, "width": float}
@@ -102,6 +102,13 @@ class ModelCache:
     def get(self, key: str) -> AttackedModel | None:
         path = self.path(key)
         return load_model(path) if path.exists() else None
+
+    def put_bytes(self, key: str, blob: bytes) -> Path:
+        """Keep a model file made elsewhere (another node of a grid), written whole or not at all;
+        it is validated like any model file when loaded."""
+        path = self.path(key)
+        write_atomically(path, blob)
+        return path
 
     def put(self, key: str, model: nn.Module, meta: dict[str, Any], trigger: Trigger) -> Path:
         path = self.path(key)

@@ -1,33 +1,30 @@
 """Grids of experiments: expand lists of settings into units with stable keys, train each
 attacked model once, fan the defenses out over a local process pool or a Ray cluster, and
 stream every result into the store as it arrives. Finished keys are skipped, so a killed
-grid resumes where it stopped; a unit that raises is stored as failed and the grid goes on.
+grid resumes where it stopped; a unit that raises is stored as failed and the grid goes on;
+a unit whose worker was lost is reported and left for the next run; a unit that ran out of
+GPU memory beside others is retried alone.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import itertools
-import os
-import signal
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import tomllib
-from bd_core.attacked import AttackSpec, DataBundle, load_data, obtain_attacked_model, weak_attack_warning
+from bd_core.attacked import AttackSpec, DataBundle, load_data, weak_attack_warning
 from bd_core.errors import InvalidRequest
-from bd_core.progress import labelled
 from bd_core.store import ModelCache, ResultStore, load_model
-from bd_core.threads import cores, fixed_threads, share_cores
 from bd_core.train import PRESETS, Recipe, check_precision
 
-from bd_cli.experiment import ExperimentSpec, execute
+from bd_cli.runner.backends import Lost, Runner
+from bd_cli.runner.experiment import ExperimentSpec
+from bd_cli.runner.worker import AttackTask, DefenseTask, Parcel, WorkerSetup, defense_unit, train_attack_unit
 
 GRID_KEYS = ("datasets", "archs", "attacks", "poison_ratios", "defenses", "spc", "partitions", "seeds", "preset",
              "settings", "presets")
@@ -141,170 +138,6 @@ class GridSpec:
         return units
 
 
-# --- what runs in a worker (a pool process or a Ray task) -------------------------------
-
-@dataclass(frozen=True)
-class WorkerSetup:
-    """Everything a fresh worker process needs besides the unit itself."""
-
-    cache_dir: str
-    data_dir: str | None
-    device: str
-    presets: dict[str, dict[str, Any]]
-    threads: int = 0
-
-
-def _prepare(setup: WorkerSetup) -> None:
-    import torch
-
-    from bd_cli import quiet_library_warnings
-
-    quiet_library_warnings()
-    if setup.threads:
-        torch.set_num_threads(setup.threads)
-    else:  # its share of the cores among every live bd process (other grids, `bd run`s), kept between epochs
-        share_cores()
-    for name, recipe in setup.presets.items():
-        PRESETS.setdefault(name, Recipe(**recipe))
-
-
-@lru_cache(maxsize=4)
-def _data(dataset: str, data_dir: str | None) -> DataBundle:
-    return load_data(dataset, Path(data_dir) if data_dir else None)
-
-
-def train_attack_unit(spec: AttackSpec, setup: WorkerSetup) -> tuple[str, str | None]:
-    """Phase 1: train (or find) one attacked model; returns (key, error or None)."""
-    _prepare(setup)
-    try:
-        with labelled(f"{spec.attack} on {spec.arch}"):
-            obtain_attacked_model(spec, _data(spec.dataset, setup.data_dir), ModelCache(Path(setup.cache_dir)),
-                                  setup.device)
-        return spec.key, None
-    except Exception as e:  # recorded against every unit that needed this model
-        return spec.key, f"attack training failed: {type(e).__name__}: {e}"
-
-
-def unit_label(spec: ExperimentSpec) -> str:
-    """How a unit's progress lines are told apart in a grid's log, where workers interleave."""
-    a = spec.attack
-    return f"{a.attack} on {a.arch}, {spec.defense}, spc {spec.spc}, partition {spec.partition}"
-
-
-def defense_unit(spec: ExperimentSpec, setup: WorkerSetup) -> dict[str, Any]:
-    """Phase 2: one defense unit -> its result row (never raises)."""
-    _prepare(setup)
-    try:
-        with labelled(unit_label(spec)):
-            return execute(spec, _data(spec.attack.dataset, setup.data_dir), ModelCache(Path(setup.cache_dir)),
-                           setup.device)
-    except Exception as e:
-        return {**spec.columns(), "config": spec.config(), "status": "failed", "error": f"{type(e).__name__}: {e}"}
-
-
-# --- backends ------------------------------------------------------------------------------
-
-Runner = Callable[[Callable, list, WorkerSetup], Iterable]
-
-
-def local_runner(workers: int) -> Runner:
-    """Run tasks in a spawn-started process pool; yields results as they complete. When the
-    consumer stops early (an error while storing a row, Ctrl-C, SIGTERM), the tasks not yet
-    started are cancelled and the running ones stopped: a plain `with` would run every one of
-    them first, results nobody would store."""
-
-    def run(fn: Callable, items: list, setup: WorkerSetup) -> Iterable:
-        if not items:
-            return
-        pool = ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=get_context("spawn"))
-        finished = False
-        try:
-            pending = {pool.submit(fn, item, setup) for item in items}
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for f in done:
-                    yield f.result()
-            finished = True
-        finally:
-            if not finished:
-                _stop_workers(pool)
-            pool.shutdown(wait=True, cancel_futures=not finished)
-
-    return run
-
-
-def _stop_workers(pool: ProcessPoolExecutor) -> None:
-    """End the pool's running tasks now. Their files are safe to cut off (models, kept tuning
-    candidates and rows are all written whole or not at all); waiting would cost up to a whole
-    unit (an hour for a tuned one on a CPU) for a result that is thrown away."""
-    if hasattr(pool, "terminate_workers"):  # Python >= 3.14
-        pool.terminate_workers()
-        return
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
-        process.terminate()
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (`kill`, `timeout`, a batch scheduler's stop) ends the grid the way Ctrl-C does:
-    the pool is stopped, the rows already stored stay, and the command says how to resume.
-    Only this process's handler changes (spawned workers start with the default one)."""
-
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def choose_runner(backend: str, address: str | None, workers: int, device: str) -> tuple[Runner, int]:
-    """(runner, torch threads per worker): Ray tasks take one thread each; the local pool runs one
-    worker per core (per GPU on CUDA) unless told otherwise. Its workers take the number fixed by
-    $BD_THREADS or OMP_NUM_THREADS, else 0: each its share of the cores among all live bd
-    processes, so two grids side by side (or a grid and a `bd run`) do not oversubscribe them."""
-    if backend == "ray":
-        return ray_runner(address), 1
-    if not workers:
-        import torch
-
-        workers = torch.cuda.device_count() if device.startswith("cuda") else cores()
-    return local_runner(max(1, workers)), fixed_threads() or 0
-
-
-def ray_runner(address: str | None) -> Runner:
-    """Run tasks as Ray tasks on an existing cluster (`address`) or a local instance; results
-    stream back as they finish. Attacked models and the store live on the driver's paths:
-    on a multi-node cluster the cache directory must be shared (NFS or similar)."""
-    try:
-        import ray
-    except ImportError as e:
-        raise InvalidRequest("--backend ray needs Ray: pip install 'ray>=2.60'") from e
-
-    def run(fn: Callable, items: list, setup: WorkerSetup) -> Iterable:
-        if not items:
-            return
-        if not ray.is_initialized():
-            env = {k: os.environ[k] for k in ("BD_PLUGINS", "BD_CACHE", "BD_DATA", "BD_PROGRESS", "BD_PROGRESS_EVERY",
-                                              "PYTHONPATH") if k in os.environ}
-            ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=False,
-                     include_dashboard=False)
-        gpus = 1 if setup.device.startswith("cuda") else 0
-        task = ray.remote(num_cpus=max(1, setup.threads), num_gpus=gpus)(fn)
-        pending = [task.remote(item, setup) for item in items]
-        try:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                for ref in done:
-                    yield ray.get(ref)
-        finally:  # the consumer stopped early: the cluster need not run what nobody stores
-            for ref in pending:
-                ray.cancel(ref, force=True)
-
-    return run
-
 
 @dataclass
 class GridReport:
@@ -312,9 +145,16 @@ class GridReport:
     skipped: int = 0
     ok: int = 0
     failed: int = 0
+    lost: int = 0  # not stored: their worker died; the next run runs them
+    retried_alone: int = 0  # ran out of GPU memory beside other units, then ran with the GPU to themselves
     attacks_trained: int = 0
     failures: list[str] = field(default_factory=list)
     weak_attacks: list[str] = field(default_factory=list)  # attacked models whose backdoor did not take
+
+
+@lru_cache(maxsize=4)
+def _data(dataset: str, data_dir: str | None) -> DataBundle:
+    return load_data(dataset, Path(data_dir) if data_dir else None)
 
 
 def bind_units(units: list[ExperimentSpec], data_dir: Path | None) -> list[ExperimentSpec]:
@@ -334,28 +174,41 @@ def run_grid(
     threads: int = 0,
     on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> GridReport:
+    """Run every unit not yet in `store`: phase 1 trains the missing attacked models (each once),
+    phase 2 runs the defenses. Only this process writes the store and the driver's model cache."""
     units = bind_units(units, data_dir)
     report = GridReport(total=len(units))
     todo = [u for u in units if not store.has(u.key)]
     report.skipped = len(units) - len(todo)
-    setup = WorkerSetup(str(cache_dir), str(data_dir) if data_dir else None, device,
-                        {n: dataclasses.asdict(PRESETS[n]) for n in {u.attack.preset for u in todo}}, threads)
+    local = not runner.remote
+    setup = WorkerSetup(str(cache_dir) if local else None, str(data_dir) if data_dir and local else None, device,
+                        {n: dataclasses.asdict(PRESETS[n]) for n in {u.attack.preset for u in todo}}, threads,
+                        getattr(runner, "gpus", 0) if local else 0)
     cache = ModelCache(cache_dir)
-    attacks = list({u.attack.key: u.attack for u in todo if cache.get_path(u.attack.key) is None}.values())
+    shipped = {name: runner.share(_data(name, str(data_dir) if data_dir else None))
+               for name in {u.attack.dataset for u in todo}}
+    missing = {u.attack.key: u.attack for u in todo if cache.get_path(u.attack.key) is None}
     broken: dict[str, str] = {}
-    for key, error in runner(train_attack_unit, attacks, setup):
+    for task, result in runner(train_attack_unit, [AttackTask(a, Parcel(shipped[a.dataset])) for a in missing.values()],
+                               setup):
+        key, error, blob = result if not isinstance(result, Lost) else (task.spec.key, result.reason, None)
+        if blob is not None:
+            cache.put_bytes(key, blob)  # trained on another node: the driver keeps it
         report.attacks_trained += error is None
         if error:
             broken[key] = error
-    ready = []
+    models = {key: runner.share(cache.path(key).read_bytes()) if runner.remote else None
+              for key in {u.attack.key for u in todo if u.attack.key not in broken}}
+    tasks = []
     for unit in todo:
         if unit.attack.key in broken:
-            row = {**unit.columns(), "config": unit.config(), "status": "failed", "error": broken[unit.attack.key]}
-            _record(store, row, report, on_result)
+            _record(store, {**unit.columns(), "config": unit.config(), "status": "failed",
+                            "error": broken[unit.attack.key]}, report, on_result)
         else:
-            ready.append(unit)
-    for row in runner(defense_unit, ready, setup):
-        _record(store, row, report, on_result)
+            tasks.append(DefenseTask(unit, Parcel(shipped[unit.attack.dataset], models[unit.attack.key])))
+    alone = _run_defenses(runner(defense_unit, tasks, setup), store, report, on_result)
+    report.retried_alone = len(alone)
+    _run_defenses(runner(defense_unit, alone, setup, alone=True), store, report, on_result, alone=True)
     for attack in {u.attack.key: u.attack for u in units}.values():
         path = cache.get_path(attack.key)
         if path is not None:
@@ -365,6 +218,28 @@ def run_grid(
             if warning:
                 report.weak_attacks.append(warning)
     return report
+
+
+def _run_defenses(results: Iterable, store: ResultStore, report: GridReport, on_result,
+                  alone: bool = False) -> list[DefenseTask]:
+    """Store each finished row; returns the tasks that ran out of GPU memory beside others (to
+    run alone). Out of memory while alone on its GPU is a failure like any other."""
+    retry = []
+    for task, row in results:
+        if isinstance(row, Lost):
+            report.lost += 1
+            report.failures.append(f"lost (not stored; rerun the grid): {_unit_name(task.spec)}: {row.reason}")
+        elif row["status"] == "out_of_memory" and not alone:
+            retry.append(task)
+        elif row["status"] == "out_of_memory":
+            _record(store, {**row, "status": "failed"}, report, on_result)
+        else:
+            _record(store, row, report, on_result)
+    return retry
+
+
+def _unit_name(spec: ExperimentSpec) -> str:
+    return f"{spec.defense} {spec.attack.attack} spc {spec.spc} p{spec.partition}"
 
 
 def _record(store: ResultStore, row: dict[str, Any], report: GridReport, on_result) -> None:

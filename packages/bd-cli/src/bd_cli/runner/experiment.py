@@ -19,6 +19,7 @@ from bd_core.attacks import ATTACKS
 from bd_core.data import load_dataset, mitigation_set
 from bd_core.data.imageset import ImageSet, as_unlabeled
 from bd_core.data.mitigation import check_mitigation_request, indices_digest, mitigation_from_indices
+from bd_core.devices import device_label
 from bd_core.errors import BdError, Diverged, InvalidRequest
 from bd_core.metrics import Metrics, arr, evaluate, rdr
 from bd_core.models import MODELS
@@ -145,14 +146,6 @@ def unlabeled_data(defense, data: DataBundle, spec: ExperimentSpec):
     return as_unlabeled(load_dataset(name, "train"), data.train, count, seed=spec.attack.seed)
 
 
-def device_label(device: str) -> str:
-    """Where a result was computed, as the record keeps it: "cpu", or "cuda: <GPU name>" (a store can
-    hold rows from both, e.g. a CPU grid completed on a lent GPU)."""
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return f"cuda: {torch.cuda.get_device_name(torch.device(device))}"
-    return device
-
-
 def execute(
     spec: ExperimentSpec, data: DataBundle, cache: ModelCache, device: str = "cpu",
     attacked: AttackedModel | None = None,
@@ -192,6 +185,8 @@ def execute(
             per_class = clean.class_counts().float()
             row["spc"] = round(float(per_class.mean()))
         log(f"applying {defense.name} with {len(clean)} clean images (spc {row['spc']}, partition {spec.partition})")
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats(device)
         with profiled(f"{defense.name}-{spec.key}") as profile:
             started = time.perf_counter()
             repaired = defense(model, MitigationData(clean, unlabeled_data(defense, data, spec)), ctx)
@@ -199,11 +194,16 @@ def execute(
         check_finite(repaired, f"{defense.name}'s defended model")
         if profile is not None:
             log(f"profile of {defense.name}: {profile}")
+        started = time.perf_counter()
         post = evaluate(repaired, data.test, attacked.trigger, spec.attack.target, device=device)
+        evaluate_seconds = time.perf_counter() - started
     except BdError:
         raise
     except Diverged as e:  # the reason is the whole story: no traceback
         row.update(status="failed", error=f"{type(e).__name__}: {e}")
+        return row
+    except torch.OutOfMemoryError as e:  # a grid retries it with the GPU to itself
+        row.update(status="out_of_memory", error=f"OutOfMemoryError: {str(e).splitlines()[0]}")
         return row
     except Exception as e:
         row.update(status="failed", error=f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=5)}")
@@ -221,6 +221,9 @@ def execute(
             "attacked_model_weights": weights,
             "attacked_model_cached": cache_hit,
             "device": device_label(device),
+            "evaluate_seconds": round(evaluate_seconds, 3),
+            **({"peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}
+               if device.startswith("cuda") else {}),
             "approximations": approximations(spec, data),
             **({"warnings": [warning]} if warning else {}),
         },

@@ -1,0 +1,1 @@
+"""One module per command (`run` and `defend` share one); app.py wires them."""
