@@ -59,6 +59,7 @@ test: $(TOOLS) data
 # a test (tests/e2e/test_packaging.py).
 lint: $(TOOLS)
 	$(BIN)/ruff check packages tests docs bench
+	$(BIN)/ruff format --check packages tests docs bench
 
 bench: $(TOOLS) data
 	$(BIN)/python -m pytest -q bench -p no:cacheprovider --benchmark-only --benchmark-json=bench/last.json

@@ -23,8 +23,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-DEFENSES = {"pruning": "clp", "masking": "anp", "additive": "npd", "synthesis": "nc", "fine-tuning": "ft",
-            "adversarial": "sau"}
+DEFENSES = {
+    "pruning": "clp",
+    "masking": "anp",
+    "additive": "npd",
+    "synthesis": "nc",
+    "fine-tuning": "ft",
+    "adversarial": "sau",
+}
 
 
 def timer(device: str):
@@ -48,8 +54,11 @@ def training_throughput(device: str, batch: int, steps: int) -> dict:
     augment, g = Augment(4, True), torch.Generator().manual_seed(0)
     model = create_model("preact-resnet18", 10, 3, 32, 1.0).to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    amp = (torch.autocast(device_type=device, dtype=torch.bfloat16) if device == "cuda"
-           else torch.autocast("cpu", enabled=False))
+    amp = (
+        torch.autocast(device_type=device, dtype=torch.bfloat16)
+        if device == "cuda"
+        else torch.autocast("cpu", enabled=False)
+    )
 
     def batch_at(i: int):
         rows = torch.arange(i * batch, (i + 1) * batch, device=device) % len(images)
@@ -76,9 +85,13 @@ def training_throughput(device: str, batch: int, steps: int) -> dict:
     for i in range(steps):
         batch_at(i)
     pipeline_seconds = pipeline()
-    return {"batch": batch, "steps": steps, "images_per_s": round(batch * steps / seconds),
-            "pipeline_images_per_s": round(batch * steps / pipeline_seconds),
-            "pipeline_share": round(pipeline_seconds / seconds, 4)}
+    return {
+        "batch": batch,
+        "steps": steps,
+        "images_per_s": round(batch * steps / seconds),
+        "pipeline_images_per_s": round(batch * steps / pipeline_seconds),
+        "pipeline_share": round(pipeline_seconds / seconds, 4),
+    }
 
 
 def bd(*args: str, seconds_left: float) -> dict:
@@ -93,26 +106,45 @@ def bd(*args: str, seconds_left: float) -> dict:
     if done.returncode != 0:
         return {"error": (done.stderr or done.stdout).strip().splitlines()[-1:], "seconds": time.perf_counter() - began}
     text = done.stdout
-    return {**json.loads(text[text.index("{"):]), "seconds": round(time.perf_counter() - began, 1)}
+    return {**json.loads(text[text.index("{") :]), "seconds": round(time.perf_counter() - began, 1)}
 
 
 def defenses(device: str, store: Path, smoke: bool, deadline: float, save) -> dict:
     """Train one attacked model (synthetic data, paper recipe sized to the machine), then one
     defense per family on it, until `deadline` (time.monotonic); `save` is called after each."""
     preset = "quick" if smoke else "paper"
-    model = ["--dataset", "synthetic", "--arch", "preact-resnet18", "--attack", "badnets", "--preset", preset,
-             "--device", device]
+    model = [
+        "--dataset",
+        "synthetic",
+        "--arch",
+        "preact-resnet18",
+        "--attack",
+        "badnets",
+        "--preset",
+        preset,
+        "--device",
+        device,
+    ]
     results = {"attack": bd("attack", *model, seconds_left=deadline - time.monotonic())}
     save(results)
-    sizes = {"anp": ["--set", "iterations=200"], "nc": ["--set", "epochs=20", "--set", "unlearn_epochs=20"],
-             "sau": ["--set", "rounds=20"], "npd": ["--set", "epochs=20"]} if smoke else {}
+    sizes = (
+        {
+            "anp": ["--set", "iterations=200"],
+            "nc": ["--set", "epochs=20", "--set", "unlearn_epochs=20"],
+            "sau": ["--set", "rounds=20"],
+            "npd": ["--set", "epochs=20"],
+        }
+        if smoke
+        else {}
+    )
     for family, name in DEFENSES.items():
         left = deadline - time.monotonic()
         if left < 5:
             results[family] = {"error": ["not started: the run's deadline had passed"]}
         else:
-            results[family] = bd("defend", "--defense", name, *model, "--store", str(store), *sizes.get(name, []),
-                                 seconds_left=left)
+            results[family] = bd(
+                "defend", "--defense", name, *model, "--store", str(store), *sizes.get(name, []), seconds_left=left
+            )
         save(results)
     return results
 
@@ -122,8 +154,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script, measures nothing")
     parser.add_argument("--seconds", type=float, default=600, help="stop starting (and kill) defenses after this")
-    parser.add_argument("--store", type=Path, default=Path("/tmp/bd-gpu-results.sqlite"),
-                        help="results store of the defenses (kept out of --out: only a few files come back)")
+    parser.add_argument(
+        "--store",
+        type=Path,
+        default=Path("/tmp/bd-gpu-results.sqlite"),
+        help="results store of the defenses (kept out of --out: only a few files come back)",
+    )
     args = parser.parse_args()
     deadline = time.monotonic() + args.seconds
     device = "cuda" if torch.cuda.is_available() else "cpu"

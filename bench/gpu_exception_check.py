@@ -32,16 +32,20 @@ images = torch.zeros(2, 3, 8, 8, dtype=torch.uint8)
 mean, std = torch.zeros(3), torch.ones(3)
 checks = {
     # the schema's str argument checked in C++ (the Python wrapper checks it first, so call the op directly)
-    "mode": lambda: torch.ops.bd_kernels.apply_trigger(images, None, None, None, "paint", 1.0, mean, std, None, 0,
-                                                       None, torch.float32, False),
+    "mode": lambda: torch.ops.bd_kernels.apply_trigger(
+        images, None, None, None, "paint", 1.0, mean, std, None, 0, None, torch.float32, False
+    ),
     # the crop offsets checked in C++ after reading them (a message without formatted values)
-    "crop offsets": lambda: bd_kernels.apply_trigger(images, mean=mean, std=std, crop_offsets=torch.full((2, 2), 9),
-                                                     padding=4),
+    "crop offsets": lambda: bd_kernels.apply_trigger(
+        images, mean=mean, std=std, crop_offsets=torch.full((2, 2), 9), padding=4
+    ),
     # the pattern's shape, its message formatting the tensor's sizes: the call the crashing test made (SIGSEGV in
     # tests/bd_kernels/test_ops.py line 88 on the H200's second run, the two checks above having raised)
-    "pattern shape": lambda: bd_kernels.apply_trigger(images, torch.ones(2, dtype=torch.bool), torch.zeros(3, 4, 4),
-                                                      mean=mean, std=std),
+    "pattern shape": lambda: bd_kernels.apply_trigger(
+        images, torch.ones(2, dtype=torch.bool), torch.zeros(3, 4, 4), mean=mean, std=std
+    ),
 }
+
 
 def raise_each(when: str) -> None:
     for name, call in checks.items():

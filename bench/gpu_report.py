@@ -73,8 +73,11 @@ def main(folder: str, target: str) -> None:
     tests = test_summary(out / "cuda-tests.txt")
     build = (out / "build-time.txt").read_text().strip().splitlines()[0] if (out / "build-time.txt").exists() else "–"
     raised = exception_check(out / "cuda-tests.txt")
-    memcheck = ", ".join(line.strip("= ") for line in (last_line(out / "memcheck.txt", "passed"),
-                                                       last_line(out / "memcheck.txt", "ERROR SUMMARY")) if line)
+    memcheck = ", ".join(
+        line.strip("= ")
+        for line in (last_line(out / "memcheck.txt", "passed"), last_line(out / "memcheck.txt", "ERROR SUMMARY"))
+        if line
+    )
     lines = [
         "# GPU results",
         "",
@@ -95,8 +98,10 @@ def main(folder: str, target: str) -> None:
         "",
         "| batch | images/s | bd pipeline alone, images/s | pipeline time / step time |",
         "|---|---|---|---|",
-        *[f"| {t['batch']} | {t['images_per_s']:,} | {t['pipeline_images_per_s']:,} | {t['pipeline_share']:.1%} |"
-          for t in bench["training"]],
+        *[
+            f"| {t['batch']} | {t['images_per_s']:,} | {t['pipeline_images_per_s']:,} | {t['pipeline_share']:.1%} |"
+            for t in bench["training"]
+        ],
         "",
         "## One defense per family (synthetic 32 px data, paper preset, SPC 10)",
         "",
@@ -107,11 +112,15 @@ def main(folder: str, target: str) -> None:
         if "error" in row:
             lines.append(f"| {family} | – | – | {' '.join(row['error'])} | | |")
         elif family == "attack":
-            lines.append(f"| attack (training {row['train_seconds']:.1f} s) | – | – | {row['acc']:.1%} | "
-                         f"{row['asr']:.1%} | {row['ra']:.1%} |")
+            lines.append(
+                f"| attack (training {row['train_seconds']:.1f} s) | – | – | {row['acc']:.1%} | "
+                f"{row['asr']:.1%} | {row['ra']:.1%} |"
+            )
         else:
-            lines.append(f"| {family} | {row['defense']} | {row['defense_seconds']:.1f} | {row['acc_post']:.1%} | "
-                         f"{row['asr_post']:.1%} | {row['ra_post']:.1%} |")
+            lines.append(
+                f"| {family} | {row['defense']} | {row['defense_seconds']:.1f} | {row['acc_post']:.1%} | "
+                f"{row['asr_post']:.1%} | {row['ra_post']:.1%} |"
+            )
     Path(target).write_text("\n".join(lines) + "\n")
 
 

@@ -78,8 +78,13 @@ def summarize(profile: dict) -> dict:
             spent[kind] += seconds
     in_operators = sum(spent.values()) + sum(others.values())
     top = sorted(others.items(), key=lambda item: -item[1])[:3]
-    return {"wall": profile["wall_seconds"], **spent, "other": sum(others.values()),
-            "outside": max(0.0, profile["wall_seconds"] - in_operators), "top_other": top}
+    return {
+        "wall": profile["wall_seconds"],
+        **spent,
+        "other": sum(others.values()),
+        "outside": max(0.0, profile["wall_seconds"] - in_operators),
+        "top_other": top,
+    }
 
 
 def mitigation_file(work: Path, partition: int) -> Path:
@@ -87,8 +92,10 @@ def mitigation_file(work: Path, partition: int) -> Path:
     for a seed, so any run's copy will do)."""
     for path in sorted((work / "runs").glob(f"*/{partition}/mitigation.txt")):
         return path
-    raise SystemExit(f"no mitigation rows for partition {partition} under {work}/runs: "
-                     f"run `python docs/parity.py run --partitions {partition}` first")
+    raise SystemExit(
+        f"no mitigation rows for partition {partition} under {work}/runs: "
+        f"run `python docs/parity.py run --partitions {partition}` first"
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -97,25 +104,53 @@ def run(args: argparse.Namespace) -> None:
     rows = mitigation_file(args.work, args.partition)
     for defense in args.defenses.split(","):
         settings = {**DEFENSES[defense].get("bd", {}), **SHORTENED.get(defense, {})}
-        cmd = [sys.executable, "-m", "bd_cli.app", "defend", "--model", str(args.work / "model.safetensors"),
-               "--defense", defense, "--partition", str(args.partition), "--data-dir", str(args.data_dir),
-               "--device", "cpu", "--store", str(traces / "profile-runs.sqlite"), "--format", "json", "--force"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "bd_cli.app",
+            "defend",
+            "--model",
+            str(args.work / "model.safetensors"),
+            "--defense",
+            defense,
+            "--partition",
+            str(args.partition),
+            "--data-dir",
+            str(args.data_dir),
+            "--device",
+            "cpu",
+            "--store",
+            str(traces / "profile-runs.sqlite"),
+            "--format",
+            "json",
+            "--force",
+        ]
         if DEFENSES[defense].get("script") != "clp.py":
             cmd += ["--mitigation-indices", str(rows)]
         for key, value in settings.items():
             cmd += ["--set", f"{key}={value}"]
         folder = traces / defense
         shutil.rmtree(folder, ignore_errors=True)  # one profile per defense: the latest run's
-        env = {**os.environ, "BD_PROFILE": str(folder), "BD_PROGRESS": "0",
-               "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+        env = {
+            **os.environ,
+            "BD_PROFILE": str(folder),
+            "BD_PROGRESS": "0",
+            "OMP_NUM_THREADS": str(args.threads),
+            "MKL_NUM_THREADS": str(args.threads),
+        }
         began = time.perf_counter()
         result = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if result.returncode != 0:
             raise SystemExit(f"{defense} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
         (found,) = (p for p in folder.glob(f"{defense}-*.json") if not p.name.endswith(".trace.json"))
         profile = json.loads(found.read_text())
-        profile.update(defense=defense, partition=args.partition, settings=settings,
-                       shortened=defense in SHORTENED, operators=profile["operators"][:60])
+        profile.update(
+            defense=defense,
+            partition=args.partition,
+            settings=settings,
+            shortened=defense in SHORTENED,
+            operators=profile["operators"][:60],
+        )
         (PROFILES / f"{defense}.json").write_text(json.dumps(profile, indent=1) + "\n")
         print(f"{defense}: profiled {profile['wall_seconds']:.1f} s ({time.perf_counter() - began:.0f} s in all)")
 
@@ -134,8 +169,11 @@ def parity_pair(defense: str, partition: int) -> dict | None:
 
 
 def table(args: argparse.Namespace) -> None:
-    lines = ["| defense | profiled s | conv fwd | conv bwd | BatchNorm | linear | other ops (largest) | "
-             "outside ops | fork / bd | ceiling |", "|---" * 10 + "|"]
+    lines = [
+        "| defense | profiled s | conv fwd | conv bwd | BatchNorm | linear | other ops (largest) | "
+        "outside ops | fork / bd | ceiling |",
+        "|---" * 10 + "|",
+    ]
     for path in sorted(PROFILES.glob("*.json")):
         profile = json.loads(path.read_text())
         s = summarize(profile)
@@ -150,8 +188,10 @@ def table(args: argparse.Namespace) -> None:
             ratio = f"{pair['fork'] / pair['bd']:.1f}x (p{partition}, {100 * float(model.split('-')[0]):.1f} % model)"
             ceiling = f"{pair['fork'] / (pair['bd'] * share):.1f}x" if share > 0 else "-"
         name = profile["defense"] + (" (shortened)" if profile.get("shortened") else "")
-        lines.append(f"| {name} | {wall:.1f} | {' | '.join(pct)} | {100 * s['other'] / wall:.0f} % ({top}) | "
-                     f"{100 * s['outside'] / wall:.0f} % | {ratio} | {ceiling} |")
+        lines.append(
+            f"| {name} | {wall:.1f} | {' | '.join(pct)} | {100 * s['other'] / wall:.0f} % ({top}) | "
+            f"{100 * s['outside'] / wall:.0f} % | {ratio} | {ceiling} |"
+        )
     text = "\n".join(lines) + "\n"
     results = HERE / "RESULTS.md"
     page = results.read_text()

@@ -30,8 +30,11 @@ def main(path: str) -> None:
         for b in sorted(items, key=lambda b: b["stats"]["median"]):
             median, fastest = b["stats"]["median"], b["stats"]["min"]
             extra = b.get("extra_info", {})
-            ratio = (f"  x{base / median:.1f} (median) x{base_min / fastest:.1f} (min) vs fastest baseline"
-                     if base and "baseline" not in b["name"] else "")
+            ratio = (
+                f"  x{base / median:.1f} (median) x{base_min / fastest:.1f} (min) vs fastest baseline"
+                if base and "baseline" not in b["name"]
+                else ""
+            )
             info = "  " + ", ".join(f"{k}={v}" for k, v in extra.items()) if extra else ""
             print(f"  {b['name']:<45} median {median * 1e3:8.2f} ms  min {fastest * 1e3:8.2f} ms{ratio}{info}")
 

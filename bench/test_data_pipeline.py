@@ -43,8 +43,14 @@ class PerSamplePIL(Dataset):
         self.flags = poisoned.numpy()
         self.pattern = trigger.pattern.permute(1, 2, 0).numpy().astype(np.uint8)
         self.mask = trigger.mask.permute(1, 2, 0).numpy().astype(bool)[..., 0]
-        self.transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                                    T.Normalize(mean.tolist(), std.tolist())])
+        self.transform = T.Compose(
+            [
+                T.RandomCrop(32, padding=4),
+                T.RandomHorizontalFlip(),
+                T.ToTensor(),
+                T.Normalize(mean.tolist(), std.tolist()),
+            ]
+        )
 
     def __len__(self) -> int:
         return N

@@ -57,6 +57,7 @@ def copy_bandwidth():
 
 # ------------------------------------------------------------------ apply_trigger
 
+
 def trigger_batch():
     g = torch.Generator().manual_seed(0)
     n, c, s = 256, 3, 32
@@ -75,16 +76,26 @@ def trigger_batch():
 @pytest.mark.benchmark(group="apply_trigger 256x3x32x32")
 def test_apply_trigger_compiled(benchmark, copy_bandwidth):
     (images, poisoned, pattern, mask, mean, std, offsets, flip), nbytes = trigger_batch()
-    run(benchmark, lambda: apply_trigger(images, poisoned, pattern, mask, mean=mean, std=std, crop_offsets=offsets,
-                                         padding=4, flip=flip), 50, nbytes)
+    run(
+        benchmark,
+        lambda: apply_trigger(
+            images, poisoned, pattern, mask, mean=mean, std=std, crop_offsets=offsets, padding=4, flip=flip
+        ),
+        50,
+        nbytes,
+    )
     benchmark.extra_info["copy GB/s"] = round(copy_bandwidth, 1)
 
 
 @pytest.mark.benchmark(group="apply_trigger 256x3x32x32")
 def test_apply_trigger_reference_baseline(benchmark):
     (images, poisoned, pattern, mask, mean, std, offsets, flip), nbytes = trigger_batch()
-    run(benchmark, lambda: reference.apply_trigger(images, poisoned, pattern, mask, "replace", 1.0, mean, std, offsets,
-                                                   4, flip), 50, nbytes)
+    run(
+        benchmark,
+        lambda: reference.apply_trigger(images, poisoned, pattern, mask, "replace", 1.0, mean, std, offsets, 4, flip),
+        50,
+        nbytes,
+    )
 
 
 # ------------------------------------------------------------------ channel_stats

@@ -28,8 +28,9 @@ def test_fit(benchmark, train, layout):
     def one_epoch():
         torch.manual_seed(0)
         model = create_model("preact-resnet18", 10, 1, 28, 0.25)
-        return fit(model, make_batch, N_TRAIN, epochs=1, batch_size=128, lr=0.05,
-                   channels_last=layout == "channels_last")
+        return fit(
+            model, make_batch, N_TRAIN, epochs=1, batch_size=128, lr=0.05, channels_last=layout == "channels_last"
+        )
 
     losses = benchmark.pedantic(one_epoch, rounds=3, iterations=1, warmup_rounds=1)
     benchmark.extra_info["images/s"] = round(N_TRAIN / benchmark.stats.stats.median)

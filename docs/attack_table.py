@@ -63,8 +63,10 @@ def cross_trigger_accuracy(model, trigger, test, target: int) -> float:
     sources = images.roll(1, dims=0)
     mean, std = test.mean_std()
     with torch.no_grad():
-        right = [model(trigger.apply_cross(a, b, mean, std)).argmax(1) == y
-                 for a, b, y in zip(images.split(512), sources.split(512), labels.split(512), strict=True)]
+        right = [
+            model(trigger.apply_cross(a, b, mean, std)).argmax(1) == y
+            for a, b, y in zip(images.split(512), sources.split(512), labels.split(512), strict=True)
+        ]
     return torch.cat(right).float().mean().item()
 
 
@@ -85,8 +87,18 @@ def main() -> None:
             clean_acc, _ = clean_accuracy(args.dataset, args.arch, data, args.preset, spec.recipe)
             attacked, _ = obtain_attacked_model(spec, data, cache)
             m = attacked.meta["metrics"]
-            rows.append(Row(name, ratio, spec.recipe.epochs, clean_acc, m["acc"], m["asr"], m["ra"],
-                            attacked.meta["training"]["train_seconds"]))
+            rows.append(
+                Row(
+                    name,
+                    ratio,
+                    spec.recipe.epochs,
+                    clean_acc,
+                    m["acc"],
+                    m["asr"],
+                    m["ra"],
+                    attacked.meta["training"]["train_seconds"],
+                )
+            )
             if ratio >= 0.1 and clean_acc - m["acc"] > 0.03:
                 SPLITS[name] = target_split(attacked.model, data.test, spec.target)
             if name == "inputaware":
@@ -167,31 +179,46 @@ def write(args, rows: list[Row]) -> None:
             f"{100 * (r.acc - r.clean_acc):+.1f} | {r.asr:.2%} | {r.ra:.2%} | {r.seconds:.0f} | "
             f"{verdict(r.attack, r.ratio, r.acc, r.asr, r.clean_acc)} |"
         )
-    short = sorted({r.attack for r in rows if verdict(r.attack, r.ratio, r.acc, r.asr, r.clean_acc)
-                    not in ("", "meets both targets")})
+    short = sorted(
+        {
+            r.attack
+            for r in rows
+            if verdict(r.attack, r.ratio, r.acc, r.asr, r.clean_acc) not in ("", "meets both targets")
+        }
+    )
     if short:
         lines += ["", "Where an attack falls short, and why:", ""]
         for n in short:
-            split = (f" Measured: clean ACC {SPLITS[n][0]:.1%} on target-class test images, {SPLITS[n][1]:.1%} on the "
-                     "others." if n in SPLITS else "")
+            split = (
+                f" Measured: clean ACC {SPLITS[n][0]:.1%} on target-class test images, {SPLITS[n][1]:.1%} on the "
+                "others."
+                if n in SPLITS
+                else ""
+            )
             lines.append(f"* **{n}**: {SHORTFALL_REASONS.get(n, 'not analysed yet.')}{split}")
     in_table = dict.fromkeys(r.attack for r in rows)
     notes = [f"* **{n}**: {QUICK_RECIPE_NOTES[n]}" for n in in_table if n in QUICK_RECIPE_NOTES]
     if notes:
         lines += ["", "Quick-preset changes per attack (`bd list attacks` shows them):", "", *notes]
     if CROSS:
-        lines += ["", "InputAware's cross-trigger test (a trigger works only on the input it was made for): "
-                  "non-target test images carrying another image's trigger are classified as their own label in "
-                  + ", ".join(f"{acc:.1%} of cases at {ratio:.0%}" for ratio, acc in sorted(CROSS.items()))
-                  + " (the authors report 88 % on CIFAR-10)."]
+        lines += [
+            "",
+            "InputAware's cross-trigger test (a trigger works only on the input it was made for): "
+            "non-target test images carrying another image's trigger are classified as their own label in "
+            + ", ".join(f"{acc:.1%} of cases at {ratio:.0%}" for ratio, acc in sorted(CROSS.items()))
+            + " (the authors report 88 % on CIFAR-10).",
+        ]
     lines += ["", "Training times are wall-clock on the 2-core VM; some rows shared the CPU with other jobs."]
-    lines += ["", "Each trigger's defining property is a test (tests/bd_core/test_attacks.py, "
-              "test_learned_triggers.py): BadNets' pixels are set exactly; Blended is the convex combination; SIG has "
-              "amplitude 40 and 6 cycles; LF's energy is inside the low-frequency window; SSBA's residual is bounded "
-              "in L-infinity and differs per sample; InputAware's patterns and masks differ across inputs, with "
-              "attack, cross-trigger and clean rows in every batch; BPP has at most 8 levels per channel; WaNet's "
-              "displacement is bounded by s. Every saved trigger rebuilds the identical poisoned test set in a new "
-              "process."]
+    lines += [
+        "",
+        "Each trigger's defining property is a test (tests/bd_core/test_attacks.py, "
+        "test_learned_triggers.py): BadNets' pixels are set exactly; Blended is the convex combination; SIG has "
+        "amplitude 40 and 6 cycles; LF's energy is inside the low-frequency window; SSBA's residual is bounded "
+        "in L-infinity and differs per sample; InputAware's patterns and masks differ across inputs, with "
+        "attack, cross-trigger and clean rows in every batch; BPP has at most 8 levels per channel; WaNet's "
+        "displacement is bounded by s. Every saved trigger rebuilds the identical poisoned test set in a new "
+        "process.",
+    ]
     lines += ["", "Trigger galleries (`bd show`): clean row, poisoned row, amplified difference:", ""]
     lines += [f"![{n}](img/{n}-{args.dataset}.png)" for n in ATTACKS]
     OUT.write_text("\n".join(lines) + "\n")

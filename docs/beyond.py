@@ -21,8 +21,13 @@ from defense_table import training  # docs/ is the script's folder
 
 OUT = Path(__file__).with_name("beyond.md")
 STORE = Path(__file__).with_name("beyond.sqlite")
-METRICS = [("acc_post", "ACC", 100.0), ("asr_post", "ASR", 100.0), ("ra_post", "RA", 100.0), ("arr", "ARR", 1.0),
-           ("rdr", "RDR", 1.0)]
+METRICS = [
+    ("acc_post", "ACC", 100.0),
+    ("asr_post", "ASR", 100.0),
+    ("ra_post", "RA", 100.0),
+    ("arr", "ARR", 1.0),
+    ("rdr", "RDR", 1.0),
+]
 COMBINATIONS = ["bnp+ft", "clp+nad", "fp+i-bau"]
 
 
@@ -46,8 +51,9 @@ def model(runs: list[dict]) -> str:
 
 
 def chosen(runs: list[dict]) -> str:
-    counts = Counter(", ".join(f"{k}={v:g}" for k, v in r["details"]["defense"]["tuning"]["chosen"].items())
-                     for r in runs)
+    counts = Counter(
+        ", ".join(f"{k}={v:g}" for k, v in r["details"]["defense"]["tuning"]["chosen"].items()) for r in runs
+    )
     return "; ".join(f"{setting} ×{n}" for setting, n in sorted(counts.items()))
 
 
@@ -62,22 +68,29 @@ def grouped(rows: list[dict]) -> dict[tuple, list[dict]]:
 
 
 def tuning_table(groups: dict[tuple, list[dict]]) -> list[str]:
-    lines = ["| attack | SPC | defense | runs | model | " + " | ".join(h for _, h, _ in METRICS) + " | chosen |",
-             "|---|---|---|---|---|" + "---|" * len(METRICS) + "---|"]
+    lines = [
+        "| attack | SPC | defense | runs | model | " + " | ".join(h for _, h, _ in METRICS) + " | chosen |",
+        "|---|---|---|---|---|" + "---|" * len(METRICS) + "---|",
+    ]
     for (arch, attack, spc, defense), runs in sorted(groups.items()):
         if arch != "preact-resnet18" or not defense.endswith("/tuned") or "+" in defense:
             continue
         base = groups.get((arch, attack, spc, defense.removesuffix("/tuned")), [])
-        lines.append(f"| {attack} | {spc} | {base[0]['defense'] if base else defense} (defaults) | {len(base)} | "
-                     f"{model(base)} | {cells(base)} | – |")
-        lines.append(f"| {attack} | {spc} | **{defense}** | {len(runs)} | {model(runs)} | {cells(runs)} | "
-                     f"{chosen(runs)} |")
+        lines.append(
+            f"| {attack} | {spc} | {base[0]['defense'] if base else defense} (defaults) | {len(base)} | "
+            f"{model(base)} | {cells(base)} | – |"
+        )
+        lines.append(
+            f"| {attack} | {spc} | **{defense}** | {len(runs)} | {model(runs)} | {cells(runs)} | {chosen(runs)} |"
+        )
     return lines
 
 
 def combination_table(groups: dict[tuple, list[dict]]) -> list[str]:
-    lines = ["| attack | SPC | defense | runs | model | " + " | ".join(h for _, h, _ in METRICS) + " |",
-             "|---|---|---|---|---|" + "---|" * len(METRICS)]
+    lines = [
+        "| attack | SPC | defense | runs | model | " + " | ".join(h for _, h, _ in METRICS) + " |",
+        "|---|---|---|---|---|" + "---|" * len(METRICS),
+    ]
     for combo in COMBINATIONS:
         for (arch, attack, spc, defense), runs in sorted(groups.items()):
             if arch != "preact-resnet18" or defense != combo:
@@ -94,14 +107,24 @@ def vit_table(groups: dict[tuple, list[dict]], rows: list[dict]) -> list[str]:
     if not vit:
         return ["(no ViT runs stored yet)"]
     attacks = sorted({r["attack"] for r in vit}, key=lambda a: (a != "badnets", a))  # BadNets first
-    lines = ["Each attack on the ViT before any defense (quick preset, poison ratio 10 %):", "",
-             "| attack | ACC | ASR | RA |", "|---|---|---|---|"]
+    lines = [
+        "Each attack on the ViT before any defense (quick preset, poison ratio 10 %):",
+        "",
+        "| attack | ACC | ASR | RA |",
+        "|---|---|---|---|",
+    ]
     for attack in attacks:
         pre = next(r for r in vit if r["attack"] == attack and r["acc_pre"] is not None)
-        lines.append(f"| {attack} | {pre['acc_pre'] * 100:.1f} | {pre['asr_pre'] * 100:.1f} | "
-                     f"{pre['ra_pre'] * 100:.1f} |")
-    lines += ["", "Every defense on them (SPC 10, partition 0):", "",
-              "| defense | attack | ACC | ASR | RA | ARR | RDR | time (s) |", "|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {attack} | {pre['acc_pre'] * 100:.1f} | {pre['asr_pre'] * 100:.1f} | {pre['ra_pre'] * 100:.1f} |"
+        )
+    lines += [
+        "",
+        "Every defense on them (SPC 10, partition 0):",
+        "",
+        "| defense | attack | ACC | ASR | RA | ARR | RDR | time (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     by_unit = {(r["defense"], r["attack"]): r for r in sorted(vit, key=lambda r: r["status"] == "ok")}  # a success wins
     for name in sorted(DEFENSES):
         refusal = None
@@ -120,9 +143,11 @@ def vit_table(groups: dict[tuple, list[dict]], rows: list[dict]) -> list[str]:
             elif r["status"] != "ok":
                 lines.append(f"| {name} | {attack} | failed: {r['error'].splitlines()[0]} | | | | | |")
             else:
-                lines.append(f"| {name} | {attack} | {r['acc_post'] * 100:.1f} | {r['asr_post'] * 100:.1f} | "
-                             f"{r['ra_post'] * 100:.1f} | {r['arr']:.3f} | {r['rdr']:.3f} | {r['defense_seconds']:.0f} "
-                                 f"|")
+                lines.append(
+                    f"| {name} | {attack} | {r['acc_post'] * 100:.1f} | {r['asr_post'] * 100:.1f} | "
+                    f"{r['ra_post'] * 100:.1f} | {r['arr']:.3f} | {r['rdr']:.3f} | {r['defense_seconds']:.0f} "
+                    f"|"
+                )
     return lines
 
 
@@ -132,8 +157,11 @@ def main(store_path: Path = STORE) -> None:
     ok = [r for r in rows if r["status"] == "ok"]
     groups = grouped(ok)
     text = OUT.read_text()
-    for marker, table in (("tuning", tuning_table(groups)), ("combinations", combination_table(groups)),
-                          ("vit", vit_table(groups, rows))):
+    for marker, table in (
+        ("tuning", tuning_table(groups)),
+        ("combinations", combination_table(groups)),
+        ("vit", vit_table(groups, rows)),
+    ):
         start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
         head, rest = text.split(start, 1)
         text = head + start + "\n" + "\n".join(table) + "\n" + end + rest.split(end, 1)[1]

@@ -49,9 +49,12 @@ def main() -> None:
     parser.add_argument("--compute", type=int, default=None, help="partitions to compute now (default: --partitions)")
     parser.add_argument("--set", action="append", default=[], help="defense.key=value")
     parser.add_argument("--store", type=Path, default=STORE, help="results store the runs are written to")
-    parser.add_argument("--force", action="store_true",
-                        help="run the named defenses again, replacing their stored rows (a defense whose "
-                        "computation changed without a new setting)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="run the named defenses again, replacing their stored rows (a defense whose "
+        "computation changed without a new setting)",
+    )
     args = parser.parse_args()
     overrides: dict[str, dict[str, str]] = {}
     for item in args.set:
@@ -64,8 +67,13 @@ def main() -> None:
     for defense in args.defenses.split(","):
         for attack in args.attacks.split(","):
             for partition in range(args.partitions if args.compute is None else args.compute):
-                spec = ExperimentSpec(AttackSpec(args.dataset, args.arch, attack, 0.1, preset=args.preset), defense,
-                                      spc=args.spc, partition=partition, defense_settings=overrides.get(defense, {}))
+                spec = ExperimentSpec(
+                    AttackSpec(args.dataset, args.arch, attack, 0.1, preset=args.preset),
+                    defense,
+                    spc=args.spc,
+                    partition=partition,
+                    defense_settings=overrides.get(defense, {}),
+                )
                 try:
                     run_experiment(spec, data, cache, store, force=args.force)
                 except Exception as e:  # recorded as failed in the store; the table goes on
@@ -120,26 +128,33 @@ def write(args, store: ResultStore) -> None:
     for attack in args.attacks.split(","):
         models = {training(r): r for r in stored if r["attack"] == attack and r["status"] == "ok"}
         for model, r in sorted(models.items()):
-            lines.append(f"- {attack} before any defense, model {model}: ACC {100 * r['acc_pre']:.1f}, "
-                         f"ASR {100 * r['asr_pre']:.1f}, RA {100 * r['ra_pre']:.1f}")
+            lines.append(
+                f"- {attack} before any defense, model {model}: ACC {100 * r['acc_pre']:.1f}, "
+                f"ASR {100 * r['asr_pre']:.1f}, RA {100 * r['ra_pre']:.1f}"
+            )
     if any(len({training(r) for r in stored if r["attack"] == a}) > 1 for a in args.attacks.split(",")):
-        lines += ["", "The quick models were trained more than once under the same cache key (the model cache was "
-                  "rebuilt between work sessions; attack training on a CPU is reproducible for one thread count, "
-                  "not across thread counts and machines), so the rows come from several models per attack; each "
-                  "row names its model by that model's ACC / ASR before any defense."]
+        lines += [
+            "",
+            "The quick models were trained more than once under the same cache key (the model cache was "
+            "rebuilt between work sessions; attack training on a CPU is reproducible for one thread count, "
+            "not across thread counts and machines), so the rows come from several models per attack; each "
+            "row names its model by that model's ACC / ASR before any defense.",
+        ]
     header = "| family | defense | attack | model | " + " | ".join(h for _, h in METRICS) + " | time (s) | settings |"
-    lines += ["", header,
-              "|---|---|---|---|" + "---|" * len(METRICS) + "---|---|"]
+    lines += ["", header, "|---|---|---|---|" + "---|" * len(METRICS) + "---|---|"]
     for family in FAMILY_ORDER + sorted(set(by_family) - set(FAMILY_ORDER)):
         for defense, attack, model, runs, setting in by_family.get(family, []):
             ok = [r for r in runs if r.get("status") == "ok"]
-            cells = [spread([r[k] for r in ok], 1.0 if k in ("arr", "rdr") else 100.0, 3 if k in ("arr", "rdr") else 1)
-                     for k, _ in METRICS]
+            cells = [
+                spread([r[k] for r in ok], 1.0 if k in ("arr", "rdr") else 100.0, 3 if k in ("arr", "rdr") else 1)
+                for k, _ in METRICS
+            ]
             t = spread([r["defense_seconds"] for r in ok], 1.0, 1)
             if len(ok) < args.partitions:
                 setting += f" ({len(ok)} of {args.partitions} partitions so far)"
-            lines.append(f"| {family} | {defense} | {attack} | {model} | " + " | ".join(cells)
-                         + f" | {t} | {setting} |")
+            lines.append(
+                f"| {family} | {defense} | {attack} | {model} | " + " | ".join(cells) + f" | {t} | {setting} |"
+            )
     text = OUT.read_text() if OUT.exists() else ""
     notes = text.split("<!-- notes -->", 1)[1] if "<!-- notes -->" in text else "\n"
     # docs/findings.py's block (between the table and the notes) is kept; rerun it for new rows

@@ -69,10 +69,13 @@ def fp_rectangle(frame: pd.DataFrame) -> tuple[str, bool | None]:
     fp = med.loc["fp"]
     others = [d for d in med.index if d != "fp" and family_of(d) in PRUNING_TYPE]
     inside = [d for d in others if (med.loc[d] < fp).all()]
-    rows = ", ".join(f"{d.upper()} {pct(med.loc[d].asr_post)}/{med.loc[d].rdr:.2f}/{med.loc[d].arr:.3f}"
-                     for d in others)
-    text = (f"FP's medians (ASR/RDR/ARR): {pct(fp.asr_post)}/{fp.rdr:.2f}/{fp.arr:.3f}; the other pruning-type "
-            f"defenses: {rows}. Inside FP's rectangle: {', '.join(d.upper() for d in inside) or 'none'}.")
+    rows = ", ".join(
+        f"{d.upper()} {pct(med.loc[d].asr_post)}/{med.loc[d].rdr:.2f}/{med.loc[d].arr:.3f}" for d in others
+    )
+    text = (
+        f"FP's medians (ASR/RDR/ARR): {pct(fp.asr_post)}/{fp.rdr:.2f}/{fp.arr:.3f}; the other pruning-type "
+        f"defenses: {rows}. Inside FP's rectangle: {', '.join(d.upper() for d in inside) or 'none'}."
+    )
     return text, not inside
 
 
@@ -88,8 +91,10 @@ def strongest_below_ft(frame: pd.DataFrame) -> tuple[str, bool | None]:
         below = [d for d in measured if med[d] < med["ft"]]
         verdicts += [d in below for d in measured]
         cells = ", ".join(f"{d.upper()} {pct(med[d])}" for d in measured)
-        parts.append(f"{attack}: FT {pct(med['ft'])}; {cells or 'none of the four measured'}"
-                     f"{' (below FT: ' + (', '.join(d.upper() for d in below) or 'none') + ')' if measured else ''}")
+        parts.append(
+            f"{attack}: FT {pct(med['ft'])}; {cells or 'none of the four measured'}"
+            f"{' (below FT: ' + (', '.join(d.upper() for d in below) or 'none') + ')' if measured else ''}"
+        )
     missing = sorted({d.upper() for d in STRONGEST} - {d.upper() for d in at10.defense.unique()})
     text = "Median ASR at SPC 10, " + "; ".join(parts) + "."
     if missing:
@@ -102,9 +107,11 @@ def low_asr_without_recovery(frame: pd.DataFrame) -> tuple[str, bool | None]:
     med = frame.groupby(["defense", "attack"])[["acc_post", "asr_post", "ra_post"]].median()
     hits = med[(med.asr_post < 0.5) & (med.ra_post < med.acc_post - 0.2)]
     names = sorted({d for d, _ in hits.index})
-    cells = "; ".join(f"{d.upper()} on {a}: ASR {pct(r.asr_post)}, RA {pct(r.ra_post)}, ACC {pct(r.acc_post)}"
-                      for (d, a), r in hits.iterrows())
-    text = (f"Median ASR below 50 % with RA more than 20 points under ACC: {cells or 'none'}.")
+    cells = "; ".join(
+        f"{d.upper()} on {a}: ASR {pct(r.asr_post)}, RA {pct(r.ra_post)}, ACC {pct(r.acc_post)}"
+        for (d, a), r in hits.iterrows()
+    )
+    text = f"Median ASR below 50 % with RA more than 20 points under ACC: {cells or 'none'}."
     return text, len(names) >= 2
 
 
@@ -121,8 +128,10 @@ def pruning_stable_across_spc(frame: pd.DataFrame) -> tuple[str, bool | None]:
     pruning = swing[[d for d in swing.index if family_of(d) in PRUNING_TYPE]]
     tuning = swing[[d for d in swing.index if family_of(d) not in PRUNING_TYPE]]
     cells = ", ".join(f"{d.upper()} {pct(v)}" for d, v in swing.items())
-    text = (f"Swing of median ASR across SPC 2/10/100 (points, median over attacks): {cells}. "
-            f"Pruning-type median swing {pct(pruning.median())}, fine-tuning-type {pct(tuning.median())}.")
+    text = (
+        f"Swing of median ASR across SPC 2/10/100 (points, median over attacks): {cells}. "
+        f"Pruning-type median swing {pct(pruning.median())}, fine-tuning-type {pct(tuning.median())}."
+    )
     if pruning.empty or tuning.empty:
         return text, None
     return text, bool(pruning.median() < tuning.median())
@@ -138,9 +147,14 @@ FINDINGS = [
 
 def main() -> None:
     frame = load()
-    lines = ["<!-- findings -->", "",
-             f"## The survey's findings on these results ({len(frame)} results, `python docs/findings.py`)", "",
-             "| finding | bd's numbers | reproduced? |", "|---|---|---|"]
+    lines = [
+        "<!-- findings -->",
+        "",
+        f"## The survey's findings on these results ({len(frame)} results, `python docs/findings.py`)",
+        "",
+        "| finding | bd's numbers | reproduced? |",
+        "|---|---|---|",
+    ]
     for title, check in FINDINGS:
         text, verdict = check(frame)
         word = {True: "yes", False: "**no**", "partly": "**partly**", None: "not decidable yet"}[verdict]

@@ -52,34 +52,66 @@ DEFENSES: dict[str, dict] = {
     "clp": {"script": "clp.py", "config": "clp/cifar10.yaml"},
     "bnp": {"script": "bnp.py", "config": "bnp/cifar10.yaml"},
     "fst": {"script": "fst.py", "config": "fst/cifar10.yaml"},  # 15 epochs: its argparse default beats the config's 10
-    "ft": {"script": "ft.py", "config": "ft/default.yaml", "fork": {"epochs": 20, "cos_t_max": 20},
-           "bd": {"epochs": 20}},
+    "ft": {
+        "script": "ft.py",
+        "config": "ft/default.yaml",
+        "fork": {"epochs": 20, "cos_t_max": 20},
+        "bd": {"epochs": 20},
+    },
     "nad": {"script": "nad.py", "config": "nad/cifar10.yaml", "fork": {"cos_t_max": 10}},
-    "fp": {"script": "fp.py", "config": "fp/cifar10.yaml", "fork": {"epochs": 20, "cos_t_max": 20},
-           "bd": {"epochs": 20}},
+    "fp": {
+        "script": "fp.py",
+        "config": "fp/cifar10.yaml",
+        "fork": {"epochs": 20, "cos_t_max": 20},
+        "bd": {"epochs": 20},
+    },
     "pbe": {"script": "pbe.py", "config": "pbe/default.yaml"},
     "i-bau": {"script": "i-bau.py", "config": "i-bau/cifar10.yaml"},
     "mm-bd": {"script": "mm-bd.py", "config": "mm-bd/default.yaml"},
     "nft": {"script": "nft.py", "config": "nft/default.yaml", "fork": {"epochs": 20}, "bd": {"epochs": 20}},
     "rnp": {"script": "rnp.py", "config": "rnp/default.yaml", "bd": {"unlearn_threshold": 0.2}},
     "awm": {"script": "awn.py", "config": "awn/default.yaml"},
-    "npd": {"script": "npd.py", "config": "npd/cifar10_preactresnet18.yaml", "fork": {"epochs": 20, "cos_t_max": 20},
-            "bd": {"epochs": 20}, "full_test_sets": True},  # its final test is its own code, not the shared one
+    "npd": {
+        "script": "npd.py",
+        "config": "npd/cifar10_preactresnet18.yaml",
+        "fork": {"epochs": 20, "cos_t_max": 20},
+        "bd": {"epochs": 20},
+        "full_test_sets": True,
+    },  # its final test is its own code, not the shared one
     # variant: the authors' code adds the perturbation without clamping the image to [0, 1]
-    "sau": {"script": "sau.py", "config": "sau/cifar10.yaml", "fork": {"n_rounds": 20}, "bd": {"rounds": 20},
-            "variants": [{"valid_images": False}]},
-    "ft-sam": {"script": "ft-sam.py", "config": "ft-sam/cifar10.yaml", "fork": {"epochs": 20, "cos_t_max": 20},
-               "bd": {"epochs": 20}},
-    "nc": {"script": "nc.py", "config": "nc/cifar10.yaml", "fork": {"nc_epoch": 20, "epochs": 20, "cos_t_max": 20},
-           "bd": {"epochs": 20, "unlearn_epochs": 20}},
-    "bti-dbf": {"script": "btidbf-u.py", "config": "btidbf-u/cifar10.yaml",
-                "fork": {"preround": 20, "mround": 10, "uround": 10, "ul_round": 10, "nround": 3},
-                "bd": {"pretrain_epochs": 20, "mask_epochs": 10, "generator_epochs": 10, "unlearn_epochs": 10,
-                       "rounds": 3}},
+    "sau": {
+        "script": "sau.py",
+        "config": "sau/cifar10.yaml",
+        "fork": {"n_rounds": 20},
+        "bd": {"rounds": 20},
+        "variants": [{"valid_images": False}],
+    },
+    "ft-sam": {
+        "script": "ft-sam.py",
+        "config": "ft-sam/cifar10.yaml",
+        "fork": {"epochs": 20, "cos_t_max": 20},
+        "bd": {"epochs": 20},
+    },
+    "nc": {
+        "script": "nc.py",
+        "config": "nc/cifar10.yaml",
+        "fork": {"nc_epoch": 20, "epochs": 20, "cos_t_max": 20},
+        "bd": {"epochs": 20, "unlearn_epochs": 20},
+    },
+    "bti-dbf": {
+        "script": "btidbf-u.py",
+        "config": "btidbf-u/cifar10.yaml",
+        "fork": {"preround": 20, "mround": 10, "uround": 10, "ul_round": 10, "nround": 3},
+        "bd": {"pretrain_epochs": 20, "mask_epochs": 10, "generator_epochs": 10, "unlearn_epochs": 10, "rounds": 3},
+    },
     # ANP: 2000 iterations of 256 images at full width take hours per tool on one core; both run
     # 100 (the fork counts iterations in blocks of print_every)
-    "anp": {"script": "anp.py", "config": "anp/default.yaml", "fork": {"nb_iter": 100, "print_every": 100},
-            "bd": {"iterations": 100}},
+    "anp": {
+        "script": "anp.py",
+        "config": "anp/default.yaml",
+        "fork": {"nb_iter": 100, "print_every": 100},
+        "bd": {"iterations": 100},
+    },
     # FMP: the fork perturbs each of the 4 800 channels in turn with full forward passes (hours at
     # 32 images); both rank the channels on 8 images
     "fmp": {"script": "fmp.py", "config": "fmp/default.yaml", "fork": {"adv_dataset_size": 8}, "bd": {"adv_images": 8}},
@@ -92,7 +124,7 @@ DEFENSES: dict[str, dict] = {
 def read_idx(path: Path) -> np.ndarray:
     raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
     ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
@@ -113,15 +145,23 @@ def write_data(fork: Path) -> Path:
     test_x, test_y = read_idx(FASHION / "t10k-images-idx3-ubyte.gz"), read_idx(FASHION / "t10k-labels-idx1-ubyte.gz")
     keep = np.sort(np.concatenate([np.flatnonzero(test_y == c)[:TEST_PER_CLASS] for c in range(10)]))
     test_x, test_y = test_x[keep], test_y[keep]
-    batches = [(f"data_batch_{i + 1}", train_x[i * 10_000:(i + 1) * 10_000], train_y[i * 10_000:(i + 1) * 10_000])
-               for i in range(5)] + [("test_batch", test_x, test_y)]
+    batches = [
+        (f"data_batch_{i + 1}", train_x[i * 10_000 : (i + 1) * 10_000], train_y[i * 10_000 : (i + 1) * 10_000])
+        for i in range(5)
+    ] + [("test_batch", test_x, test_y)]
     for name, x, y in batches:
         with open(folder / name, "wb") as f:
-            pickle.dump({"batch_label": name, "labels": [int(v) for v in y], "data": as_cifar_rows(x),
-                         "filenames": [f"{i}.png" for i in range(len(y))]}, f)
+            pickle.dump(
+                {
+                    "batch_label": name,
+                    "labels": [int(v) for v in y],
+                    "data": as_cifar_rows(x),
+                    "filenames": [f"{i}.png" for i in range(len(y))],
+                },
+                f,
+            )
     with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": FASHION_CLASSES, "num_cases_per_batch": 10_000,
-                     "num_vis": 3072}, f)
+        pickle.dump({"label_names": FASHION_CLASSES, "num_cases_per_batch": 10_000, "num_vis": 3072}, f)
     print(f"wrote {folder}: 50 000 training and {len(test_y)} test images (Fashion-MNIST, padded to 32x32 RGB)")
     return folder.parent
 
@@ -133,10 +173,16 @@ SHRUNK_TEST_IMAGES = 20  # the fork's logging-only test evaluations see this man
 
 
 def fork_env(out: Path, threads: int, shrink: bool = False, reseed: int | None = None) -> dict[str, str]:
-    env = {**os.environ, "BD_PARITY_OUT": str(out), "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1",
-           "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": "",
-           "BD_PARITY_TEST_IMAGES": str(SHRUNK_TEST_IMAGES if shrink else 0),
-           "BD_PARITY_RESEED": "" if reseed is None else str(reseed)}
+    env = {
+        **os.environ,
+        "BD_PARITY_OUT": str(out),
+        "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1",
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "CUDA_VISIBLE_DEVICES": "",
+        "BD_PARITY_TEST_IMAGES": str(SHRUNK_TEST_IMAGES if shrink else 0),
+        "BD_PARITY_RESEED": "" if reseed is None else str(reseed),
+    }
     env.pop("PYTHONPATH", None)
     return env
 
@@ -156,19 +202,52 @@ def attack(args: argparse.Namespace) -> None:
         print(f"{record} exists")
         return
     record.parent.mkdir(exist_ok=True)  # a fresh clone of the fork has no record/ folder
-    cmd = [str(args.fork_python), str(HERE / "parity_shim.py"), str(args.fork / "attack" / "badnet.py"),
-           "--yaml_path", "../config/attack/prototype/cifar10.yaml",
-           "--bd_yaml_path", "../config/attack/badnet/default.yaml",
-           "--save_folder_name", RECORD, "--epochs", str(args.epochs), "--device", "cpu", "--num_workers", "0",
-           "--dataset_path", "../data/cifar10", "--random_seed", "0", "--amp", "False", "--pin_memory", "False"]
+    cmd = [
+        str(args.fork_python),
+        str(HERE / "parity_shim.py"),
+        str(args.fork / "attack" / "badnet.py"),
+        "--yaml_path",
+        "../config/attack/prototype/cifar10.yaml",
+        "--bd_yaml_path",
+        "../config/attack/badnet/default.yaml",
+        "--save_folder_name",
+        RECORD,
+        "--epochs",
+        str(args.epochs),
+        "--device",
+        "cpu",
+        "--num_workers",
+        "0",
+        "--dataset_path",
+        "../data/cifar10",
+        "--random_seed",
+        "0",
+        "--amp",
+        "False",
+        "--pin_memory",
+        "False",
+    ]
     code, seconds = run_logged(cmd, args.work / "attack.log", fork_env(args.work / "attack", args.threads))
     print(f"fork attack exit {code} after {seconds:.0f} s; log {args.work / 'attack.log'}")
 
 
 def import_model(args: argparse.Namespace) -> Path:
     model = args.work / "model.safetensors"
-    cmd = [sys.executable, "-m", "bd_cli.app", "import", str(args.fork / "record" / RECORD), "--out", str(model),
-           "--data-dir", str(args.fork / "data" / "cifar10"), "--device", "cpu", "--format", "json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bd_cli.app",
+        "import",
+        str(args.fork / "record" / RECORD),
+        "--out",
+        str(model),
+        "--data-dir",
+        str(args.fork / "data" / "cifar10"),
+        "--device",
+        "cpu",
+        "--format",
+        "json",
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, env=bd_env(args.threads))
     print(result.stdout or result.stderr)
     (args.work / "import.json").write_text(result.stdout)
@@ -215,16 +294,31 @@ def accepted_flags(args: argparse.Namespace, script: str) -> set[str]:
     return set(re.findall(r"(--[a-zA-Z_]+)", cache.read_text()))
 
 
-def run_fork(args: argparse.Namespace, defense: str, partition: int, out: Path, schedule: dict | None = None,
-             reseed: int | None = None) -> dict:
+def run_fork(
+    args: argparse.Namespace,
+    defense: str,
+    partition: int,
+    out: Path,
+    schedule: dict | None = None,
+    reseed: int | None = None,
+) -> dict:
     """The fork's defense on partition `partition`'s images; `schedule` replaces the parity
     study's keys (a timing sitting's shorter schedule); `reseed` gives the defense other
     randomness after the same draw of D_m (docs/parity_shim.py)."""
     spec = DEFENSES[defense]
     overrides = spec.get("fork", {}) if schedule is None else schedule
-    wanted = {"--yaml_path": str(fork_config(args, defense, out, overrides)), "--model": "preactresnet18",
-              "--spc": "10", "--random_seed": str(partition), "--result_base": "../record", "--result_file": RECORD,
-              "--dataset": "cifar10", "--dataset_path": "../data/cifar10", "--device": "cpu", "--num_workers": "0"}
+    wanted = {
+        "--yaml_path": str(fork_config(args, defense, out, overrides)),
+        "--model": "preactresnet18",
+        "--spc": "10",
+        "--random_seed": str(partition),
+        "--result_base": "../record",
+        "--result_file": RECORD,
+        "--dataset": "cifar10",
+        "--dataset_path": "../data/cifar10",
+        "--device": "cpu",
+        "--num_workers": "0",
+    }
     flags = accepted_flags(args, spec["script"])
     # the fork's scripts let an argparse default win over the config file: a shortened schedule
     # goes on the command line wherever the script defines the flag
@@ -258,16 +352,42 @@ def mitigation_rows(out: Path) -> list[int] | None:
     return sorted(drawn["train"] + drawn["val"])
 
 
-def run_bd(args: argparse.Namespace, defense: str, partition: int, out: Path, extra: dict | None = None,
-           precision: str = "fp32", schedule: dict | None = None) -> dict:
+def run_bd(
+    args: argparse.Namespace,
+    defense: str,
+    partition: int,
+    out: Path,
+    extra: dict | None = None,
+    precision: str = "fp32",
+    schedule: dict | None = None,
+) -> dict:
     """bd's defense on the fork's images of `out`; `extra` goes over the parity study's settings,
     `schedule` replaces them (a timing sitting's shorter schedule)."""
     spec = DEFENSES[defense]
     settings = {**(spec.get("bd", {}) if schedule is None else schedule), **(extra or {})}
-    cmd = [sys.executable, "-m", "bd_cli.app", "defend", "--model", str(args.work / "model.safetensors"),
-           "--defense", defense, "--partition", str(partition), "--precision", precision,
-           "--data-dir", str(args.fork / "data" / "cifar10"), "--device", "cpu", "--store",
-           str(args.work / "bd-results.sqlite"), "--format", "json", "--force"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bd_cli.app",
+        "defend",
+        "--model",
+        str(args.work / "model.safetensors"),
+        "--defense",
+        defense,
+        "--partition",
+        str(partition),
+        "--precision",
+        precision,
+        "--data-dir",
+        str(args.fork / "data" / "cifar10"),
+        "--device",
+        "cpu",
+        "--store",
+        str(args.work / "bd-results.sqlite"),
+        "--format",
+        "json",
+        "--force",
+    ]
     rows = mitigation_rows(out)
     if rows is not None:
         (out / "mitigation.txt").write_text("\n".join(str(i) for i in rows) + "\n")
@@ -277,15 +397,30 @@ def run_bd(args: argparse.Namespace, defense: str, partition: int, out: Path, ex
     began = time.perf_counter()
     result = subprocess.run(cmd, capture_output=True, text=True, env=bd_env(args.threads))
     seconds = time.perf_counter() - began
-    log = ("bd-extra.log" if extra else f"bd-{precision}.log" if precision != "fp32"
-           else "bd.log" if str(partition) == out.name else f"bd-seed-{partition}.log")
+    log = (
+        "bd-extra.log"
+        if extra
+        else f"bd-{precision}.log"
+        if precision != "fp32"
+        else "bd.log"
+        if str(partition) == out.name
+        else f"bd-seed-{partition}.log"
+    )
     (out / log).write_text(result.stdout + result.stderr)
     if result.returncode != 0:
         return {"exit": result.returncode, "process_seconds": round(seconds, 1)}
     row = json.loads(result.stdout)
-    return {"exit": 0, "process_seconds": round(seconds, 1), "defense_seconds": row["defense_seconds"],
-            "acc": row["acc_post"], "asr": row["asr_post"], "ra": row["ra_post"], "settings": settings,
-            "precision": precision, "details": row["details"]["defense"]}
+    return {
+        "exit": 0,
+        "process_seconds": round(seconds, 1),
+        "defense_seconds": row["defense_seconds"],
+        "acc": row["acc_post"],
+        "asr": row["asr_post"],
+        "ra": row["ra_post"],
+        "settings": settings,
+        "precision": precision,
+        "details": row["details"]["defense"],
+    }
 
 
 def attacked_model(args: argparse.Namespace) -> dict:
@@ -305,8 +440,15 @@ def run_key(defense: str, partition: int, model: dict) -> str:
     return f"{defense}/{partition}/{model['acc']:.3f}-{model['asr']:.3f}"
 
 
-def keep(defense: str, partition: int, out: Path, result: dict, record: Path = RUNS_FILE,
-         key: str | None = None, fields: tuple[str, ...] = ()) -> None:
+def keep(
+    defense: str,
+    partition: int,
+    out: Path,
+    result: dict,
+    record: Path = RUNS_FILE,
+    key: str | None = None,
+    fields: tuple[str, ...] = (),
+) -> None:
     """Write a pair's result into its run folder and into the committed record. With `fields`,
     only those fields of the stored pair are replaced (bd's and the fork's further seeds run side
     by side in two processes, each adding its own field to the same pair)."""
@@ -327,11 +469,17 @@ def run(args: argparse.Namespace) -> None:
         for defense in names:
             out = args.work / "runs" / defense / str(partition)
             result_file = out / "result.json"
-            stored = (json.loads(result_file.read_text()) if result_file.exists()
-                      else stored_runs().get(run_key(defense, partition, attacked_model(args))))
+            stored = (
+                json.loads(result_file.read_text())
+                if result_file.exists()
+                else stored_runs().get(run_key(defense, partition, attacked_model(args)))
+            )
             if (args.bd_only or stored and not stored.get("bd")) and not (out / "fork.log").exists() and stored:
-                print(f"{defense} partition {partition}: its fork run folder is gone (mitigation images unknown); "
-                      "rerun it with --force", flush=True)
+                print(
+                    f"{defense} partition {partition}: its fork run folder is gone (mitigation images unknown); "
+                    "rerun it with --force",
+                    flush=True,
+                )
                 continue
             if args.bd_only or (stored and not stored.get("bd") and not args.force):
                 # bd changed, or its run was interrupted: run bd again against the fork's stored run
@@ -410,8 +558,11 @@ def noise(args: argparse.Namespace) -> None:
     images with other seeds (the seed is base seed + partition, so partition p + 100 and p + 200
     name the same images with other randomness): is the gap within bd's own spread? --seeds
     names the offsets; those already stored are kept unless --force."""
-    add_further_runs(args, "bd_seeds", lambda defense, partition, folder, offset:
-                     measured(run_bd(args, defense, partition + offset, folder)))
+    add_further_runs(
+        args,
+        "bd_seeds",
+        lambda defense, partition, folder, offset: measured(run_bd(args, defense, partition + offset, folder)),
+    )
 
 
 def fork_noise(args: argparse.Namespace) -> None:
@@ -450,8 +601,11 @@ def timing(args: argparse.Namespace) -> None:
     other on the same images, kept in docs/parity-timing.json under the sitting's name."""
     from bd_defenses import DEFENSES as DEFENSE_CLASSES  # noqa: PLC0415  (bd's environment runs this driver)
 
-    names = ([d for d in DEFENSES if d not in FORK_CANNOT_FINISH] if args.defenses == "all"
-             else [d.strip() for d in args.defenses.split(",")])
+    names = (
+        [d for d in DEFENSES if d not in FORK_CANNOT_FINISH]
+        if args.defenses == "all"
+        else [d.strip() for d in args.defenses.split(",")]
+    )
     for partition in [int(p) for p in args.partitions.split(",")]:
         for defense in names:
             key = f"{args.sitting}/{defense}/{partition}"
@@ -467,8 +621,9 @@ def timing(args: argparse.Namespace) -> None:
             if "acc" in result["fork"]:
                 result["bd"] = run_bd(args, defense, partition, out, schedule=short.get("bd"))
                 if "bf16" in DEFENSE_CLASSES[defense].precisions:  # the registry says which can
-                    result["bd_bf16"] = run_bd(args, defense, partition, out, precision="bf16",
-                                               schedule=short.get("bd"))
+                    result["bd_bf16"] = run_bd(
+                        args, defense, partition, out, precision="bf16", schedule=short.get("bd")
+                    )
             print(f"  {json.dumps({k: v for k, v in result.items() if k != 'model'}, default=str)[:400]}", flush=True)
             keep(defense, partition, out, result, record=TIMING_FILE, key=key)
 
@@ -484,12 +639,18 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1, help="attack training epochs of the fork")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--force", action="store_true", help="run again even where a result is stored")
-    parser.add_argument("--seeds", default=",".join(str(o) for o in SEED_OFFSETS),
-                        type=lambda text: [int(o) for o in text.split(",")],
-                        help="noise/fork-noise: the seed offsets of the further runs (default 100,200)")
+    parser.add_argument(
+        "--seeds",
+        default=",".join(str(o) for o in SEED_OFFSETS),
+        type=lambda text: [int(o) for o in text.split(",")],
+        help="noise/fork-noise: the seed offsets of the further runs (default 100,200)",
+    )
     parser.add_argument("--bd-only", action="store_true", help="rerun only bd, against the stored fork runs")
-    parser.add_argument("--sitting", default=time.strftime("%Y-%m-%d"),
-                        help="a timing sitting's name in docs/parity-timing.json (default: today's date)")
+    parser.add_argument(
+        "--sitting",
+        default=time.strftime("%Y-%m-%d"),
+        help="a timing sitting's name in docs/parity-timing.json (default: today's date)",
+    )
     args = parser.parse_args()
     args.fork, args.work = args.fork.resolve(), args.work.resolve()
     args.work.mkdir(parents=True, exist_ok=True)

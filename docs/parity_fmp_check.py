@@ -40,8 +40,9 @@ def main() -> None:
     torch.set_num_threads(1)
     rec = args.record
     original = torch.load(f"{rec}/attack_result.pt", map_location="cpu", weights_only=False)["model"]
-    defended = torch.load(f"{rec}/defense/fmp/spc_10/{args.partition}/defense_result.pt", map_location="cpu",
-                          weights_only=False)["model"]
+    defended = torch.load(
+        f"{rec}/defense/fmp/spc_10/{args.partition}/defense_result.pt", map_location="cpu", weights_only=False
+    )["model"]
     norm = get_dataset_normalization("cifar10")
     to_tensor = torchvision.transforms.ToTensor()
     train = torchvision.datasets.CIFAR10("data/cifar10", train=True, download=False)

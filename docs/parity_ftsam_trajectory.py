@@ -43,12 +43,12 @@ FORK_NORMALIZATION = ((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261))  # the re
 
 def fork_run(model: torch.nn.Module, batches: list, probe: torch.Tensor) -> None:
     """ft-sam.py's _train_sam over the epochs, one batch per epoch."""
-    base = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9,
-                           weight_decay=5e-4)
+    base = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(base, T_max=EPOCHS)
     rho = ProportionScheduler(pytorch_lr_scheduler=sched, max_lr=0.01, min_lr=0.0, max_value=2.0, min_value=2.0)
-    sam = SAM(params=model.parameters(), base_optimizer=base, model=model, sam_alpha=0.0, rho_scheduler=rho,
-              adaptive=True)
+    sam = SAM(
+        params=model.parameters(), base_optimizer=base, model=model, sam_alpha=0.0, rho_scheduler=rho, adaptive=True
+    )
     for x, y in batches:
         model.train()
         sam.set_closure(lambda out, t: smooth_crossentropy(out, t, smoothing=0.1).mean(), x, y)
@@ -74,8 +74,10 @@ def main() -> None:
     fork_model.load_state_dict({fork: imported.state_dict()[bd] for bd, fork in fork_names.items()})
     fork_model = fork_model.double()
     train = load_dataset("cifar10", "train", root=FORK / "BackdoorBenchmark" / "data" / "cifar10")
-    rows = tuple(int(line) for line in (args.work / "runs" / "ft-sam" / str(args.partition) / "mitigation.txt")
-                 .read_text().split())
+    rows = tuple(
+        int(line)
+        for line in (args.work / "runs" / "ft-sam" / str(args.partition) / "mitigation.txt").read_text().split()
+    )
     clean = mitigation_from_indices(train, rows).normalized_as(*FORK_NORMALIZATION, "the record's")
     make_batch = torchvision_batches(clean, None)
     torch.manual_seed(args.seed)
@@ -84,7 +86,7 @@ def main() -> None:
 
     stream = iter(batches)  # bd's defense, fed the same batches
     ftsam.clean_batches = lambda data, augment, device: None
-    ftsam.shuffled_batches = lambda make, n, batch_size, generator: (lambda: [next(stream)])
+    ftsam.shuffled_batches = lambda make, n, batch_size, generator: lambda: [next(stream)]
     bd_out = ftsam.FTSAM(epochs=EPOCHS)(copy.deepcopy(imported), MitigationData(clean), Context(seed=args.seed))
     fork_run(fork_model, batches, probe)
 
@@ -92,12 +94,15 @@ def main() -> None:
     fork_buffers = preact_names(dict(fork_model.named_buffers()))
     moved = max((fork_params[k] - p).abs().max().item() for k, p in imported.named_parameters())
     params = max((fork_params[k] - p).abs().max().item() for k, p in bd_out.named_parameters())
-    buffers = max((fork_buffers[k] - b).abs().max().item() for k, b in bd_out.named_buffers()
-                  if b.dtype.is_floating_point)
+    buffers = max(
+        (fork_buffers[k] - b).abs().max().item() for k, b in bd_out.named_buffers() if b.dtype.is_floating_point
+    )
     with torch.no_grad():
         logits = (bd_out(probe) - fork_model(probe)).abs().max().item()
-    print(f"partition {args.partition}, seed {args.seed}, {EPOCHS} epochs: the weights moved up to {moved:.3e}; "
-          f"bd against the fork: weights {params:.3e}, BatchNorm buffers {buffers:.3e}, logits {logits:.3e}")
+    print(
+        f"partition {args.partition}, seed {args.seed}, {EPOCHS} epochs: the weights moved up to {moved:.3e}; "
+        f"bd against the fork: weights {params:.3e}, BatchNorm buffers {buffers:.3e}, logits {logits:.3e}"
+    )
 
 
 if __name__ == "__main__":

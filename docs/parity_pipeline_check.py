@@ -32,8 +32,9 @@ def torchvision_batches(data: ImageSet, augment: Augment | None, device: str | t
     """FT-SAM's make_batch with the fork's training transform in place of bd's kernel."""
     mean, std = (tuple(float(v) for v in t) for t in data.mean_std())
     size = tuple(data.images.shape[-2:])
-    transform = T.Compose([T.RandomCrop(size, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                           T.Normalize(mean, std)])
+    transform = T.Compose(
+        [T.RandomCrop(size, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)]
+    )
     images = [Image.fromarray(img.permute(1, 2, 0).squeeze(-1).numpy()) for img in data.images]
 
     def make_batch(idx: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

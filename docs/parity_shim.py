@@ -98,8 +98,17 @@ def _evaluate_final_on_full_test_sets(evaluate) -> None:
     full_clean, full_bd = _full["clean_test"], _full["bd_test"]
     full_clean.wrap_img_transform, full_bd.wrap_img_transform = clean.wrap_img_transform, bd.wrap_img_transform
     acc, asr, ra = evaluate(model, full_clean, full_bd, criterion, args)
-    (OUT / "final.json").write_text(json.dumps({"acc": float(acc), "asr": float(asr), "ra": float(ra),
-                                                "test_images": len(full_clean), "bd_test_images": len(full_bd)}))
+    (OUT / "final.json").write_text(
+        json.dumps(
+            {
+                "acc": float(acc),
+                "asr": float(asr),
+                "ra": float(ra),
+                "test_images": len(full_clean),
+                "bd_test_images": len(full_bd),
+            }
+        )
+    )
 
 
 class RecordFolder:
@@ -148,8 +157,10 @@ def install(fork: Path) -> None:
     def recorded_choice(dataset, samples_per_class, val_ratio=0):
         train_idx, val_idx = choose(dataset, samples_per_class, val_ratio)
         original = dataset.original_index_array  # subset positions -> rows of the training split
-        rows = {"train": [int(original[i]) for i in train_idx],
-                "val": [int(original[i]) for i in (val_idx if val_idx is not None else [])]}
+        rows = {
+            "train": [int(original[i]) for i in train_idx],
+            "val": [int(original[i]) for i in (val_idx if val_idx is not None else [])],
+        }
         (OUT / "indices.json").write_text(json.dumps(rows))
         if timing["selected_at"] is None:
             timing["selected_at"] = time.perf_counter()
@@ -191,12 +202,14 @@ def install(fork: Path) -> None:
         atexit.register(_evaluate_final_on_full_test_sets, final_test)
     for name in ("given_dataloader_test", "given_dataloader_test_v2", "test_given_dataloader_on_mix"):
         setattr(trainer_cls, name, _timed_evaluation(getattr(trainer_cls, name)))
-    for cls_name, method in (("ModelTrainerCLS_v2", "test_given_dataloader"),
-                             ("ModelTrainerCLS_v2", "test_current_model"),
-                             ("PureCleanModelTrainer", "test_given_dataloader_on_mix"),
-                             ("PureCleanModelTrainer", "test_current_model"),
-                             ("BackdoorModelTrainer", "test_given_dataloader_on_mix"),
-                             ("BackdoorModelTrainer", "test_current_model")):
+    for cls_name, method in (
+        ("ModelTrainerCLS_v2", "test_given_dataloader"),
+        ("ModelTrainerCLS_v2", "test_current_model"),
+        ("PureCleanModelTrainer", "test_given_dataloader_on_mix"),
+        ("PureCleanModelTrainer", "test_current_model"),
+        ("BackdoorModelTrainer", "test_given_dataloader_on_mix"),
+        ("BackdoorModelTrainer", "test_current_model"),
+    ):
         cls = getattr(trainer_cls, cls_name)
         if method in cls.__dict__:
             setattr(cls, method, _timed_evaluation(cls.__dict__[method]))

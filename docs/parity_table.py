@@ -68,16 +68,20 @@ def summary_row(defense: str, model: str, parts: dict[int, dict], defenses: dict
     pairs = [(r["fork"], r["bd"]) for r in measured.values()]
     # the medians cover only partitions both tools finished; the others are named as pending
     pending = [str(p) for p in parts if p not in measured]
-    partitions = ",".join(str(p) for p in measured) + (f" ({','.join(pending)}: bd pending)" if pending and measured
-                                                        else "")
+    partitions = ",".join(str(p) for p in measured) + (
+        f" ({','.join(pending)}: bd pending)" if pending and measured else ""
+    )
     if not pairs:
         partitions = ",".join(str(p) for p in parts)
         failed = next(iter(parts.values()))
-        why = ("fork failed" if "acc" not in failed["fork"] else "bd not run yet" if not failed.get("bd")
-               else "bd failed")
+        why = (
+            "fork failed" if "acc" not in failed["fork"] else "bd not run yet" if not failed.get("bd") else "bd failed"
+        )
         return f"| {defense} | {model} | {partitions} | {why} |" + " |" * 12
-    cell = {side: {m: median([p[i][m] for p in pairs]) for m in ("acc", "asr", "ra")}
-            for i, side in enumerate(("fork", "bd"))}
+    cell = {
+        side: {m: median([p[i][m] for p in pairs]) for m in ("acc", "asr", "ra")}
+        for i, side in enumerate(("fork", "bd"))
+    }
     gap = {m: max(abs(f[m] - b[m]) for f, b in pairs) for m in ("acc", "asr")}
     fork_s = median([f.get("defense_seconds") for f, _ in pairs if f.get("defense_seconds") is not None])
     bd_s = median([b["defense_seconds"] for _, b in pairs])
@@ -89,7 +93,8 @@ def summary_row(defense: str, model: str, parts: dict[int, dict], defenses: dict
         f"{pct(cell['fork']['asr'])} | {pct(cell['bd']['asr'])} | "
         f"{pct(cell['fork']['ra'])} | {pct(cell['bd']['ra'])} | "
         f"{100 * gap['acc']:.1f} | {100 * gap['asr']:.1f} | {seconds(fork_s)} | {seconds(bd_s)} | {ratio} | "
-        f"{shortened} | {verdict} |")
+        f"{shortened} | {verdict} |"
+    )
 
 
 def close(fork: dict, bd: dict) -> bool:
@@ -98,16 +103,20 @@ def close(fork: dict, bd: dict) -> bool:
 
 def inside_spread(fork: dict, runs: list[dict]) -> bool:
     """The fork's run lies within 5 points of the range bd's runs with several seeds span."""
-    return all(min(r[m] for r in runs) - TOLERANCE <= fork[m] <= max(r[m] for r in runs) + TOLERANCE
-               for m in ("acc", "asr"))
+    return all(
+        min(r[m] for r in runs) - TOLERANCE <= fork[m] <= max(r[m] for r in runs) + TOLERANCE for m in ("acc", "asr")
+    )
 
 
 def spreads_meet(result: dict) -> bool:
     """Both tools run with several seeds on the same images: their ranges come within 5 points of
     each other on ACC and on ASR."""
     forks, bds = tool_runs(result, "fork"), tool_runs(result, "bd")
-    return all(max(min(r[m] for r in forks), min(r[m] for r in bds))
-               - min(max(r[m] for r in forks), max(r[m] for r in bds)) <= TOLERANCE for m in ("acc", "asr"))
+    return all(
+        max(min(r[m] for r in forks), min(r[m] for r in bds)) - min(max(r[m] for r in forks), max(r[m] for r in bds))
+        <= TOLERANCE
+        for m in ("acc", "asr")
+    )
 
 
 def within_bd_spread(result: dict) -> bool:
@@ -121,14 +130,21 @@ def parity_verdict(results: list[dict]) -> str:
         return "within ±5"
     if all(close(r["fork"], r["bd"]) or within_bd_spread(r) for r in results):
         return "within bd's seed spread ±5"
-    if all(close(r["fork"], r["bd"]) or within_bd_spread(r) or r.get("fork_seeds") and r.get("bd_seeds")
-           and spreads_meet(r) for r in results):
+    if all(
+        close(r["fork"], r["bd"])
+        or within_bd_spread(r)
+        or r.get("fork_seeds")
+        and r.get("bd_seeds")
+        and spreads_meet(r)
+        for r in results
+    ):
         return "the tools' seed spreads meet ±5"
     choices = [r.get("bd_at_fork_choice") for r in results]
     if all(c and "acc" in c and close(r["fork"], c) for r, c in zip(results, choices, strict=True)):
         return "within ±5 at the fork's choice; selection rule differs"
-    variants = [next((v for v in r.get("bd_variants") or [] if "acc" in v and close(r["fork"], v)), None)
-                for r in results]
+    variants = [
+        next((v for v in r.get("bd_variants") or [] if "acc" in v and close(r["fork"], v)), None) for r in results
+    ]
     if all(variants):
         return f"within ±5 with the fork's {variant_setting(variants[0], results[0])}; see below"
     return "differs: see below"
@@ -146,12 +162,14 @@ def detail_rows(runs: dict[str, list[tuple[int, dict]]]) -> list[str]:
         for partition, r in parts:
             f, b = r["fork"], r.get("bd") or {}
             model = r.get("model") or {}
-            rows.append(f"| {defense} | {partition} | {pct(model.get('acc'))} / {pct(model.get('asr'))} | "
-                        f"{pct(f.get('acc'))} / {pct(f.get('asr'))} / {pct(f.get('ra'))} | "
-                        f"{pct(b.get('acc'))} / {pct(b.get('asr'))} / {pct(b.get('ra'))} | "
-                        f"{seconds(f.get('defense_seconds'))} | {seconds(f.get('evaluation_seconds'))} | "
-                        f"{seconds(f.get('process_seconds'))} | {seconds(b.get('defense_seconds'))} | "
-                        f"{seconds(b.get('process_seconds'))} | {extra_runs(r)} |")
+            rows.append(
+                f"| {defense} | {partition} | {pct(model.get('acc'))} / {pct(model.get('asr'))} | "
+                f"{pct(f.get('acc'))} / {pct(f.get('asr'))} / {pct(f.get('ra'))} | "
+                f"{pct(b.get('acc'))} / {pct(b.get('asr'))} / {pct(b.get('ra'))} | "
+                f"{seconds(f.get('defense_seconds'))} | {seconds(f.get('evaluation_seconds'))} | "
+                f"{seconds(f.get('process_seconds'))} | {seconds(b.get('defense_seconds'))} | "
+                f"{seconds(b.get('process_seconds'))} | {extra_runs(r)} |"
+            )
     return rows
 
 
@@ -182,7 +200,7 @@ def rank_sum(a: list[float], b: list[float]) -> tuple[float, float]:
     u = sum(1.0 if x > y else 0.5 if x == y else 0.0 for x in a for y in b)
     n1, n2 = len(a), len(b)
     n = n1 + n2
-    ties = sum(t ** 3 - t for t in Counter(a + b).values())
+    ties = sum(t**3 - t for t in Counter(a + b).values())
     var = n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1)))
     if var <= 0:
         return u, 1.0
@@ -210,8 +228,10 @@ def pool_rows(runs: dict[str, list[tuple[int, dict]]]) -> list[str]:
         cells = []
         for side in (fork, bd):
             asr = [r["asr"] for r in side]
-            cells.append(f"{len(side)} | {pct(median([r['acc'] for r in side]))} | {pct(median(asr))} | "
-                         f"{pct(min(asr))}-{pct(max(asr))}")
+            cells.append(
+                f"{len(side)} | {pct(median([r['acc'] for r in side]))} | {pct(median(asr))} | "
+                f"{pct(min(asr))}-{pct(max(asr))}"
+            )
         partitions = ",".join(str(p) for p, _ in seeded)
         rows.append(f"| {defense} | {partitions} | {cells[0]} | {cells[1]} | {u:g} | {p:.2f} |")
     return rows
@@ -256,7 +276,8 @@ def timing_rows(timing: dict[str, dict], sitting: str, order: list[str]) -> list
                 f"| {defense} | {key.split('/')[2]} | {schedule} | "
                 f"{seconds(fork.get('defense_seconds'))} | {seconds((bd or {}).get('defense_seconds'))} | "
                 f"{seconds((bf16 or {}).get('defense_seconds'))} | "
-                f"{ratio(fork, bd)} | {ratio(fork, bf16)} | {acc_asr(fork)} | {acc_asr(bd)} | {acc_asr(bf16)} |")
+                f"{ratio(fork, bd)} | {ratio(fork, bf16)} | {acc_asr(fork)} | {acc_asr(bd)} | {acc_asr(bf16)} |"
+            )
     return rows
 
 
@@ -265,14 +286,16 @@ def timing_table(timing_file: Path, order: list[str]) -> str | None:
     sitting = largest_sitting(timing)
     if sitting is None:
         return None
-    return "\n".join([
-        f"Sitting `{sitting}` (docs/parity-timing.json); seconds of defense time, ACC/ASR in %:",
-        "",
-        "| defense | partition | schedule (both tools) | fork s | bd fp32 s | bd bf16 s | fork / bd fp32 | "
-        "fork / bd bf16 | fork ACC/ASR | bd fp32 ACC/ASR | bd bf16 ACC/ASR |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-        *timing_rows(timing, sitting, order),
-    ])
+    return "\n".join(
+        [
+            f"Sitting `{sitting}` (docs/parity-timing.json); seconds of defense time, ACC/ASR in %:",
+            "",
+            "| defense | partition | schedule (both tools) | fork s | bd fp32 s | bd bf16 s | fork / bd fp32 | "
+            "fork / bd bf16 | fork ACC/ASR | bd fp32 ACC/ASR | bd bf16 ACC/ASR |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+            *timing_rows(timing, sitting, order),
+        ]
+    )
 
 
 def write_timing(timing_file: Path, targets: list[Path], order: list[str]) -> None:

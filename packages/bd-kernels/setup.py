@@ -71,8 +71,11 @@ def extension_modules():
     import torch
     from torch.utils import cpp_extension
 
-    sources = sorted(glob.glob(str(CSRC / "module.cpp")) + glob.glob(str(CSRC / "ops" / "*.cpp"))
-                     + glob.glob(str(CSRC / "ops" / "cpu" / "*.cpp")))
+    sources = sorted(
+        glob.glob(str(CSRC / "module.cpp"))
+        + glob.glob(str(CSRC / "ops" / "*.cpp"))
+        + glob.glob(str(CSRC / "ops" / "cpu" / "*.cpp"))
+    )
     sources = [os.path.relpath(s, HERE) for s in sources]
     version = torch.__version__.split("+")[0]
     # -g0: Python's own CFLAGS carry -g, and debug info for torch's templates costs a third of
@@ -80,14 +83,22 @@ def extension_modules():
     cxx = ["-O3", "-g0", "-fopenmp-simd", f'-DBD_TORCH_VERSION="{version}"']
     link = list(linkage.DYNAMIC_LIBSTDCXX)
     if os.environ.get("BD_KERNELS_SANITIZE") == "address":  # `make asan`: AddressSanitizer build of the CPU ops
-        cxx = ["-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer", "-fopenmp-simd",
-               f'-DBD_TORCH_VERSION="{version}"']
+        cxx = [
+            "-O1",
+            "-g",
+            "-fsanitize=address",
+            "-fno-omit-frame-pointer",
+            "-fopenmp-simd",
+            f'-DBD_TORCH_VERSION="{version}"',
+        ]
         link += ["-fsanitize=address"]
-    with_cuda = os.environ.get("FORCE_CUDA") == "1" or (cuda_home() is not None
-                                                        and os.environ.get("BD_KERNELS_CPU_ONLY") != "1")
+    with_cuda = os.environ.get("FORCE_CUDA") == "1" or (
+        cuda_home() is not None and os.environ.get("BD_KERNELS_CPU_ONLY") != "1"
+    )
     if not with_cuda:
-        ext = cpp_extension.CppExtension("bd_kernels._C", sources, extra_compile_args={"cxx": cxx},
-                                         extra_link_args=link)
+        ext = cpp_extension.CppExtension(
+            "bd_kernels._C", sources, extra_compile_args={"cxx": cxx}, extra_link_args=link
+        )
         return [ext], {"build_ext": checked_build_ext(cpp_extension.BuildExtension).with_options(use_ninja=True)}
 
     archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
@@ -98,8 +109,12 @@ def extension_modules():
     library_dirs += [str(p) for p in (home / "lib64", home / "lib") if p.is_dir()]
     # pip-installed CUDA headers (cuBLAS, cuSPARSE, ...) that ATen's CUDA headers include
     for site in sys.path:
-        for sub in ("nvidia/cu13/include", "nvidia/cuda_runtime/include", "nvidia/cublas/include",
-                    "nvidia/cusparse/include"):
+        for sub in (
+            "nvidia/cu13/include",
+            "nvidia/cuda_runtime/include",
+            "nvidia/cublas/include",
+            "nvidia/cusparse/include",
+        ):
             cand = Path(site) / sub
             if cand.is_dir():
                 include_dirs.append(str(cand))

@@ -18,7 +18,7 @@ def bd(*args: str):
 
 
 def json_of(result) -> dict:
-    return json.loads(result.stdout[result.stdout.index("{"):])
+    return json.loads(result.stdout[result.stdout.index("{") :])
 
 
 @pytest.mark.parametrize("command", ["run", "attack", "defend", "grid", "report", "list", "show"])
@@ -56,8 +56,21 @@ def test_merge_brings_rows_of_a_grid_run_elsewhere_into_the_store(tmp_path):
 
 
 def test_run_clp_on_vgg19(tmp_path):
-    result = bd("run", "--defense", "clp", "--arch", "vgg19", "--dataset", "synthetic", "--device", "cpu",
-                "--store", str(tmp_path / "r.sqlite"), "--format", "json")
+    result = bd(
+        "run",
+        "--defense",
+        "clp",
+        "--arch",
+        "vgg19",
+        "--dataset",
+        "synthetic",
+        "--device",
+        "cpu",
+        "--store",
+        str(tmp_path / "r.sqlite"),
+        "--format",
+        "json",
+    )
     assert result.exit_code == 0, result.output
     record = json_of(result)
     assert record["defense"] == "clp" and record["arch"] == "vgg19-bn" and record["details"]["defense"]["data_free"]
@@ -67,21 +80,65 @@ def test_run_clp_on_vgg19(tmp_path):
 
 def test_run_tuned_and_refusal_on_vit(tmp_path):
     store = str(tmp_path / "r.sqlite")
-    tuned = bd("run", "--defense", "clp", "--tune", "--dataset", "synthetic", "--device", "cpu", "--store", store,
-               "--format", "json")
+    tuned = bd(
+        "run",
+        "--defense",
+        "clp",
+        "--tune",
+        "--dataset",
+        "synthetic",
+        "--device",
+        "cpu",
+        "--store",
+        store,
+        "--format",
+        "json",
+    )
     assert tuned.exit_code == 0, tuned.output
     record = json_of(tuned)
     assert record["defense"] == "clp/tuned" and record["details"]["defense"]["tuning"]["chosen"] in (
-        {"u": 4.0}, {"u": 3.0}, {"u": 2.0})
+        {"u": 4.0},
+        {"u": 3.0},
+        {"u": 2.0},
+    )
     # refused before any model is trained: one line naming the layer type the ViT lacks
     refused = bd("run", "--defense", "bnp", "--arch", "vit", "--dataset", "synthetic", "--store", store)
     assert refused.exit_code == 2 and "bnp needs BatchNorm layers" in refused.output
-    dry = bd("grid", "--dataset", "synthetic", "--defense", "clp,pbe,bnp+ft", "--tune", "--store", store,
-             "--dry-run", "--format", "json")
+    dry = bd(
+        "grid",
+        "--dataset",
+        "synthetic",
+        "--defense",
+        "clp,pbe,bnp+ft",
+        "--tune",
+        "--store",
+        store,
+        "--dry-run",
+        "--format",
+        "json",
+    )
     assert dry.exit_code == 0 and json_of(dry)["units"] == 5  # clp, clp/tuned, pbe, bnp+ft, bnp/tuned+ft/tuned
     # a real grid runs what its dry run counted, with the --set overrides (both were lost once)
-    ran = bd("grid", "--dataset", "synthetic", "--defense", "clp", "--tune", "--set", "clp.u=5", "--partitions", "1",
-             "--workers", "1", "--store", str(tmp_path / "g.sqlite"), "--device", "cpu", "--format", "json")
+    ran = bd(
+        "grid",
+        "--dataset",
+        "synthetic",
+        "--defense",
+        "clp",
+        "--tune",
+        "--set",
+        "clp.u=5",
+        "--partitions",
+        "1",
+        "--workers",
+        "1",
+        "--store",
+        str(tmp_path / "g.sqlite"),
+        "--device",
+        "cpu",
+        "--format",
+        "json",
+    )
     assert ran.exit_code == 0, ran.output
     from bd_core.store import ResultStore
 
@@ -89,8 +146,20 @@ def test_run_tuned_and_refusal_on_vit(tmp_path):
         rows = {r["defense"]: r for r in results.query()}
     assert set(rows) == {"clp", "clp/tuned"} and rows["clp"]["config"]["defense_settings"] == {"u": 5.0}
     # a grid over architectures leaves out what an architecture refuses, and says why
-    mixed = bd("grid", "--dataset", "synthetic", "--arch", "vit,preact-resnet18", "--defense", "bnp,ft",
-               "--store", store, "--dry-run", "--format", "json")
+    mixed = bd(
+        "grid",
+        "--dataset",
+        "synthetic",
+        "--arch",
+        "vit,preact-resnet18",
+        "--defense",
+        "bnp,ft",
+        "--store",
+        store,
+        "--dry-run",
+        "--format",
+        "json",
+    )
     assert mixed.exit_code == 0 and json_of(mixed)["units"] == 3
     assert "left out: bnp needs BatchNorm" in mixed.output
 
@@ -102,22 +171,57 @@ def test_attack_then_defend_the_saved_model_then_report(tmp_path):
     info = json_of(trained)
     assert info["asr"] > 0.5 and info["model_file"].endswith("model.safetensors")
     for defense, settings in (("fp", ["epochs=1"]), ("bnp", ["u=3"]), ("bnp+fp", ["bnp.u=3", "fp.epochs=1"])):
-        d = bd("defend", "--model", info["model_file"], "--defense", defense, *(f"--set={s}" for s in settings),
-               "--spc", "5", "--store", store, "--device", "cpu", "--format", "json")
+        d = bd(
+            "defend",
+            "--model",
+            info["model_file"],
+            "--defense",
+            defense,
+            *(f"--set={s}" for s in settings),
+            "--spc",
+            "5",
+            "--store",
+            store,
+            "--device",
+            "cpu",
+            "--format",
+            "json",
+        )
         assert d.exit_code == 0, d.output
         assert json_of(d)["attack"] == "blended" and json_of(d)["status"] == "ok"
     combined = json_of(d)["details"]["defense"]  # one result whose record lists its parts
     assert combined["components"] == ["bnp", "fp"] and [s["defense"] for s in combined["steps"]] == ["bnp", "fp"]
     # the same model found through the cache by its attack options
-    cached = bd("defend", "--attack", "blended", "--dataset", "synthetic", "--defense", "clp", "--store", store,
-                "--device", "cpu")
+    cached = bd(
+        "defend",
+        "--attack",
+        "blended",
+        "--dataset",
+        "synthetic",
+        "--defense",
+        "clp",
+        "--store",
+        store,
+        "--device",
+        "cpu",
+    )
     assert cached.exit_code == 0 and "ARR" in cached.output
     out = tmp_path / "report"
     rep = bd("report", "--store", store, "--out", str(out), "--no-pdf", "--where", "attack=blended")
     assert rep.exit_code == 0, rep.output
-    for name in ("fig3_box-synthetic.png", "fig4_scatter-synthetic.png", "fig5_medians-synthetic.png",
-                 "fig6_spc-synthetic.png", "fig10_poison_ratio-synthetic.png", "fig9_dataset.png",
-                 "results.csv", "results.parquet", "summary.csv", "summary.md", "summary.tex"):
+    for name in (
+        "fig3_box-synthetic.png",
+        "fig4_scatter-synthetic.png",
+        "fig5_medians-synthetic.png",
+        "fig6_spc-synthetic.png",
+        "fig10_poison_ratio-synthetic.png",
+        "fig9_dataset.png",
+        "results.csv",
+        "results.parquet",
+        "summary.csv",
+        "summary.md",
+        "summary.tex",
+    ):
         assert (out / name).stat().st_size > 0, name
     summary = (out / "summary.md").read_text()
     assert re.search(r"\| BNP† \| 1 \|", summary) and re.search(r"\| BNP\+FP \| 1 \|", summary)
@@ -127,8 +231,21 @@ def test_bd_profile_writes_where_the_defense_spends_its_time(tmp_path, monkeypat
     """BD_PROFILE=DIR: the defense (not the evaluation) under torch.profiler, as an operator
     table and a trace; a file in its place is one clear error."""
     monkeypatch.setenv("BD_PROFILE", str(tmp_path / "prof"))
-    result = bd("run", "--defense", "ft", "--set", "epochs=2", "--dataset", "synthetic", "--device", "cpu",
-                "--store", str(tmp_path / "r.sqlite"), "--format", "json")
+    result = bd(
+        "run",
+        "--defense",
+        "ft",
+        "--set",
+        "epochs=2",
+        "--dataset",
+        "synthetic",
+        "--device",
+        "cpu",
+        "--store",
+        str(tmp_path / "r.sqlite"),
+        "--format",
+        "json",
+    )
     assert result.exit_code == 0, result.output
     (table,) = (tmp_path / "prof").glob("ft-*.txt")
     text = table.read_text()
@@ -158,9 +275,26 @@ def test_report_filter_errors_name_the_columns(tmp_path):
 
 
 def test_grid_dry_run_counts_units(tmp_path):
-    result = bd("grid", "--dataset", "synthetic", "--attack", "badnets,blended", "--defense", "all", "--spc", "2,10",
-                "--partitions", "3", "--set", "ft.epochs=2", "--store", str(tmp_path / "r.sqlite"), "--dry-run",
-                "--format", "json")
+    result = bd(
+        "grid",
+        "--dataset",
+        "synthetic",
+        "--attack",
+        "badnets,blended",
+        "--defense",
+        "all",
+        "--spc",
+        "2,10",
+        "--partitions",
+        "3",
+        "--set",
+        "ft.epochs=2",
+        "--store",
+        str(tmp_path / "r.sqlite"),
+        "--dry-run",
+        "--format",
+        "json",
+    )
     assert result.exit_code == 0, result.output
     summary = json_of(result)
     from bd_defenses import benchmarked_defenses
@@ -170,8 +304,20 @@ def test_grid_dry_run_counts_units(tmp_path):
     bad = bd("grid", "--set", "epochs=2", "--dry-run")
     assert bad.exit_code == 2 and "defense.key=value" in bad.output
     # a combined defense is one unit per setting, its parts' settings given through its name
-    combo = bd("grid", "--dataset", "synthetic", "--defense", "bnp+ft,ft", "--set", "bnp+ft.ft.epochs=2",
-               "--store", str(tmp_path / "r.sqlite"), "--dry-run", "--format", "json")
+    combo = bd(
+        "grid",
+        "--dataset",
+        "synthetic",
+        "--defense",
+        "bnp+ft,ft",
+        "--set",
+        "bnp+ft.ft.epochs=2",
+        "--store",
+        str(tmp_path / "r.sqlite"),
+        "--dry-run",
+        "--format",
+        "json",
+    )
     assert combo.exit_code == 0, combo.output
     assert json_of(combo)["units"] == 2
     wrong = bd("grid", "--dataset", "synthetic", "--defense", "bnp+ft", "--set", "bnp+ft.epochs=2", "--dry-run")
@@ -185,8 +331,9 @@ def test_every_result_names_the_quick_preset_sizes_of_its_attack():
 
     data = DataBundle(make_synthetic("train", n_train=20), make_synthetic("test", n_test=10))
     ssba = approximations(ExperimentSpec(AttackSpec("synthetic", "preact-resnet18", "ssba"), "ft", 10, 0), data)
-    assert any("ssba trigger sized for preset quick: code_bits 32 (paper 100), steps 1500 (paper 15000)" in n
-               for n in ssba)
+    assert any(
+        "ssba trigger sized for preset quick: code_bits 32 (paper 100), steps 1500 (paper 15000)" in n for n in ssba
+    )
     wanet = approximations(ExperimentSpec(AttackSpec("synthetic", "preact-resnet18", "wanet"), "ft", 10, 0), data)
     assert any("15 epochs" in n for n in wanet) and not any("sized" in n for n in wanet)
     own = AttackSpec("synthetic", "preact-resnet18", "ssba", attack_settings={"code_bits": "64"})
@@ -199,8 +346,20 @@ def test_precision_bf16_runs_under_its_own_key_and_only_where_a_defense_allows_i
     key, the note with the result), never pooled with it by a report; a defense with its own
     training loop refuses in one line; a grid runs the others in fp32 and says so."""
     store = str(tmp_path / "r.sqlite")
-    common = ("--defense", "ft", "--set", "epochs=2", "--dataset", "synthetic", "--device", "cpu", "--store", store,
-              "--format", "json")
+    common = (
+        "--defense",
+        "ft",
+        "--set",
+        "epochs=2",
+        "--dataset",
+        "synthetic",
+        "--device",
+        "cpu",
+        "--store",
+        store,
+        "--format",
+        "json",
+    )
     fp32, bf16 = (json_of(bd("run", *common, "--precision", p)) for p in ("fp32", "bf16"))
     assert fp32["key"] != bf16["key"] and not bf16["skipped"]
     assert any("precision bf16" in note for note in bf16["details"]["approximations"])
@@ -212,13 +371,25 @@ def test_precision_bf16_runs_under_its_own_key_and_only_where_a_defense_allows_i
     assert "--where precision=fp32" in mixed.output
     bad = bd("run", "--defense", "ft", "--precision", "fp16", "--dataset", "synthetic", "--store", store)
     assert bad.exit_code == 2 and "precision must be one of fp32, bf16" in bad.output
-    grid = bd("grid", "--dataset", "synthetic", "--defense", "ft,clp", "--precision", "bf16", "--store", store,
-              "--dry-run", "--format", "json")
+    grid = bd(
+        "grid",
+        "--dataset",
+        "synthetic",
+        "--defense",
+        "ft,clp",
+        "--precision",
+        "bf16",
+        "--store",
+        store,
+        "--dry-run",
+        "--format",
+        "json",
+    )
     assert grid.exit_code == 0 and "clp cannot run in it and run in fp32" in grid.output
     assert json_of(grid)["units"] == 2
 
 
-DIVERGING = '''
+DIVERGING = """
 from dataclasses import dataclass
 
 import torch
@@ -240,11 +411,16 @@ class Diverge(Defense):
         optimize(lambda x, y: weight.sum() * float("inf"), lambda: [(data.clean.images[:2], data.clean.labels[:2])],
                  torch.optim.SGD([weight], lr=0.1), epochs=1, description="diverge's training")
         return model
-'''
+"""
 
 
-@pytest.mark.parametrize("where, reason", [("loss", "diverge's training diverged: the loss became"),
-                                           ("weights", "diverge's defended model: conv1.weight holds non-finite")])
+@pytest.mark.parametrize(
+    "where, reason",
+    [
+        ("loss", "diverge's training diverged: the loss became"),
+        ("weights", "diverge's defended model: conv1.weight holds non-finite"),
+    ],
+)
 def test_a_diverged_defense_is_stored_as_failed_never_as_a_result(tmp_path, monkeypatch, where, reason):
     """A NaN network predicts one class for every input: stored as a result, it would read as
     ACC 10 % and ASR 100 % (a defense that failed against a perfect attack)."""
@@ -259,8 +435,19 @@ def test_a_diverged_defense_is_stored_as_failed_never_as_a_result(tmp_path, monk
     importlib.import_module("diverging_defense")
     store = tmp_path / "r.sqlite"
     try:
-        result = bd("run", "--dataset", "synthetic", "--defense", "diverge", "--set", f"where={where}", "--store",
-                    str(store), "--device", "cpu")
+        result = bd(
+            "run",
+            "--dataset",
+            "synthetic",
+            "--defense",
+            "diverge",
+            "--set",
+            f"where={where}",
+            "--store",
+            str(store),
+            "--device",
+            "cpu",
+        )
     finally:
         DEFENSES.pop("diverge", None)  # other tests iterate over the registry
         sys.modules.pop("diverging_defense", None)

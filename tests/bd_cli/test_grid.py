@@ -124,7 +124,8 @@ def test_ray_backend_streams_the_same_units_into_the_store(grid_file, cache_dir,
 
 def test_a_failing_unit_is_recorded_and_the_rest_complete(grid_file, cache_dir, tmp_path, monkeypatch):
     plugin = tmp_path / "exploding_defense.py"
-    plugin.write_text(textwrap.dedent('''
+    plugin.write_text(
+        textwrap.dedent("""
         from dataclasses import dataclass
         from bd_defenses import Defense, register
 
@@ -133,7 +134,8 @@ def test_a_failing_unit_is_recorded_and_the_rest_complete(grid_file, cache_dir, 
         class Explode(Defense):
             def __call__(self, model, data, ctx):
                 raise RuntimeError("boom")
-    '''))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv("BD_PLUGINS", "exploding_defense")
     import importlib
@@ -173,12 +175,25 @@ def _group_alive(pgid: int) -> bool:
 def test_stopped_or_killed_grid_resumes_without_duplicates(grid_file, cache_dir, tmp_path):
     store = tmp_path / "killed.sqlite"
     env = {**os.environ, "BD_PROGRESS": "0", "BD_CACHE": str(cache_dir.parent / "killed-cache")}
-    cmd = [sys.executable, "-m", "bd_cli.app", "grid", "--config", str(grid_file), "--store", str(store),
-           "--device", "cpu", "--workers", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bd_cli.app",
+        "grid",
+        "--config",
+        str(grid_file),
+        "--store",
+        str(store),
+        "--device",
+        "cpu",
+        "--workers",
+        "2",
+    ]
     # SIGTERM to the driver alone (`kill`, a scheduler): it stops its own workers, keeps the rows
     # stored so far and says so; nothing of the grid outlives it
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     stopped_at = _wait_for_rows(store, 3)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)

@@ -28,14 +28,35 @@ def store(tmp_path_factory):
     path = tmp_path_factory.mktemp("report") / "results.sqlite"
     with ResultStore(path) as results:
         for i, (defense, spc, attack, partition) in enumerate(
-                itertools.product(DEFENSES, (2, 10, 100), ("blended", "badnets"), range(3))):
+            itertools.product(DEFENSES, (2, 10, 100), ("blended", "badnets"), range(3))
+        ):
             asr = value(defense, spc, attack, partition)
-            results.put({"key": f"k{i}", "status": "ok", "dataset": "fashion-mnist", "arch": "preact-resnet18",
-                         "attack": attack, "poison_ratio": 0.1, "defense": defense, "spc": spc, "partition": partition,
-                         "seed": 0, "preset": "quick", "acc_pre": 0.9, "asr_pre": 0.99, "ra_pre": 0.01,
-                         "acc_post": 0.85, "asr_post": asr, "ra_post": 0.9 - asr, "arr": 0.05 + asr / 10,
-                         "rdr": asr, "defense_seconds": 1.0, "details": {"defense": {}, "device": "cpu"}, "config": {
-                             "defense_settings": {"u": 3.0}, "attack": {"attack_settings": {"patch": 3}}}})
+            results.put(
+                {
+                    "key": f"k{i}",
+                    "status": "ok",
+                    "dataset": "fashion-mnist",
+                    "arch": "preact-resnet18",
+                    "attack": attack,
+                    "poison_ratio": 0.1,
+                    "defense": defense,
+                    "spc": spc,
+                    "partition": partition,
+                    "seed": 0,
+                    "preset": "quick",
+                    "acc_pre": 0.9,
+                    "asr_pre": 0.99,
+                    "ra_pre": 0.01,
+                    "acc_post": 0.85,
+                    "asr_post": asr,
+                    "ra_post": 0.9 - asr,
+                    "arr": 0.05 + asr / 10,
+                    "rdr": asr,
+                    "defense_seconds": 1.0,
+                    "details": {"defense": {}, "device": "cpu"},
+                    "config": {"defense_settings": {"u": 3.0}, "attack": {"attack_settings": {"patch": 3}}},
+                }
+            )
         results.put({"key": "bad", "status": "failed", "dataset": "fashion-mnist", "defense": "ft", "error": "boom"})
     return path
 
@@ -48,8 +69,19 @@ def frame(store):
 
 def test_to_frame_is_flat_with_metrics_and_settings(store, frame):
     assert len(frame) == 6 * 3 * 2 * 3 and (frame.status == "ok").all()
-    for column in ("acc_pre", "asr_pre", "ra_pre", "acc_post", "asr_post", "ra_post", "arr", "rdr", "spc",
-                   "defense_settings", "attack_settings"):
+    for column in (
+        "acc_pre",
+        "asr_pre",
+        "ra_pre",
+        "acc_post",
+        "asr_post",
+        "ra_post",
+        "arr",
+        "rdr",
+        "spc",
+        "defense_settings",
+        "attack_settings",
+    ):
         assert column in frame.columns
     assert frame.defense_settings.iloc[0] == '{"u": 3.0}' and (frame.device == "cpu").all()
     with ResultStore(store, readonly=True) as results:
@@ -143,17 +175,48 @@ def test_report_warns_when_one_attacked_model_was_trained_twice(tmp_path):
     path = tmp_path / "r.sqlite"
     with ResultStore(path) as results:
         for i, weights in enumerate(["aaaa000011112222", "bbbb000011112222", "aaaa000011112222", None]):
-            results.put({"key": f"k{i}", "status": "ok", "dataset": "fashion-mnist", "arch": "preact-resnet18",
-                         "attack": "badnets", "poison_ratio": 0.1, "defense": "clp", "spc": 10, "partition": i,
-                         "seed": 0, "preset": "quick", "acc_pre": 0.9, "asr_pre": 0.99, "ra_pre": 0.01,
-                         "acc_post": 0.85, "asr_post": 0.5, "ra_post": 0.4, "arr": 0.05, "rdr": 0.4,
-                         "defense_seconds": 1.0, "config": {}, "details": {
-                             "defense": {}, "attacked_model": "47c769", "attacked_model_weights": weights}})
+            results.put(
+                {
+                    "key": f"k{i}",
+                    "status": "ok",
+                    "dataset": "fashion-mnist",
+                    "arch": "preact-resnet18",
+                    "attack": "badnets",
+                    "poison_ratio": 0.1,
+                    "defense": "clp",
+                    "spc": 10,
+                    "partition": i,
+                    "seed": 0,
+                    "preset": "quick",
+                    "acc_pre": 0.9,
+                    "asr_pre": 0.99,
+                    "ra_pre": 0.01,
+                    "acc_post": 0.85,
+                    "asr_post": 0.5,
+                    "ra_post": 0.4,
+                    "arr": 0.05,
+                    "rdr": 0.4,
+                    "defense_seconds": 1.0,
+                    "config": {},
+                    "details": {"defense": {}, "attacked_model": "47c769", "attacked_model_weights": weights},
+                }
+            )
     runner = CliRunner()
     result = runner.invoke(app, ["report", "--store", str(path), "--out", str(tmp_path / "out"), "--no-pdf"])
     assert result.exit_code == 0, result.output
     assert "attacked model 47c769 come from 2 trainings" in result.output
     assert "--where attacked_model_weights=DIGEST" in result.output
-    one = runner.invoke(app, ["report", "--store", str(path), "--out", str(tmp_path / "one"), "--no-pdf",
-                              "--where", "attacked_model_weights=aaaa000011112222"])
+    one = runner.invoke(
+        app,
+        [
+            "report",
+            "--store",
+            str(path),
+            "--out",
+            str(tmp_path / "one"),
+            "--no-pdf",
+            "--where",
+            "attacked_model_weights=aaaa000011112222",
+        ],
+    )
     assert one.exit_code == 0 and "trainings" not in one.output

@@ -41,8 +41,16 @@ def reference_logits(model: torch.nn.Module, images_hwc: np.ndarray) -> torch.Te
 
 
 def write_record(
-    root: Path, name: str, model: torch.nn.Module, test_hwc: np.ndarray, test_labels: list[int], *,
-    target: int = 0, on_disk: bool = True, with_resource: bool = True, extra: dict | None = None,
+    root: Path,
+    name: str,
+    model: torch.nn.Module,
+    test_hwc: np.ndarray,
+    test_labels: list[int],
+    *,
+    target: int = 0,
+    on_disk: bool = True,
+    with_resource: bool = True,
+    extra: dict | None = None,
 ) -> Path:
     """A BadNets record of `model` on the given test images: attack_result.pt, info.pickle,
     final_result.csv (the metrics BackdoorBench's own evaluation gives) and, on disk, the
@@ -58,24 +66,50 @@ def write_record(
             path = folder / "bd_test_dataset" / str(label) / f"{index}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(poisoned[row]).save(path)
-            data_dict[np.int64(index)] = {"path": f"../record/{name}/bd_test_dataset/{label}/{index}.png",
-                                          "other_info": [target, label]}
+            data_dict[np.int64(index)] = {
+                "path": f"../record/{name}/bd_test_dataset/{label}/{index}.png",
+                "other_info": [target, label],
+            }
         else:
             data_dict[np.int64(index)] = (Image.fromarray(poisoned[row]), target, label)
     bd_test = {
-        "bd_data_container": {"save_folder_path": f"../record/{name}/bd_test_dataset" if on_disk else None,
-                              "data_dict": data_dict, "save_file_format": ".png"},
-        "getitem_all": True, "getitem_all_switch": False,
+        "bd_data_container": {
+            "save_folder_path": f"../record/{name}/bd_test_dataset" if on_disk else None,
+            "data_dict": data_dict,
+            "save_file_format": ".png",
+        },
+        "getitem_all": True,
+        "getitem_all_switch": False,
         "original_index_array": np.array(victims, dtype=np.int64),
         "poison_indicator": np.isin(np.arange(len(test_labels)), victims).astype(np.float64),
         "save_folder_path": None,
     }
-    torch.save({"model_name": "preactresnet18", "num_classes": 10, "model": backdoorbench_preact_state(model),
-                "data_path": "../data/cifar10", "img_size": [32, 32, 3], "clean_data": "cifar10",
-                "bd_train": None, "bd_test": bd_test, **(extra or {})}, folder / "attack_result.pt")
-    torch.save({"attack": "badnet", "pratio": 0.1, "attack_target": target, "random_seed": 0,
-                "patch_mask_path": "../resource/badnet/trigger_image.png", "img_size": [32, 32, 3],
-                "terminal_info": ["attack/badnet.py", "--epochs", "1"]}, folder / "info.pickle")
+    torch.save(
+        {
+            "model_name": "preactresnet18",
+            "num_classes": 10,
+            "model": backdoorbench_preact_state(model),
+            "data_path": "../data/cifar10",
+            "img_size": [32, 32, 3],
+            "clean_data": "cifar10",
+            "bd_train": None,
+            "bd_test": bd_test,
+            **(extra or {}),
+        },
+        folder / "attack_result.pt",
+    )
+    torch.save(
+        {
+            "attack": "badnet",
+            "pratio": 0.1,
+            "attack_target": target,
+            "random_seed": 0,
+            "patch_mask_path": "../resource/badnet/trigger_image.png",
+            "img_size": [32, 32, 3],
+            "terminal_info": ["attack/badnet.py", "--epochs", "1"],
+        },
+        folder / "info.pickle",
+    )
     if with_resource:
         resource = root / "resource" / "badnet" / "trigger_image.png"
         resource.parent.mkdir(parents=True, exist_ok=True)
@@ -86,8 +120,14 @@ def write_record(
     with open(folder / "final_result.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["", "test_acc", "test_asr", "test_ra"])
-        writer.writerow([0, float((clean_pred == truth).float().mean()), float((bd_pred == target).float().mean()),
-                         float((bd_pred == truth[victims]).float().mean())])
+        writer.writerow(
+            [
+                0,
+                float((clean_pred == truth).float().mean()),
+                float((bd_pred == target).float().mean()),
+                float((bd_pred == truth[victims]).float().mean()),
+            ]
+        )
     return folder
 
 

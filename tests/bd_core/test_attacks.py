@@ -73,8 +73,9 @@ def test_wanet_warp_is_small_smooth_and_bounded(images):
 def test_wanet_batches_poison_ratio_and_noise_mode(images):
     attack = WaNet()
     trig = attack.fit(images, seed=0)
-    make_batch = attack.training_batches(images, trig, torch.zeros(len(images), dtype=torch.bool), 0.1, 0,
-                                         Augment(0, False), "cpu")
+    make_batch = attack.training_batches(
+        images, trig, torch.zeros(len(images), dtype=torch.bool), 0.1, 0, Augment(0, False), "cpu"
+    )
     idx = torch.arange(40)
     x, y = make_batch(idx, torch.Generator().manual_seed(0))
     mean, std = images.mean_std()
@@ -105,8 +106,11 @@ REBUILD = textwrap.dedent(
 def test_saved_trigger_rebuilds_identical_poisoned_test_set_in_a_new_process(tmp_path, name):
     train = make_synthetic("train", n_train=40, size=32, channels=3, num_classes=4)
     test = make_synthetic("test", n_test=30, size=32, channels=3, num_classes=4)
-    fast = {"lf": {"steps": "5", "surrogate_epochs": "1", "surrogate_images": "40"},
-            "ssba": {"steps": "3", "code_bits": "4"}, "inputaware": {"mask_epochs": "1"}}
+    fast = {
+        "lf": {"steps": "5", "surrogate_epochs": "1", "surrogate_images": "40"},
+        "ssba": {"steps": "3", "code_bits": "4"},
+        "inputaware": {"mask_epochs": "1"},
+    }
     attack = create_attack(name, fast.get(name, {}))
     trig = attack.fit(train, seed=3)
     model = create_model("preact-resnet18", 4, 3, 32, 0.125)
@@ -140,8 +144,9 @@ def test_bpp_batches_mix_poisoned_negative_and_clean_rows(images):
 
     attack = BPP()
     trig = attack.fit(images, seed=0)
-    make_batch = attack.training_batches(images, trig, torch.zeros(len(images), dtype=torch.bool), 0.1, 0,
-                                         Augment(0, False), "cpu")
+    make_batch = attack.training_batches(
+        images, trig, torch.zeros(len(images), dtype=torch.bool), 0.1, 0, Augment(0, False), "cpu"
+    )
     x, y = make_batch(torch.arange(40), torch.Generator().manual_seed(0))
     mean, std = images.mean_std()
     clean = trig.apply(images.images, None, mean, std)
@@ -170,7 +175,6 @@ def test_lf_trigger_is_low_frequency_bounded_and_targeted():
     low = spectrum[:, (ky <= window) & (kx <= window)].sum()
     assert low / spectrum.sum() > 0.999  # all the energy sits in the low frequencies
     torch.testing.assert_close(low_pass(delta, window), delta, atol=1e-5, rtol=0)
-
 
 
 def test_quick_preset_resizes_some_attacks_and_the_key_says_so():

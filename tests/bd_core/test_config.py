@@ -22,16 +22,19 @@ class Knobs:
         check_settings(self)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    ({"lr": "inf"}, "lr must be a finite number, got inf"),
-    ({"lr": "nan"}, "lr must be a finite number, got nan"),
-    ({"lr": "1e30"}, "lr must be in (0, 1], got 1e+30"),
-    ({"lr": "0"}, "lr must be in (0, 1], got 0"),
-    ({"momentum": "1"}, "momentum must be in [0, 1), got 1"),
-    ({"epochs": "0"}, "epochs must be in [1, 1000000], got 0"),
-    ({"sizes": "1,11"}, "sizes must be in [0, 10], got 11"),
-    ({"unbounded": "-inf"}, "unbounded must be a finite number, got -inf"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"lr": "inf"}, "lr must be a finite number, got inf"),
+        ({"lr": "nan"}, "lr must be a finite number, got nan"),
+        ({"lr": "1e30"}, "lr must be in (0, 1], got 1e+30"),
+        ({"lr": "0"}, "lr must be in (0, 1], got 0"),
+        ({"momentum": "1"}, "momentum must be in [0, 1), got 1"),
+        ({"epochs": "0"}, "epochs must be in [1, 1000000], got 0"),
+        ({"sizes": "1,11"}, "sizes must be in [0, 10], got 11"),
+        ({"unbounded": "-inf"}, "unbounded must be a finite number, got -inf"),
+    ],
+)
 def test_out_of_range_or_non_finite_settings_are_one_clear_error(overrides, message):
     with pytest.raises(InvalidRequest) as e:
         build_dataclass(Knobs, overrides, what="knobs")
@@ -41,9 +44,17 @@ def test_out_of_range_or_non_finite_settings_are_one_clear_error(overrides, mess
 def test_values_at_the_closed_ends_pass_and_ranges_read_as_intervals():
     knobs = build_dataclass(Knobs, {"lr": "1", "momentum": "0", "epochs": "1", "unbounded": "-1e300"}, what="k")
     assert (knobs.lr, knobs.momentum, knobs.epochs) == (1.0, 0.0, 1)
-    assert [str(r) for r in (Range(0, 1, True), Range(0, 1, False, True), Range(1, 1_000_000), Range(0, None, True),
-                             Range(None, 5), Range(1e-6, 0.5))] == [
-        "(0, 1]", "[0, 1)", "[1, 1000000]", "> 0", "<= 5", "[1e-06, 0.5]"]
+    assert [
+        str(r)
+        for r in (
+            Range(0, 1, True),
+            Range(0, 1, False, True),
+            Range(1, 1_000_000),
+            Range(0, None, True),
+            Range(None, 5),
+            Range(1e-6, 0.5),
+        )
+    ] == ["(0, 1]", "[0, 1)", "[1, 1000000]", "> 0", "<= 5", "[1e-06, 0.5]"]
 
 
 def test_every_defense_declares_ranges_that_hold_its_own_defaults():

@@ -96,14 +96,35 @@ def test_a_malicious_info_pickle_is_refused(tmp_path, cifar_root, source_model):
     assert not sentinel.exists()
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"not a zip at all", "not a readable torch.save archive"),
-    ({"model_name": "preactresnet18"}, "missing"),
-    ({"model_name": "resnet50", "num_classes": 10, "model": {}, "img_size": [32, 32, 3], "clean_data": "cifar10",
-      "bd_test": {"bd_data_container": {"data_dict": {}}}}, "no bd counterpart"),
-    ({"model_name": "preactresnet18", "num_classes": 10**9, "model": {}, "img_size": [32, 32, 3],
-      "clean_data": "cifar10", "bd_test": {}}, "num_classes"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"not a zip at all", "not a readable torch.save archive"),
+        ({"model_name": "preactresnet18"}, "missing"),
+        (
+            {
+                "model_name": "resnet50",
+                "num_classes": 10,
+                "model": {},
+                "img_size": [32, 32, 3],
+                "clean_data": "cifar10",
+                "bd_test": {"bd_data_container": {"data_dict": {}}},
+            },
+            "no bd counterpart",
+        ),
+        (
+            {
+                "model_name": "preactresnet18",
+                "num_classes": 10**9,
+                "model": {},
+                "img_size": [32, 32, 3],
+                "clean_data": "cifar10",
+                "bd_test": {},
+            },
+            "num_classes",
+        ),
+    ],
+)
 def test_malformed_records_get_one_line(tmp_path, content, message):
     folder = tmp_path / "record" / "bad"
     folder.mkdir(parents=True)

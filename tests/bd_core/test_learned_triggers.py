@@ -145,8 +145,17 @@ def test_inputaware_backdoor_is_learned_on_a_tiny_task(gray):
     plan = attack.training_plan(gray, trig, torch.zeros(64, dtype=torch.bool), 0.5, 0, Augment(0, False), "cpu", 1)
     torch.manual_seed(1)
     model = create_model("preact-resnet18", 4, 1, 28, 0.25)
-    fit(model, plan.make_batch, 64, epochs=24, batch_size=16, lr=0.05, step=plan.step, after_step=plan.after_step,
-        seed=1)
+    fit(
+        model,
+        plan.make_batch,
+        64,
+        epochs=24,
+        batch_size=16,
+        lr=0.05,
+        step=plan.step,
+        after_step=plan.after_step,
+        seed=1,
+    )
     mean, std = gray.mean_std()
     victims = gray.images[gray.labels != 0]
     with torch.no_grad():

@@ -69,13 +69,16 @@ def test_cifar_loader_refuses_code_in_pickles(tmp_path):
 # A damaged pickle's length fields are checked against the file before anything is built:
 # each of these used to ask for gigabytes (and, for BYTEARRAY8, printed an unraisable
 # SystemError past the one-line error) from a file of a few bytes.
-@pytest.mark.parametrize("body, words", [
-    (b"\x96" + struct.pack("<Q", 2**60) + b"ab.", "bytearray8, but only 3 remain"),      # BYTEARRAY8
-    (b"\x8d" + struct.pack("<Q", 2**62) + b"ab.", "unicodestring8, but only 3 remain"),  # BINUNICODE8
-    (b"\x8e" + struct.pack("<Q", 2**61) + b"ab.", "bytes8, but only 3 remain"),          # BINBYTES8
-    # a PUT index of 4e9 made the C unpickler size its memo table for 8e9 entries
-    (b"}\x94r" + struct.pack("<I", 0xFFFFFFF0) + b".", "has no data/labels entries"),
-])
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        (b"\x96" + struct.pack("<Q", 2**60) + b"ab.", "bytearray8, but only 3 remain"),  # BYTEARRAY8
+        (b"\x8d" + struct.pack("<Q", 2**62) + b"ab.", "unicodestring8, but only 3 remain"),  # BINUNICODE8
+        (b"\x8e" + struct.pack("<Q", 2**61) + b"ab.", "bytes8, but only 3 remain"),  # BINBYTES8
+        # a PUT index of 4e9 made the C unpickler size its memo table for 8e9 entries
+        (b"}\x94r" + struct.pack("<I", 0xFFFFFFF0) + b".", "has no data/labels entries"),
+    ],
+)
 def test_cifar_lengths_beyond_the_file_are_one_clear_error(tmp_path, body, words):
     write_cifar10(tmp_path / "cifar-10-batches-py", 2, np.random.default_rng(1))
     (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(b"\x80\x04" + body)

@@ -41,8 +41,9 @@ def test_never_drawn_from_the_test_split():
         mitigation_set(test, 2, 0)
 
 
-@pytest.mark.parametrize("spc, message", [(0, ">= 1"), (-3, ">= 1"), (61, "spc=61 is larger than "
-                                                                      "class"), (2.5, ">= 1")])
+@pytest.mark.parametrize(
+    "spc, message", [(0, ">= 1"), (-3, ">= 1"), (61, "spc=61 is larger than class"), (2.5, ">= 1")]
+)
 def test_impossible_requests_are_refused_not_changed(train, spc, message):
     with pytest.raises(InvalidRequest, match=message):
         mitigation_set(train, spc, 0)
@@ -68,6 +69,6 @@ def test_augmented_pixels_are_crops_and_flips_of_the_images(train):
     padded = F.pad(pixels.x, (4, 4, 4, 4))
     h, w = pixels.x.shape[2:]
     for i, ((dy, dx), flipped) in enumerate(zip(offsets.tolist(), flip.tolist(), strict=True)):
-        expected = padded[i, :, dy:dy + h, dx:dx + w]
+        expected = padded[i, :, dy : dy + h, dx : dx + w]
         torch.testing.assert_close(out[i], expected.flip(-1) if flipped else expected, atol=1e-6, rtol=0)
     assert flip.any() and not flip.all() and len({tuple(o) for o in offsets.tolist()}) > 1  # the draws vary

@@ -57,9 +57,16 @@ def test_preact_conv_bn_pairs_are_direct_only():
     assert not any(c.endswith("conv2") for c, _ in pairs)
 
 
-@pytest.mark.parametrize("typed, canonical", [
-    ("vgg19", "vgg19-bn"), ("VGG19-BN", "vgg19-bn"), ("preact_resnet18", "preact-resnet18"),
-    ("MobileNetV3-Large", "mobilenetv3-large"), ("ViT-Tiny", "vit")])
+@pytest.mark.parametrize(
+    "typed, canonical",
+    [
+        ("vgg19", "vgg19-bn"),
+        ("VGG19-BN", "vgg19-bn"),
+        ("preact_resnet18", "preact-resnet18"),
+        ("MobileNetV3-Large", "mobilenetv3-large"),
+        ("ViT-Tiny", "vit"),
+    ],
+)
 def test_names_users_type(typed, canonical):
     assert canonical_model(typed) == canonical
 

@@ -48,8 +48,9 @@ def test_after_epoch_stops_early_and_the_scheduler_steps_once_per_epoch():
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     seen = []
-    losses = optimize(mse(model), batches, opt, epochs=10, scheduler=sched,
-                      after_epoch=lambda epoch: seen.append(epoch) or epoch == 3)
+    losses = optimize(
+        mse(model), batches, opt, epochs=10, scheduler=sched, after_epoch=lambda epoch: seen.append(epoch) or epoch == 3
+    )
     assert seen == [1, 2, 3] and len(losses) == 3
     assert opt.param_groups[0]["lr"] == 1.0 * 0.5**3
 
@@ -96,8 +97,14 @@ def test_before_update_sees_the_gradients_and_after_step_the_new_weights():
         grads.append(model.weight.grad.abs().sum().item())
         model.weight.grad.zero_()
 
-    optimize(mse(model), batches, opt, epochs=2, before_update=zero_the_gradient,
-             after_step=lambda: weights.append(model.weight.detach().clone()))
+    optimize(
+        mse(model),
+        batches,
+        opt,
+        epochs=2,
+        before_update=zero_the_gradient,
+        after_step=lambda: weights.append(model.weight.detach().clone()),
+    )
     assert len(grads) == 4 and all(g > 0 for g in grads)
     assert len(weights) == 4 and all(torch.equal(w, start) for w in weights)
 
@@ -111,20 +118,31 @@ def test_the_mode_is_set_at_the_start_of_every_epoch():
         model.eval()
         return ((model(x) - y) ** 2).mean()
 
-    optimize(step_that_switches_to_eval, batches, torch.optim.SGD(model.parameters(), lr=0.01), epochs=2,
-             model=model, training=True)
+    optimize(
+        step_that_switches_to_eval,
+        batches,
+        torch.optim.SGD(model.parameters(), lr=0.01),
+        epochs=2,
+        model=model,
+        training=True,
+    )
     assert modes == [True, False, True, False]
     modes.clear()
-    optimize(step_that_switches_to_eval, batches, torch.optim.SGD(model.parameters(), lr=0.01), epochs=1,
-             model=model.train(), training=False)
+    optimize(
+        step_that_switches_to_eval,
+        batches,
+        torch.optim.SGD(model.parameters(), lr=0.01),
+        epochs=1,
+        model=model.train(),
+        training=False,
+    )
     assert modes == [False, False]
 
 
 def test_tick_replaces_the_loops_own_progress_bar():
     model = nn.Linear(5, 1, bias=False)
     ticks = []
-    optimize(mse(model), batches, torch.optim.SGD(model.parameters(), lr=0.01), epochs=4,
-             tick=lambda: ticks.append(1))
+    optimize(mse(model), batches, torch.optim.SGD(model.parameters(), lr=0.01), epochs=4, tick=lambda: ticks.append(1))
     assert len(ticks) == 4
 
 

@@ -11,24 +11,32 @@ from bd_core.registry import Registry
 from bd_defenses import DEFENSES, canonical_defense
 
 
-@pytest.mark.parametrize("resolve, typed, canonical", [
-    (canonical_attack, "Low_Frequency", "lf"),
-    (canonical_attack, "BadNet", "badnets"),
-    (canonical_model, "VGG 19", "vgg19-bn"),
-    (canonical_model, "preact_resnet18", "preact-resnet18"),
-    (canonical_dataset, "Fashion_MNIST", "fashion-mnist"),
-    (canonical_dataset, "tiny-imagenet-200", "tiny-imagenet"),
-    (canonical_defense, "FT_SAM", "ft-sam"),
-    (canonical_defense, "ibau", "i-bau"),
-])
+@pytest.mark.parametrize(
+    "resolve, typed, canonical",
+    [
+        (canonical_attack, "Low_Frequency", "lf"),
+        (canonical_attack, "BadNet", "badnets"),
+        (canonical_model, "VGG 19", "vgg19-bn"),
+        (canonical_model, "preact_resnet18", "preact-resnet18"),
+        (canonical_dataset, "Fashion_MNIST", "fashion-mnist"),
+        (canonical_dataset, "tiny-imagenet-200", "tiny-imagenet"),
+        (canonical_defense, "FT_SAM", "ft-sam"),
+        (canonical_defense, "ibau", "i-bau"),
+    ],
+)
 def test_case_dashes_underscores_and_spaces_do_not_matter(resolve, typed, canonical):
     assert resolve(typed) == canonical
 
 
-@pytest.mark.parametrize("resolve, registry, kind", [
-    (canonical_attack, ATTACKS, "attack"), (canonical_model, MODELS, "architecture"),
-    (canonical_dataset, DATASET_NAMES, "dataset"), (canonical_defense, DEFENSES, "defense"),
-])
+@pytest.mark.parametrize(
+    "resolve, registry, kind",
+    [
+        (canonical_attack, ATTACKS, "attack"),
+        (canonical_model, MODELS, "architecture"),
+        (canonical_dataset, DATASET_NAMES, "dataset"),
+        (canonical_defense, DEFENSES, "defense"),
+    ],
+)
 def test_an_unknown_name_is_one_line_listing_every_valid_one(resolve, registry, kind):
     with pytest.raises(BdError) as err:
         resolve("no-such-thing")

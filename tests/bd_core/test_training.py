@@ -73,16 +73,32 @@ def test_fit_schedules_the_learning_rate_per_epoch(schedule, total_lr):
     constant (NAD's student) or cosine-annealed over the run (every other fine-tuning)."""
     model = torch.nn.Linear(1, 1, bias=False)
     torch.nn.init.zeros_(model.weight)
-    fit(model, lambda idx, g: (torch.zeros(len(idx), 1), torch.zeros(len(idx))), 1, epochs=4, batch_size=1, lr=1.0,
-        momentum=0.0, weight_decay=0.0, step=lambda m, x, y: m.weight.sum(), schedule=schedule)
+    fit(
+        model,
+        lambda idx, g: (torch.zeros(len(idx), 1), torch.zeros(len(idx))),
+        1,
+        epochs=4,
+        batch_size=1,
+        lr=1.0,
+        momentum=0.0,
+        weight_decay=0.0,
+        step=lambda m, x, y: m.weight.sum(),
+        schedule=schedule,
+    )
     assert model.weight.item() == pytest.approx(-total_lr)
 
 
 def test_fit_refuses_an_unknown_schedule():
     with pytest.raises(ValueError, match="schedule"):
-        fit(torch.nn.Linear(1, 1), lambda idx, g: (torch.zeros(1, 1), torch.zeros(1)), 1, epochs=1, batch_size=1,
+        fit(
+            torch.nn.Linear(1, 1),
+            lambda idx, g: (torch.zeros(1, 1), torch.zeros(1)),
+            1,
+            epochs=1,
+            batch_size=1,
             lr=0.1,
-            schedule="step")
+            schedule="step",
+        )
 
 
 def test_architectures_change_the_recipe_only_where_they_must():
@@ -104,8 +120,18 @@ def test_fit_with_adamw_decouples_weight_decay():
     model = torch.nn.Linear(2, 1, bias=False)
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[1.0, -1.0]]))
-    fit(model, lambda idx, g: (torch.ones(len(idx), 2), torch.zeros(len(idx))), 1, epochs=1, batch_size=1, lr=0.1,
-        weight_decay=0.5, step=lambda m, x, y: m(x).sum(), schedule="constant", optimizer="adamw")
+    fit(
+        model,
+        lambda idx, g: (torch.ones(len(idx), 2), torch.zeros(len(idx))),
+        1,
+        epochs=1,
+        batch_size=1,
+        lr=0.1,
+        weight_decay=0.5,
+        step=lambda m, x, y: m(x).sum(),
+        schedule="constant",
+        optimizer="adamw",
+    )
     torch.testing.assert_close(model.weight, torch.tensor([[1.0 - 0.1 * 0.5 - 0.1, -1.0 + 0.1 * 0.5 - 0.1]]))
 
 
@@ -154,8 +180,9 @@ def test_fit_in_bf16_autocasts_the_convolutions_and_keeps_the_fp32_direction():
         start = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
         conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
         hook = conv.register_forward_hook(lambda m, args, out, p=precision: seen.append((p, out.dtype)))
-        fit(model, lambda idx, g: (images[idx], labels[idx]), 16, epochs=1, batch_size=16, lr=0.05,
-            precision=precision)  # one step: its update is the gradient (training amplifies rounding)
+        fit(
+            model, lambda idx, g: (images[idx], labels[idx]), 16, epochs=1, batch_size=16, lr=0.05, precision=precision
+        )  # one step: its update is the gradient (training amplifies rounding)
         hook.remove()
         assert all(p.dtype == torch.float32 and p.is_contiguous() for p in model.parameters())
         updates.append(torch.cat([p.detach().flatten() for p in model.parameters()]) - start)
@@ -178,6 +205,7 @@ def test_attacks_take_on_the_synthetic_data_at_the_quick_preset(attack):
     from bd_core.paths import cache_root
     from bd_core.store import ModelCache
 
-    attacked, _ = obtain_attacked_model(AttackSpec("synthetic", "preact-resnet18", attack), load_data("synthetic"),
-                                        ModelCache(cache_root() / "models"))
+    attacked, _ = obtain_attacked_model(
+        AttackSpec("synthetic", "preact-resnet18", attack), load_data("synthetic"), ModelCache(cache_root() / "models")
+    )
     assert attacked.meta["metrics"]["asr"] >= 0.9 and attacked.meta["metrics"]["acc"] >= 0.9

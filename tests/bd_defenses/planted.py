@@ -26,8 +26,9 @@ WIDTH = 64
 
 
 class Planted(BdModel):
-    facts = ModelFacts(pool="avgpool", classifier="linear", last_conv="conv2", polarizer_before="conv2",
-                       stages=("relu1", "relu2"))
+    facts = ModelFacts(
+        pool="avgpool", classifier="linear", last_conv="conv2", polarizer_before="conv2", stages=("relu1", "relu2")
+    )
 
     def __init__(self, in_channels: int = 1, width: int = WIDTH, num_classes: int = 10) -> None:
         super().__init__()
@@ -57,8 +58,9 @@ def normalized(images: torch.Tensor, data: ImageSet) -> torch.Tensor:
 
 
 @torch.no_grad()
-def plant(model: Planted, train: ImageSet, scale: float = 4.0, margin: float = 2.0, relay: float = 20.0,
-          head: float = 30.0) -> Planted:
+def plant(
+    model: Planted, train: ImageSet, scale: float = 4.0, margin: float = 2.0, relay: float = 20.0, head: float = 30.0
+) -> Planted:
     model.eval()
     c_in = model.conv1.in_channels
     model.conv1.weight[K] = scale

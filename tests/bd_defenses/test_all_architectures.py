@@ -16,17 +16,34 @@ from bd_defenses import DEFENSES, Context, MitigationData, create_defense
 
 # the fewest epochs/iterations that still run every phase of each method
 SHORT = {
-    "ft": {"epochs": 1}, "fp": {"epochs": 1}, "fmp": {"epochs": 1, "adv_images": 2, "group": 512},
-    "anp": {"iterations": 3}, "awm": {"epochs": 1}, "nft": {"epochs": 1},
-    "rnp": {"unlearn_epochs": 1, "recovery_epochs": 1}, "mm-bd": {"epochs": 2, "adapt_every": 1},
-    "unit": {"epochs": 2, "adapt_every": 1}, "npd": {"epochs": 1, "warm_epochs": 1},
+    "ft": {"epochs": 1},
+    "fp": {"epochs": 1},
+    "fmp": {"epochs": 1, "adv_images": 2, "group": 512},
+    "anp": {"iterations": 3},
+    "awm": {"epochs": 1},
+    "nft": {"epochs": 1},
+    "rnp": {"unlearn_epochs": 1, "recovery_epochs": 1},
+    "mm-bd": {"epochs": 2, "adapt_every": 1},
+    "unit": {"epochs": 2, "adapt_every": 1},
+    "npd": {"epochs": 1, "warm_epochs": 1},
     "nc": {"epochs": 2, "unlearn_epochs": 1, "anomaly_threshold": 0.01, "class_chunk": 4},
-    "bti-dbf": {"rounds": 1, "pretrain_epochs": 1, "mask_epochs": 1, "generator_epochs": 1, "unlearn_epochs": 1,
-                "base_filters": 4},
-    "fst": {"epochs": 1}, "ft-sam": {"epochs": 1}, "nad": {"epochs": 1, "teacher_epochs": 1},
-    "pbe": {"epochs": 1, "iterations": 2}, "i-bau": {"rounds": 1, "K": 2}, "sau": {"rounds": 1, "adv_steps": 2},
+    "bti-dbf": {
+        "rounds": 1,
+        "pretrain_epochs": 1,
+        "mask_epochs": 1,
+        "generator_epochs": 1,
+        "unlearn_epochs": 1,
+        "base_filters": 4,
+    },
+    "fst": {"epochs": 1},
+    "ft-sam": {"epochs": 1},
+    "nad": {"epochs": 1, "teacher_epochs": 1},
+    "pbe": {"epochs": 1, "iterations": 2},
+    "i-bau": {"rounds": 1, "K": 2},
+    "sau": {"rounds": 1, "adv_steps": 2},
     "mesa": {"target": 0, "steps": 2, "levels": "0.9", "epochs": 1},
-    "baeraser": {"target": 0, "steps": 2, "epochs": 1}, "bcu": {"ood_dataset": "synthetic", "epochs": 1},
+    "baeraser": {"target": 0, "steps": 2, "epochs": 1},
+    "bcu": {"ood_dataset": "synthetic", "epochs": 1},
 }
 ARCHS = {"preact-resnet18": 1, "vgg19": 1, "efficientnet-b3": 3, "mobilenetv3-large": 3, "vit": 1}
 
@@ -41,8 +58,9 @@ def defend(name, arch, clean):
     model = create_model(arch, 10, clean.channels, 28, 0.125)
     ctx = Context(seed=0)
     create_defense(name).check_model(model, arch)
-    unlabeled = as_unlabeled(make_synthetic("train", n_train=64, channels=3, seed=3), clean,
-                             64) if name == "bcu" else None
+    unlabeled = (
+        as_unlabeled(make_synthetic("train", n_train=64, channels=3, seed=3), clean, 64) if name == "bcu" else None
+    )
     out = create_defense(name, SHORT.get(name, {}))(copy.deepcopy(model), MitigationData(clean, unlabeled), ctx)
     x = torch.linspace(-1, 1, 2 * clean.channels * 28 * 28).view(2, clean.channels, 28, 28)
     with torch.no_grad():
@@ -67,8 +85,16 @@ def test_defense_runs_on_architecture_deterministically(name, arch, clean_sets):
 
 
 # what the ViT lacks, per defense that needs it; every other defense must run on it
-REFUSE_VIT = {"bnp": "BatchNorm", "clp": "BatchNorm", "anp": "convolutions", "awm": "convolutions",
-              "nft": "convolutions", "rnp": "convolutions", "npd": "convolutions", "fmp": "convolutions"}
+REFUSE_VIT = {
+    "bnp": "BatchNorm",
+    "clp": "BatchNorm",
+    "anp": "convolutions",
+    "awm": "convolutions",
+    "nft": "convolutions",
+    "rnp": "convolutions",
+    "npd": "convolutions",
+    "fmp": "convolutions",
+}
 
 
 @pytest.mark.parametrize("name", sorted(DEFENSES))

@@ -45,9 +45,9 @@ def test_planted_model_is_backdoored(world):
 
 def test_clp_prunes_the_planted_channel_and_matches_brute_force_spectral_norms(world):
     _, test, model, clean = world
-    w = model.conv2.weight.detach().double() * (model.bn2.weight / torch.sqrt(model.bn2.running_var
-                                                                              + model.bn2.eps)).double().view(-1, 1, 1,
-                                                                                                              1)
+    w = model.conv2.weight.detach().double() * (
+        model.bn2.weight / torch.sqrt(model.bn2.running_var + model.bn2.eps)
+    ).double().view(-1, 1, 1, 1)
     brute = torch.stack([torch.linalg.svdvals(w[k].reshape(w.shape[1], -1))[0] for k in range(w.shape[0])])
     torch.testing.assert_close(channel_lipschitz_bounds(model.conv2, model.bn2), brute)
     out, record = run("clp", model, clean)
@@ -101,8 +101,9 @@ def test_fmp_ranks_channels_by_accuracy_under_their_own_perturbation(world):
     for c in (0, K, 17, 63):
         adv = start.clone().requires_grad_(True)
         clean_map = conv_output(model, model.conv2, pixels.normalize(x))[:, c]
-        loss = torch.nn.functional.mse_loss(conv_output(model, model.conv2, pixels.normalize(adv))[:, c], clean_map,
-                                            reduction="sum")
+        loss = torch.nn.functional.mse_loss(
+            conv_output(model, model.conv2, pixels.normalize(adv))[:, c], clean_map, reduction="sum"
+        )
         (grad,) = torch.autograd.grad(loss, adv)
         stepped = (adv + fmp.eps * grad.sign()).clamp(0, 1)
         expected = (model(pixels.normalize(stepped)).argmax(1) == y).float().mean()

@@ -83,10 +83,13 @@ def test_tuned_clp_records_its_candidates_and_follows_the_rule():
     for (name, a), b in zip(out.state_dict().items(), alone.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
     # a milder u prunes no more channels than a stronger one, so the candidates differ as ordered
-    pruned = [create_defense("clp", c["settings"])(copy.deepcopy(model), MitigationData(clean), Context(seed=1))
-              for c in signals]
-    zeros = [sum(int((m.weight == 0).sum()) for m in p.modules() if isinstance(m, torch.nn.BatchNorm2d))
-             for p in pruned]
+    pruned = [
+        create_defense("clp", c["settings"])(copy.deepcopy(model), MitigationData(clean), Context(seed=1))
+        for c in signals
+    ]
+    zeros = [
+        sum(int((m.weight == 0).sum()) for m in p.modules() if isinstance(m, torch.nn.BatchNorm2d)) for p in pruned
+    ]
     assert zeros == sorted(zeros)
 
 
@@ -98,8 +101,9 @@ def test_tuned_on_a_held_out_split_reruns_the_choice_on_all_images():
     ctx = Context(seed=0)
     out = create_defense("bnp/tuned")(copy.deepcopy(model), MitigationData(clean), ctx)
     assert ctx.record["tuning"]["check"].startswith("held-out 200 of 1000")
-    alone = create_defense("bnp", ctx.record["tuning"]["chosen"])(copy.deepcopy(model), MitigationData(clean),
-                                                                  Context(seed=0))
+    alone = create_defense("bnp", ctx.record["tuning"]["chosen"])(
+        copy.deepcopy(model), MitigationData(clean), Context(seed=0)
+    )
     for (name, a), b in zip(out.state_dict().items(), alone.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
 
@@ -109,8 +113,9 @@ def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
         assert torch.equal(x, y), name
 
 
-def test_tuned_anp_learns_its_masks_once_and_each_candidate_equals_running_it_alone(monkeypatch, backdoored,
-                                                                                   synthetic_data):
+def test_tuned_anp_learns_its_masks_once_and_each_candidate_equals_running_it_alone(
+    monkeypatch, backdoored, synthetic_data
+):
     """ANP's tolerance acts only after its mask optimisation: the candidates share that costly
     stage, and every candidate's model and record are exactly what running it alone gives."""
     from bd_defenses.anp import ANP
@@ -134,8 +139,9 @@ def test_tuned_anp_learns_its_masks_once_and_each_candidate_equals_running_it_al
     assert pruned[0] <= pruned[1] <= pruned[2] and pruned[0] < pruned[2]  # the tolerance was what differed
 
 
-def test_tuned_nc_reverse_engineers_once_and_each_candidate_equals_running_it_alone(monkeypatch, backdoored,
-                                                                                  synthetic_data):
+def test_tuned_nc_reverse_engineers_once_and_each_candidate_equals_running_it_alone(
+    monkeypatch, backdoored, synthetic_data
+):
     """NC's threshold acts only after reverse-engineering every class: the candidates share it, and
     candidates that flag the same classes share one unlearning; each equals running it alone."""
     from bd_defenses.nc import NC
@@ -177,7 +183,8 @@ def test_tuned_uses_the_shared_candidate_runs(monkeypatch):
     torch.manual_seed(0)
     alone_ctx = Context(seed=1)
     alone = create_defense("anp", {"iterations": "5", **ctx.record["tuning"]["chosen"]})(
-        copy.deepcopy(model), MitigationData(clean), alone_ctx)
+        copy.deepcopy(model), MitigationData(clean), alone_ctx
+    )
     assert_same_weights(out, alone)
     assert {k: v for k, v in ctx.record.items() if k != "tuning"} == alone_ctx.record
     learned, learn_masks = [], ANP.learn_masks

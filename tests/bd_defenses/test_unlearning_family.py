@@ -65,8 +65,9 @@ def test_ftsam_perturbation_has_the_configured_adaptive_radius():
     torch.nn.functional.cross_entropy(model(x), y).backward()
     params = [p for p in model.parameters()]
     e = adaptive_perturbation(params, rho=2.0)
-    radius = torch.norm(torch.stack([(ei / p.detach().abs().clamp_min(1e-12)).norm() for ei, p in zip(e, params,
-                                                                                                      strict=True)]))
+    radius = torch.norm(
+        torch.stack([(ei / p.detach().abs().clamp_min(1e-12)).norm() for ei, p in zip(e, params, strict=True)])
+    )
     assert radius.item() == pytest.approx(2.0, rel=1e-4)
 
 
@@ -81,8 +82,9 @@ def test_ftsam_smooths_labels_as_the_authors_code():
     assert smoothed_cross_entropy(logits, labels, eps).item() == pytest.approx(direct.item(), rel=1e-12)
     torch_form = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=eps)
     gradient = torch.autograd.grad(smoothed_cross_entropy(logits.requires_grad_(), labels, eps), logits)[0]
-    torch_gradient = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, labels, label_smoothing=eps),
-                                         logits)[0]
+    torch_gradient = torch.autograd.grad(
+        torch.nn.functional.cross_entropy(logits, labels, label_smoothing=eps), logits
+    )[0]
     assert not torch.allclose(gradient, torch_gradient)  # the two definitions do differ
     assert torch.allclose(gradient, (logits.softmax(1) - target) / 6)  # and this one's gradient is the authors'
     assert torch_form.item() != pytest.approx(direct.item())
@@ -144,8 +146,16 @@ def test_btidbf_generator_flips_the_models_decisions_within_its_bound(trained):
     # BTI-DBF's claim: a generator bounded in input space that moves images across the model's
     # decision boundary (flip rate 0.40, then 0.90 measured). Which class they flip to is the
     # model's: on this BadNets model it is class 8, not the target (measured; docs/decisions.md).
-    post, pre, record = defended(trained, "bti-dbf", rounds=2, pretrain_epochs=5, mask_epochs=5,
-                                 generator_epochs=10, unlearn_epochs=5, base_filters=8)
+    post, pre, record = defended(
+        trained,
+        "bti-dbf",
+        rounds=2,
+        pretrain_epochs=5,
+        mask_epochs=5,
+        generator_epochs=10,
+        unlearn_epochs=5,
+        base_filters=8,
+    )
     assert record["generated_flip_rate_per_round"][-1] > 0.7
     assert post.acc > pre.acc - 0.1
 
@@ -198,12 +208,14 @@ def test_mesa_learns_triggers_for_the_target_and_patches_the_model(trained):
 
 def test_bcu_distils_on_unlabeled_data_without_the_backdoor(trained):
     attacked, clean, pre, test = trained
-    unlabeled = as_unlabeled(make_synthetic("train", n_train=600, size=32, channels=3, num_classes=7, seed=5), clean,
-                             600)
+    unlabeled = as_unlabeled(
+        make_synthetic("train", n_train=600, size=32, channels=3, num_classes=7, seed=5), clean, 600
+    )
     ctx = Context(seed=0)
     torch.manual_seed(0)
     out = create_defense("bcu", {"ood_dataset": "synthetic", "epochs": "10"})(
-        copy.deepcopy(attacked.model), MitigationData(clean, unlabeled), ctx)
+        copy.deepcopy(attacked.model), MitigationData(clean, unlabeled), ctx
+    )
     post = evaluate(out, test, attacked.trigger, 0)
     # 10 epochs on this tiny model take ASR from 1.0 to 0.80 with one thread (AVX-512) and lower
     # with two: asserted is a clear fall, which a distillation that kept the backdoor would not show

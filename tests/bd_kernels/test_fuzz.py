@@ -21,8 +21,12 @@ from kernel_cases import needs_extension
 pytestmark = needs_extension
 
 EXAMPLES = int(os.environ.get("BD_FUZZ_EXAMPLES", "40"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 OUT_TOLERANCE = {torch.float32: 2e-5, torch.float64: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
 
 
@@ -46,9 +50,14 @@ def trigger_calls(draw):
     if draw(st.booleans()):
         images = strided(images)
     mode = draw(st.sampled_from(["replace", "blend", "add"]))
-    kwargs = {"mode": mode, "alpha": draw(st.floats(0, 1)),
-              "mean": torch.rand(c, generator=g), "std": torch.rand(c, generator=g) * 0.5 + 0.05,
-              "out_dtype": draw(st.sampled_from(list(OUT_TOLERANCE))), "channels_last": draw(st.booleans())}
+    kwargs = {
+        "mode": mode,
+        "alpha": draw(st.floats(0, 1)),
+        "mean": torch.rand(c, generator=g),
+        "std": torch.rand(c, generator=g) * 0.5 + 0.05,
+        "out_dtype": draw(st.sampled_from(list(OUT_TOLERANCE))),
+        "channels_last": draw(st.booleans()),
+    }
     poisoned = pattern = mask = None
     if draw(st.booleans()):
         poisoned = torch.rand(n, generator=g) < 0.5
@@ -79,9 +88,20 @@ def trigger_calls(draw):
 def test_apply_trigger_fuzz(call):
     images, poisoned, pattern, mask, padding, kwargs = call
     got = apply_trigger(images, poisoned, pattern, mask, padding=padding, **kwargs)
-    want = reference.apply_trigger(images, poisoned, pattern, mask, kwargs["mode"], kwargs["alpha"], kwargs["mean"],
-                                   kwargs["std"], kwargs.get("crop_offsets"), padding, kwargs.get("flip"),
-                                   kwargs["out_dtype"])
+    want = reference.apply_trigger(
+        images,
+        poisoned,
+        pattern,
+        mask,
+        kwargs["mode"],
+        kwargs["alpha"],
+        kwargs["mean"],
+        kwargs["std"],
+        kwargs.get("crop_offsets"),
+        padding,
+        kwargs.get("flip"),
+        kwargs["out_dtype"],
+    )
     assert got.shape == images.shape and got.dtype == kwargs["out_dtype"]
     tol = OUT_TOLERANCE[kwargs["out_dtype"]]
     torch.testing.assert_close(got.double(), want.double(), atol=tol * 8, rtol=tol)
@@ -94,8 +114,13 @@ def test_apply_trigger_padding_wider_than_the_image_stays_in_bounds():
     for padding in (100, 100_000):
         for offsets in ([[2 * padding, 0]], [[0, 2 * padding]], [[padding, padding]]):
             out = apply_trigger(images, mean=mean, std=std, crop_offsets=torch.tensor(offsets), padding=padding)
-            want = reference.apply_trigger(images, None, None, None, "replace", 1.0, mean, std,
-                                           torch.tensor(offsets), padding, None) if padding < 1000 else None
+            want = (
+                reference.apply_trigger(
+                    images, None, None, None, "replace", 1.0, mean, std, torch.tensor(offsets), padding, None
+                )
+                if padding < 1000
+                else None
+            )
             assert out.shape == images.shape
             if want is not None:
                 torch.testing.assert_close(out, want)
@@ -109,8 +134,9 @@ def stats_inputs(draw):
     n, c = draw(st.integers(1, 64)), draw(st.integers(1, 64))
     shape = (n, c) if rank == 2 else (n, c, draw(st.integers(1, 20)), draw(st.integers(1, 20)))
     g = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
-    x = torch.randn(shape, generator=g, dtype=torch.float64) * draw(st.sampled_from([1e-3, 1.0, 1e4])) \
-        + draw(st.sampled_from([0.0, 5.0, -1e6]))
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * draw(st.sampled_from([1e-3, 1.0, 1e4])) + draw(
+        st.sampled_from([0.0, 5.0, -1e6])
+    )
     special = draw(st.sampled_from([None, "nan", "inf", "-inf", "both-inf"]))
     if special:
         flat = x.view(-1)
@@ -137,8 +163,14 @@ def test_channel_stats_fuzz(x):
     assert torch.equal(got[0], want[0])
     for name, g, w in zip(("mean", "m2", "min", "max"), got[1:], want[1:], strict=True):
         scale = w.abs().nan_to_num(posinf=0, neginf=0).max().clamp_min(1.0)
-        torch.testing.assert_close(g, w, atol=1e-9 * float(scale) * x.shape[0], rtol=1e-7, equal_nan=True,
-                                   msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            g,
+            w,
+            atol=1e-9 * float(scale) * x.shape[0],
+            rtol=1e-7,
+            equal_nan=True,
+            msg=lambda m, name=name: f"{name}: {m}",
+        )
 
 
 def test_channel_stats_propagates_nan_and_refuses_empty_input():

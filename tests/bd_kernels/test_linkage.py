@@ -46,8 +46,10 @@ def static_only_toolchain(tmp_path: Path) -> Path:
     folder = tmp_path / "toolchain"
     folder.mkdir()
     compiler = shutil.which("g++")
-    archive = compiler and subprocess.run([compiler, "-print-file-name=libstdc++.a"], capture_output=True,
-                                          text=True).stdout.strip()
+    archive = (
+        compiler
+        and subprocess.run([compiler, "-print-file-name=libstdc++.a"], capture_output=True, text=True).stdout.strip()
+    )
     if not archive or not Path(archive).is_file():
         pytest.skip("no g++ with a static libstdc++.a to stand in for that toolchain")
     shutil.copy(archive, folder / "libstdc++.a")
@@ -58,13 +60,17 @@ def static_only_toolchain(tmp_path: Path) -> Path:
 def build_shared_object(tmp_path: Path, name: str, *flags: str) -> Path:
     (tmp_path / "fail.cpp").write_text(SOURCE)
     out = tmp_path / name
-    subprocess.run(["g++", "-shared", "-fPIC", f"-B{tmp_path / 'toolchain'}/", str(tmp_path / "fail.cpp"), "-o",
-                    str(out), *flags], check=True, capture_output=True)
+    subprocess.run(
+        ["g++", "-shared", "-fPIC", f"-B{tmp_path / 'toolchain'}/", str(tmp_path / "fail.cpp"), "-o", str(out), *flags],
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
 def test_the_link_flags_take_the_shared_libstdcxx_where_the_toolchain_finds_only_the_static_one(
-        tmp_path, static_only_toolchain):
+    tmp_path, static_only_toolchain
+):
     plain = build_shared_object(tmp_path, "plain.so")
     # the failure, reproduced: the compiler's own -lstdc++ took the archive
     assert not any(name.startswith("libstdc++") for name in linkage.needed_libraries(plain))
@@ -74,8 +80,7 @@ def test_the_link_flags_take_the_shared_libstdcxx_where_the_toolchain_finds_only
     assert linkage.static_libstdcxx_error(fixed) is None
 
 
-def test_bd_kernels_refuses_to_load_an_extension_with_its_own_libstdcxx(tmp_path, static_only_toolchain,
-                                                                        monkeypatch):
+def test_bd_kernels_refuses_to_load_an_extension_with_its_own_libstdcxx(tmp_path, static_only_toolchain, monkeypatch):
     plain = build_shared_object(tmp_path, "plain.so")  # stands in for bd_kernels/_C*.so
     spec = importlib.machinery.ModuleSpec("bd_kernels._C", None, origin=str(plain))
     monkeypatch.setattr(kops.importlib.util, "find_spec", lambda name: spec)

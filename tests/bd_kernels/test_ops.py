@@ -36,15 +36,34 @@ def trigger_case(shape, mode, per_sample, mask_channels, device, seed=0):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("mode, per_sample, mask_channels", [
-    ("replace", False, "1"), ("blend", False, "C"), ("add", True, "1"), ("replace", True, "C"), ("blend", True, "1"),
-])
+@pytest.mark.parametrize(
+    "mode, per_sample, mask_channels",
+    [
+        ("replace", False, "1"),
+        ("blend", False, "C"),
+        ("add", True, "1"),
+        ("replace", True, "C"),
+        ("blend", True, "1"),
+    ],
+)
 def test_apply_trigger_matches_reference(device, shape, mode, per_sample, mask_channels):
-    images, poisoned, pattern, mask, mean, std, offsets, flip = trigger_case(shape, mode, per_sample, mask_channels,
-                                                                             device)
+    images, poisoned, pattern, mask, mean, std, offsets, flip = trigger_case(
+        shape, mode, per_sample, mask_channels, device
+    )
     for crop, fl in itertools.product([None, offsets], [None, flip]):
-        got = apply_trigger(images, poisoned, pattern, mask, mode=mode, alpha=0.2, mean=mean, std=std,
-                            crop_offsets=crop, padding=4, flip=fl)
+        got = apply_trigger(
+            images,
+            poisoned,
+            pattern,
+            mask,
+            mode=mode,
+            alpha=0.2,
+            mean=mean,
+            std=std,
+            crop_offsets=crop,
+            padding=4,
+            flip=fl,
+        )
         want = reference.apply_trigger(images, poisoned, pattern, mask, mode, 0.2, mean, std, crop, 4, fl)
         torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
 
@@ -53,13 +72,28 @@ def test_apply_trigger_matches_reference(device, shape, mode, per_sample, mask_c
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_apply_trigger_dtypes_and_layouts(device, dtype, channels_last):
-    images, poisoned, pattern, mask, mean, std, offsets, flip = trigger_case((4, 3, 32, 32), "blend", False, "1",
-                                                                             device)
+    images, poisoned, pattern, mask, mean, std, offsets, flip = trigger_case(
+        (4, 3, 32, 32), "blend", False, "1", device
+    )
     images = images.contiguous(memory_format=torch.channels_last)[:, :, :, :]  # a channels_last (non-NCHW) input
-    got = apply_trigger(images, poisoned, pattern, mask, mode="blend", alpha=0.3, mean=mean, std=std,
-                        crop_offsets=offsets, padding=4, flip=flip, out_dtype=dtype, channels_last=channels_last)
-    assert got.dtype == dtype and got.is_contiguous(memory_format=torch.channels_last if channels_last
-                                                    else torch.contiguous_format)
+    got = apply_trigger(
+        images,
+        poisoned,
+        pattern,
+        mask,
+        mode="blend",
+        alpha=0.3,
+        mean=mean,
+        std=std,
+        crop_offsets=offsets,
+        padding=4,
+        flip=flip,
+        out_dtype=dtype,
+        channels_last=channels_last,
+    )
+    assert got.dtype == dtype and got.is_contiguous(
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format
+    )
     want = reference.apply_trigger(images, poisoned, pattern, mask, "blend", 0.3, mean, std, offsets, 4, flip)
     tol = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}[dtype]
     torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
@@ -73,9 +107,16 @@ def test_apply_trigger_non_contiguous_input_and_index_rows(device):
     mask[:, -3:, -3:] = 1
     mean, std = torch.zeros(3, device=device), torch.ones(3, device=device)
     got = apply_trigger(images, torch.tensor([0, 5], device=device), pattern, mask, mean=mean, std=std)
-    want = reference.apply_trigger(images.contiguous(), torch.tensor([1, 0, 0, 0, 0, 1], dtype=torch.bool,
-                                                                     device=device),
-                                   pattern, mask, "replace", 1.0, mean, std)
+    want = reference.apply_trigger(
+        images.contiguous(),
+        torch.tensor([1, 0, 0, 0, 0, 1], dtype=torch.bool, device=device),
+        pattern,
+        mask,
+        "replace",
+        1.0,
+        mean,
+        std,
+    )
     torch.testing.assert_close(got, want)
 
 
@@ -135,8 +176,9 @@ def conv_case(device, dtype, n=2, cin=4, cout=6, size=9, groups=1, seed=0):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("stride, padding, groups, "
-                         "channels_last", [(1, 1, 1, False), (2, 0, 2, False), (1, 1, 1, True)])
+@pytest.mark.parametrize(
+    "stride, padding, groups, channels_last", [(1, 1, 1, False), (2, 0, 2, False), (1, 1, 1, True)]
+)
 def test_masked_conv2d_forward_backward_match_reference(device, stride, padding, groups, channels_last):
     args = conv_case(device, torch.float32, groups=groups)
     if channels_last:
@@ -172,12 +214,18 @@ def opcheck_samples(device):
     """Several inputs per op: trigger modes, per-sample and shared patterns, odd sizes, float and
     half outputs, contiguous and channels_last maps."""
     samples = []
-    for shape, mode, per_sample, mc, dtype, cl in [((3, 3, 16, 16), "blend", False, "1", torch.float32, False),
-                                                   ((2, 1, 28, 28), "replace", True, "1", torch.float32, True),
-                                                   ((4, 3, 13, 17), "add", False, "C", torch.bfloat16, False)]:
+    for shape, mode, per_sample, mc, dtype, cl in [
+        ((3, 3, 16, 16), "blend", False, "1", torch.float32, False),
+        ((2, 1, 28, 28), "replace", True, "1", torch.float32, True),
+        ((4, 3, 13, 17), "add", False, "C", torch.bfloat16, False),
+    ]:
         images, poisoned, pattern, mask, mean, std, offsets, flip = trigger_case(shape, mode, per_sample, mc, device)
-        samples.append((torch.ops.bd_kernels.apply_trigger.default,
-                        (images, poisoned, pattern, mask, mode, 0.2, mean, std, offsets, 4, flip, dtype, cl)))
+        samples.append(
+            (
+                torch.ops.bd_kernels.apply_trigger.default,
+                (images, poisoned, pattern, mask, mode, 0.2, mean, std, offsets, 4, flip, dtype, cl),
+            )
+        )
     g = torch.Generator().manual_seed(0)
     for shape in [(4, 3, 5, 5), (1, 7, 1, 9), (6, 1, 11, 3)]:
         samples.append((torch.ops.bd_kernels.channel_stats.default, (torch.randn(shape, generator=g).to(device),)))
@@ -185,10 +233,18 @@ def opcheck_samples(device):
         z = torch.randn(n, c, size, size, generator=g).to(device)
         z = z.contiguous(memory_format=torch.channels_last) if cl else z
         scale, shift = torch.rand(c, generator=g).to(device), torch.randn(c, generator=g).to(device)
-        samples.append((torch.ops.bd_kernels.masked_conv2d_epilogue.default,
-                        (z.requires_grad_(), scale.requires_grad_(), shift.requires_grad_())))
-        samples.append((torch.ops.bd_kernels.masked_conv2d_epilogue_backward.default,
-                        (torch.randn(z.shape, generator=g).to(device), z.detach(), scale.detach())))
+        samples.append(
+            (
+                torch.ops.bd_kernels.masked_conv2d_epilogue.default,
+                (z.requires_grad_(), scale.requires_grad_(), shift.requires_grad_()),
+            )
+        )
+        samples.append(
+            (
+                torch.ops.bd_kernels.masked_conv2d_epilogue_backward.default,
+                (torch.randn(z.shape, generator=g).to(device), z.detach(), scale.detach()),
+            )
+        )
     return samples
 
 
@@ -197,21 +253,24 @@ def test_opcheck_every_op(device):
     """torch.library.opcheck (schema, fake tensor, autograd registration, AOT dispatch) on every
     op, on every device the extension was built for, with several samples each."""
     samples = opcheck_samples(device)
-    assert {op for op, _ in samples} == {getattr(torch.ops.bd_kernels, name).default for name in
-                                         ("apply_trigger", "channel_stats", "masked_conv2d_epilogue",
-                                          "masked_conv2d_epilogue_backward")}
+    assert {op for op, _ in samples} == {
+        getattr(torch.ops.bd_kernels, name).default
+        for name in ("apply_trigger", "channel_stats", "masked_conv2d_epilogue", "masked_conv2d_epilogue_backward")
+    }
     for op, args in samples:
         torch.library.opcheck(op, args)
 
 
 def test_ops_work_under_torch_compile():
-    images, poisoned, pattern, mask, mean, std, offsets, flip = trigger_case((4, 3, 16, 16), "replace", False, "1",
-                                                                             "cpu")
+    images, poisoned, pattern, mask, mean, std, offsets, flip = trigger_case(
+        (4, 3, 16, 16), "replace", False, "1", "cpu"
+    )
     x, w, b, m, d, mb, db = conv_case("cpu", torch.float32, cin=3, size=16)
 
     def step(images, w, m):
-        inp = apply_trigger(images, poisoned, pattern, mask, mean=mean, std=std, crop_offsets=offsets, padding=4,
-                            flip=flip)
+        inp = apply_trigger(
+            images, poisoned, pattern, mask, mean=mean, std=std, crop_offsets=offsets, padding=4, flip=flip
+        )
         y = masked_conv2d(inp, w, b, m, d, mb, db, 1, 1)
         return y.square().mean()
 

@@ -49,8 +49,19 @@ def test_apply_trigger_matches_per_sample_definition(mode, per_sample, shape):
     mean, std = torch.rand(c, generator=g) * 0.5 + 0.25, torch.rand(c, generator=g) * 0.2 + 0.2
     offsets = torch.randint(0, 9, (n, 2), generator=g)
     flip = torch.rand(n, generator=g) < 0.5
-    got = apply_trigger(images, poisoned, pattern, mask, mode=mode, alpha=0.2, mean=mean, std=std,
-                        crop_offsets=offsets, padding=4, flip=flip)
+    got = apply_trigger(
+        images,
+        poisoned,
+        pattern,
+        mask,
+        mode=mode,
+        alpha=0.2,
+        mean=mean,
+        std=std,
+        crop_offsets=offsets,
+        padding=4,
+        flip=flip,
+    )
     want = per_sample_oracle(images, poisoned, pattern, mask, mode, 0.2, mean, std, offsets, 4, flip)
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)
 

@@ -20,8 +20,9 @@ FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 def bd(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bd_cli.app", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "bd_cli.app", *args], capture_output=True, text=True, env=env, timeout=timeout
+    )
 
 
 def digest(path: Path) -> str:
@@ -47,21 +48,53 @@ def world(tmp_path_factory):
     env = {**os.environ, "BD_CACHE": str(root / "cache"), "BD_PROGRESS": "0", "BD_DATA": str(root / "empty")}
     store = root / "results.sqlite"
     with ResultStore(store) as results:
-        results.put({"key": "kept", "status": "ok", "dataset": "synthetic", "arch": "preact-resnet18",
-                     "attack": "badnets", "poison_ratio": 0.1, "defense": "ft", "spc": 10, "partition": 0, "seed": 0,
-                     "preset": "quick", "acc_pre": 0.9, "asr_pre": 0.99, "ra_pre": 0.01, "acc_post": 0.85,
-                     "asr_post": 0.3, "ra_post": 0.6, "arr": 0.0556, "rdr": 0.333, "defense_seconds": 1.0,
-                     "details": {}, "config": {}})
+        results.put(
+            {
+                "key": "kept",
+                "status": "ok",
+                "dataset": "synthetic",
+                "arch": "preact-resnet18",
+                "attack": "badnets",
+                "poison_ratio": 0.1,
+                "defense": "ft",
+                "spc": 10,
+                "partition": 0,
+                "seed": 0,
+                "preset": "quick",
+                "acc_pre": 0.9,
+                "asr_pre": 0.99,
+                "ra_pre": 0.01,
+                "acc_post": 0.85,
+                "asr_post": 0.3,
+                "ra_post": 0.6,
+                "arr": 0.0556,
+                "rdr": 0.333,
+                "defense_seconds": 1.0,
+                "details": {},
+                "config": {},
+            }
+        )
     meta = {"arch": "preact-resnet18", "num_classes": 10, "in_channels": 3, "image_size": 32, "width": 0.125}
-    model, trigger = create_model("preact-resnet18", 10, 3, 32, 0.125), BadNets().fit(make_synthetic("train",
-                                                                                                     n_train=8), 0)
+    model, trigger = (
+        create_model("preact-resnet18", 10, 3, 32, 0.125),
+        BadNets().fit(make_synthetic("train", n_train=8), 0),
+    )
     save_model(root / "no-attack.safetensors", model, meta, trigger)
     save_model(root / "huge.safetensors", model, {**meta, "num_classes": 10**12}, trigger)
     # a complete model file of a 1x28x28 network whose BadNets pattern is 3x5x5
-    gray = {**meta, "in_channels": 1, "image_size": 28, "metrics": {"acc": 0.9, "asr": 0.9, "ra": 0.1},
-            "attack": AttackSpec("synthetic", "preact-resnet18", "badnets").config()}
-    save_model(root / "misfit-trigger.safetensors", create_model("preact-resnet18", 10, 1, 28, 0.125), gray,
-               PatternTrigger(torch.full((3, 5, 5), 255.0), torch.ones(1, 5, 5)))
+    gray = {
+        **meta,
+        "in_channels": 1,
+        "image_size": 28,
+        "metrics": {"acc": 0.9, "asr": 0.9, "ra": 0.1},
+        "attack": AttackSpec("synthetic", "preact-resnet18", "badnets").config(),
+    }
+    save_model(
+        root / "misfit-trigger.safetensors",
+        create_model("preact-resnet18", 10, 1, 28, 0.125),
+        gray,
+        PatternTrigger(torch.full((3, 5, 5), 255.0), torch.ones(1, 5, 5)),
+    )
     (root / "junk.sqlite").write_bytes(random.Random(1).randbytes(4096))
     (root / "a-file").write_text("not a folder")
 
@@ -88,15 +121,18 @@ def world(tmp_path_factory):
         (gtsrb / sub).mkdir(parents=True)
     (gtsrb / "GT-final_test.csv").write_text("Filename;ClassId\n")
     return {
-        "root": root, "env": env, "store": store,
+        "root": root,
+        "env": env,
+        "store": store,
         "cifar-missing": cifar("cifar-missing", drop="data_batch_3"),
         "cifar-evil-meta": cifar("cifar-evil-meta", meta_bytes=pickle.dumps({"label_names": RunsCode()})),
         # seeded junk, so every run sees the same bytes; seed 454's hold a BYTEARRAY8 claiming
         # 4e18 bytes, which once printed an unraisable SystemError beside the one line
         "cifar-junk-meta": cifar("cifar-junk-meta", meta_bytes=random.Random(454).randbytes(300)),
         "fmnist-random-gz": fashion("fmnist-random-gz", random.Random(2).randbytes(2048)),
-        "fmnist-truncated-gz": fashion("fmnist-truncated-gz",
-                                       FMNIST.joinpath("train-images-idx3-ubyte.gz").read_bytes()[:5000]),
+        "fmnist-truncated-gz": fashion(
+            "fmnist-truncated-gz", FMNIST.joinpath("train-images-idx3-ubyte.gz").read_bytes()[:5000]
+        ),
         "gtsrb-bad": root / "gtsrb-bad",
     }
 
@@ -104,41 +140,80 @@ def world(tmp_path_factory):
 CASES = [
     # (name, arguments with {placeholders}, the words the one line must contain)
     ("store of random bytes", ["report", "--store", "{root}/junk.sqlite"], "is not a bd results file"),
-    ("store of random bytes (writer)", ["run", "--dataset", "synthetic", "--store", "{root}/junk.sqlite"],
-     "is not a bd results file"),
+    (
+        "store of random bytes (writer)",
+        ["run", "--dataset", "synthetic", "--store", "{root}/junk.sqlite"],
+        "is not a bd results file",
+    ),
     ("store that is a directory", ["run", "--dataset", "synthetic", "--store", "{root}"], "is a directory"),
     ("store under /proc", ["run", "--dataset", "synthetic", "--store", "/proc/bd-results.sqlite"], "/proc/bd-results"),
-    ("store whose parent is a file", ["run", "--dataset", "synthetic", "--store", "{root}/a-file/r.sqlite"],
-     "cannot use"),
-    ("model file without an attack section",
-     ["defend", "--model", "{root}/no-attack.safetensors", "--dataset", "synthetic"], "no 'attack' section"),
+    (
+        "store whose parent is a file",
+        ["run", "--dataset", "synthetic", "--store", "{root}/a-file/r.sqlite"],
+        "cannot use",
+    ),
+    (
+        "model file without an attack section",
+        ["defend", "--model", "{root}/no-attack.safetensors", "--dataset", "synthetic"],
+        "no 'attack' section",
+    ),
     ("model file with absurd num_classes", ["defend", "--model", "{root}/huge.safetensors"], "num_classes"),
-    ("model file whose trigger does not fit", ["defend", "--model", "{root}/misfit-trigger.safetensors"],
-     "trigger does not fit the model's 1x28x28 images"),
-    ("learning rate not finite", ["run", "--dataset", "synthetic", "--defense", "ft", "--set", "lr=inf", "--store",
-                                  "{store}"], "lr must be a finite number, got inf"),
-    ("absurd learning rate", ["run", "--dataset", "synthetic", "--defense", "ft", "--set", "lr=1e30", "--store",
-                              "{store}"], "lr must be in (0, 1], got 1e+30"),
-    ("absurd setting of a combined part", ["run", "--dataset", "synthetic", "--defense", "bnp+ft", "--set",
-                                           "ft.momentum=nan", "--store", "{store}"], "momentum must be a finite"),
-    ("missing CIFAR "
-     "batch", ["attack", "--dataset", "cifar10", "--data-dir", "{cifar-missing}"], "data_batch_3 is missing"),
+    (
+        "model file whose trigger does not fit",
+        ["defend", "--model", "{root}/misfit-trigger.safetensors"],
+        "trigger does not fit the model's 1x28x28 images",
+    ),
+    (
+        "learning rate not finite",
+        ["run", "--dataset", "synthetic", "--defense", "ft", "--set", "lr=inf", "--store", "{store}"],
+        "lr must be a finite number, got inf",
+    ),
+    (
+        "absurd learning rate",
+        ["run", "--dataset", "synthetic", "--defense", "ft", "--set", "lr=1e30", "--store", "{store}"],
+        "lr must be in (0, 1], got 1e+30",
+    ),
+    (
+        "absurd setting of a combined part",
+        ["run", "--dataset", "synthetic", "--defense", "bnp+ft", "--set", "ft.momentum=nan", "--store", "{store}"],
+        "momentum must be a finite",
+    ),
+    (
+        "missing CIFAR batch",
+        ["attack", "--dataset", "cifar10", "--data-dir", "{cifar-missing}"],
+        "data_batch_3 is missing",
+    ),
     ("malicious batches.meta", ["attack", "--dataset", "cifar10", "--data-dir", "{cifar-evil-meta}"], "batches.meta"),
     ("corrupt batches.meta", ["attack", "--dataset", "cifar10", "--data-dir", "{cifar-junk-meta}"], "batches.meta"),
-    ("random bytes as .gz", ["attack", "--dataset", "fashion-mnist", "--data-dir", "{fmnist-random-gz}"],
-     "not a valid .gz file"),
+    (
+        "random bytes as .gz",
+        ["attack", "--dataset", "fashion-mnist", "--data-dir", "{fmnist-random-gz}"],
+        "not a valid .gz file",
+    ),
     ("truncated .gz", ["attack", "--dataset", "fashion-mnist", "--data-dir", "{fmnist-truncated-gz}"], "is truncated"),
     ("non-numeric GTSRB class folder", ["attack", "--dataset", "gtsrb", "--data-dir", "{gtsrb-bad}"], "notes"),
-    ("grid poison ratio not a "
-     "number", ["grid", "--poison-ratio", "abc", "--store", "{store}"], "'abc' is not a number"),
+    (
+        "grid poison ratio not a number",
+        ["grid", "--poison-ratio", "abc", "--store", "{store}"],
+        "'abc' is not a number",
+    ),
     ("grid spc not an integer", ["grid", "--spc", "x", "--store", "{store}"], "'x' is not an integer"),
     ("grid negative partitions", ["grid", "--partitions", "-3", "--store", "{store}"], "at least 1"),
-    ("target outside the classes", ["run", "--dataset", "synthetic", "--target", "99", "--store", "{store}"],
-     "target class 99"),
-    ("unknown defense", ["run", "--dataset", "synthetic", "--defense", "nope", "--store", "{store}"],
-     "unknown defense"),
-    ("mitigation indices out of range", ["run", "--dataset", "synthetic", "--mitigation-indices", "{root}/a-file",
-                                         "--store", "{store}"], "not an integer index"),
+    (
+        "target outside the classes",
+        ["run", "--dataset", "synthetic", "--target", "99", "--store", "{store}"],
+        "target class 99",
+    ),
+    (
+        "unknown defense",
+        ["run", "--dataset", "synthetic", "--defense", "nope", "--store", "{store}"],
+        "unknown defense",
+    ),
+    (
+        "mitigation indices out of range",
+        ["run", "--dataset", "synthetic", "--mitigation-indices", "{root}/a-file", "--store", "{store}"],
+        "not an integer index",
+    ),
 ]
 
 
@@ -167,10 +242,13 @@ def test_a_damaged_dataset_cache_is_rebuilt_from_the_source(world, tmp_path):
     rng = np.random.default_rng(0)
     for batch in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         with open(folder / batch, "wb") as f:
-            pickle.dump({"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8),
-                         "labels": [i % 10 for i in range(20)]}, f)
-    code = ("import sys; from bd_core.data import load_dataset; "
-            "s = load_dataset('cifar10', 'test', root=__import__('pathlib').Path(sys.argv[1])); print(s.digest())")
+            pickle.dump(
+                {"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8), "labels": [i % 10 for i in range(20)]}, f
+            )
+    code = (
+        "import sys; from bd_core.data import load_dataset; "
+        "s = load_dataset('cifar10', 'test', root=__import__('pathlib').Path(sys.argv[1])); print(s.digest())"
+    )
     first = subprocess.run([sys.executable, "-c", code, str(data)], capture_output=True, text=True, env=env)
     cached = list((tmp_path / "datasets").glob("cifar10-test-*.safetensors"))
     assert first.returncode == 0 and len(cached) == 1, first.stderr
@@ -203,7 +281,7 @@ def test_read_only_store_can_be_read_but_not_written(world, tmp_path):
     cli, store, out = f"{sys.executable} -m bd_cli.app", f"{mount}/results.sqlite", tmp_path
     script = f"""set -e
 mount -t tmpfs tmpfs {mount}
-cp {world['store']} {mount}/results.sqlite
+cp {world["store"]} {mount}/results.sqlite
 mount -o remount,ro {mount}
 {cli} report --store {store} --out {tmp_path}/report --no-pdf \
     > {out}/report.out 2> {out}/report.err || echo "report $?" >> {out}/codes
@@ -230,13 +308,32 @@ def test_disk_full_keeps_the_computed_row(world, tmp_path):
     from bd_core.store import save_model
 
     torch.manual_seed(0)
-    spec = {"format": 1, "dataset": "synthetic", "arch": "preact-resnet18", "attack": "badnets", "poison_ratio": 0.1,
-            "target": 0, "seed": 0, "preset": "quick"}
-    meta = {"arch": "preact-resnet18", "num_classes": 10, "in_channels": 3, "image_size": 32, "width": 0.125,
-            "attack": spec, "metrics": {"acc": 0.5, "asr": 0.9, "ra": 0.1}}
+    spec = {
+        "format": 1,
+        "dataset": "synthetic",
+        "arch": "preact-resnet18",
+        "attack": "badnets",
+        "poison_ratio": 0.1,
+        "target": 0,
+        "seed": 0,
+        "preset": "quick",
+    }
+    meta = {
+        "arch": "preact-resnet18",
+        "num_classes": 10,
+        "in_channels": 3,
+        "image_size": 32,
+        "width": 0.125,
+        "attack": spec,
+        "metrics": {"acc": 0.5, "asr": 0.9, "ra": 0.1},
+    }
     model_file = tmp_path / "m.safetensors"
-    save_model(model_file, create_model("preact-resnet18", 10, 3, 32, 0.125), meta,
-               BadNets().fit(make_synthetic("train", n_train=8), 0))
+    save_model(
+        model_file,
+        create_model("preact-resnet18", 10, 3, 32, 0.125),
+        meta,
+        BadNets().fit(make_synthetic("train", n_train=8), 0),
+    )
     mount = tmp_path / "small"
     mount.mkdir()
     env = {**world["env"], "TMPDIR": str(tmp_path)}

@@ -25,12 +25,30 @@ def test_help_is_instant_and_has_examples():
 def test_run_twice_reuses_cached_model_and_stored_result(tmp_path):
     store = tmp_path / "results.sqlite"
     # a seed of its own: this test must train its model even when other tests cached theirs
-    args = ["run", "--dataset", "synthetic", "--arch", "preact-resnet18", "--defense", "ft", "--set", "epochs=2",
-            "--seed", "7",
-            "--spc", "5", "--device", "cpu", "--store", str(store), "--format", "json"]
+    args = [
+        "run",
+        "--dataset",
+        "synthetic",
+        "--arch",
+        "preact-resnet18",
+        "--defense",
+        "ft",
+        "--set",
+        "epochs=2",
+        "--seed",
+        "7",
+        "--spc",
+        "5",
+        "--device",
+        "cpu",
+        "--store",
+        str(store),
+        "--format",
+        "json",
+    ]
     first = bd(*args)
     assert first.exit_code == 0, first.output
-    record = json.loads(first.stdout[first.stdout.index("{"):])
+    record = json.loads(first.stdout[first.stdout.index("{") :])
     assert record["status"] == "ok" and record["skipped"] is False
     for metric in ("acc_pre", "asr_pre", "ra_pre", "acc_post", "asr_post", "ra_post"):
         assert 0.0 <= record[metric] <= 1.0
@@ -46,7 +64,7 @@ def test_run_twice_reuses_cached_model_and_stored_result(tmp_path):
     # the very same experiment: answered from the store
     third = bd(*args)
     assert third.exit_code == 0 and "already in" in third.stderr
-    assert json.loads(third.stdout[third.stdout.index("{"):])["skipped"] is True
+    assert json.loads(third.stdout[third.stdout.index("{") :])["skipped"] is True
 
 
 @pytest.mark.parametrize(
@@ -81,10 +99,25 @@ def test_list_defenses_shows_family_paper_and_defaults():
 @pytest.mark.slow
 @pytest.mark.skipif(not FMNIST.exists(), reason="needs Debian's dataset-fashion-mnist (make data)")
 def test_ft_on_vgg19_fashion_mnist_quick(tmp_path):
-    result = bd("run", "--defense", "ft", "--arch", "vgg19", "--dataset", "fashion-mnist", "--preset", "quick",
-                "--device", "cpu", "--store", str(tmp_path / "r.sqlite"), "--format", "json")
+    result = bd(
+        "run",
+        "--defense",
+        "ft",
+        "--arch",
+        "vgg19",
+        "--dataset",
+        "fashion-mnist",
+        "--preset",
+        "quick",
+        "--device",
+        "cpu",
+        "--store",
+        str(tmp_path / "r.sqlite"),
+        "--format",
+        "json",
+    )
     assert result.exit_code == 0, result.output
-    record = json.loads(result.stdout[result.stdout.index("{"):])
+    record = json.loads(result.stdout[result.stdout.index("{") :])
     assert record["arch"] == "vgg19-bn" and record["acc_pre"] > 0.7 and record["asr_pre"] > 0.9
     assert any("Fashion-MNIST is the offline stand-in" in n for n in record["details"]["approximations"])
 
@@ -127,8 +160,17 @@ def test_show_draws_the_trigger_saved_in_a_model_file(tmp_path):
     meta = {"arch": "preact-resnet18", "num_classes": 10, "in_channels": 3, "image_size": 32, "width": 0.125}
     save_model(tmp_path / "m.safetensors", create_model("preact-resnet18", 10, 3, 32, 0.125), meta, trigger)
     out = tmp_path / "ia.png"
-    result = bd("show", "--attack", "inputaware", "--dataset", "synthetic", "--model", str(tmp_path / "m.safetensors"),
-                "--out", str(out))
+    result = bd(
+        "show",
+        "--attack",
+        "inputaware",
+        "--dataset",
+        "synthetic",
+        "--model",
+        str(tmp_path / "m.safetensors"),
+        "--out",
+        str(out),
+    )
     assert result.exit_code == 0, result.output
     assert Image.open(out).size == (170 + 8 * 32 * 4, 24 + 3 * 32 * 4)
     gray = {**meta, "in_channels": 1, "image_size": 28}

@@ -49,8 +49,9 @@ app.command(epilog=grid.EXAMPLES)(grid.grid)
 app.command(epilog=merge.EXAMPLES)(merge.merge)
 app.command("list", epilog=listing.EXAMPLES)(listing.list_)
 
-kernels_app = typer.Typer(help="The compiled bd_kernels extension: what is built, how fast it is.",
-                          no_args_is_help=True)
+kernels_app = typer.Typer(
+    help="The compiled bd_kernels extension: what is built, how fast it is.", no_args_is_help=True
+)
 kernels_app.command("info", epilog=kernels.INFO_EXAMPLES)(kernels.info)
 kernels_app.command("bench", epilog=kernels.BENCH_EXAMPLES)(kernels.bench)
 app.add_typer(kernels_app, name="kernels")

@@ -24,25 +24,72 @@ import pandas as pd
 
 METRICS = ("acc_post", "asr_post", "ra_post", "arr", "rdr")
 LABELS = {"acc_post": "ACC", "asr_post": "ASR", "ra_post": "RA", "arr": "ARR", "rdr": "RDR"}
-AXIS = {"asr_post": "ASR (%)", "rdr": "RDR (ratio, lower is better)", "arr": "ARR (ratio, lower is better)",
-        "acc_post": "ACC (%)", "ra_post": "RA (%)"}
+AXIS = {
+    "asr_post": "ASR (%)",
+    "rdr": "RDR (ratio, lower is better)",
+    "arr": "ARR (ratio, lower is better)",
+    "acc_post": "ACC (%)",
+    "ra_post": "RA (%)",
+}
 PERCENT = {"acc_post", "asr_post", "ra_post"}
 SHOWN = ("asr_post", "rdr", "arr")
-SPLITS = {"spc": ("fig6_spc", "SPC"), "attack": ("fig7_attack", "attack"), "arch": ("fig8_arch", "architecture"),
-          "dataset": ("fig9_dataset", "dataset"), "poison_ratio": ("fig10_poison_ratio", "poison ratio")}
-FLAT = ("key", "status", "dataset", "arch", "attack", "poison_ratio", "defense", "spc", "partition", "seed", "preset",
-        "acc_pre", "asr_pre", "ra_pre", "acc_post", "asr_post", "ra_post", "arr", "rdr", "defense_seconds", "error",
-        "precision", "attacked_model", "attacked_model_weights", "device")
+SPLITS = {
+    "spc": ("fig6_spc", "SPC"),
+    "attack": ("fig7_attack", "attack"),
+    "arch": ("fig8_arch", "architecture"),
+    "dataset": ("fig9_dataset", "dataset"),
+    "poison_ratio": ("fig10_poison_ratio", "poison ratio"),
+}
+FLAT = (
+    "key",
+    "status",
+    "dataset",
+    "arch",
+    "attack",
+    "poison_ratio",
+    "defense",
+    "spc",
+    "partition",
+    "seed",
+    "preset",
+    "acc_pre",
+    "asr_pre",
+    "ra_pre",
+    "acc_post",
+    "asr_post",
+    "ra_post",
+    "arr",
+    "rdr",
+    "defense_seconds",
+    "error",
+    "precision",
+    "attacked_model",
+    "attacked_model_weights",
+    "device",
+)
 
 # the survey's orders and letters (Figures 7-9)
 ATTACK_ORDER = ("badnets", "blended", "lf", "sig", "bpp", "inputaware", "ssba", "wanet")
 ARCH_ORDER = ("vgg19-bn", "preact-resnet18", "efficientnet-b3", "mobilenetv3-large")
 DATASET_ORDER = ("cifar10", "gtsrb", "tiny-imagenet", "fashion-mnist", "synthetic")
-SHORT = {"badnets": "A BadNets", "blended": "B Blended", "lf": "C LF", "sig": "D SIG", "bpp": "E BPP",
-         "inputaware": "F IAB", "ssba": "G SSBA", "wanet": "H WaNet",
-         "vgg19-bn": "A VGG", "preact-resnet18": "B ResNet", "efficientnet-b3": "C EfficientNet",
-         "mobilenetv3-large": "D MobileNet", "cifar10": "A CIFAR-10",
-         "gtsrb": "B GTSRB", "tiny-imagenet": "C Tiny-ImageNet", "fashion-mnist": "Fashion-MNIST"}
+SHORT = {
+    "badnets": "A BadNets",
+    "blended": "B Blended",
+    "lf": "C LF",
+    "sig": "D SIG",
+    "bpp": "E BPP",
+    "inputaware": "F IAB",
+    "ssba": "G SSBA",
+    "wanet": "H WaNet",
+    "vgg19-bn": "A VGG",
+    "preact-resnet18": "B ResNet",
+    "efficientnet-b3": "C EfficientNet",
+    "mobilenetv3-large": "D MobileNet",
+    "cifar10": "A CIFAR-10",
+    "gtsrb": "B GTSRB",
+    "tiny-imagenet": "C Tiny-ImageNet",
+    "fashion-mnist": "Fashion-MNIST",
+}
 FAMILY_ORDER = ("pruning", "masking", "additive", "synthesis", "fine-tuning", "adversarial", "combined")
 PRUNING_TYPE = {"pruning", "masking", "additive"}  # the survey's Section 3; the rest are its Section 4
 MARK = {True: "†", False: "‡"}
@@ -80,8 +127,10 @@ def mixed_trainings(frame: pd.DataFrame) -> list[str]:
     known = frame.dropna(subset=["attacked_model", "attacked_model_weights"])
     for model, digests in known.groupby("attacked_model").attacked_model_weights.unique().items():
         if len(digests) > 1:
-            lines.append(f"the results of attacked model {model} come from {len(digests)} trainings of it (weights "
-                         f"{', '.join(sorted(digests))}); keep one with --where attacked_model_weights=DIGEST")
+            lines.append(
+                f"the results of attacked model {model} come from {len(digests)} trainings of it (weights "
+                f"{', '.join(sorted(digests))}); keep one with --where attacked_model_weights=DIGEST"
+            )
     return lines
 
 
@@ -131,8 +180,11 @@ def group_label(column: str, value: Any) -> str:
 def summary(frame: pd.DataFrame) -> pd.DataFrame:
     """Median, IQR and variance of every metric per (dataset, defense): the survey's Table layout."""
     grouped = frame.groupby(["dataset", "defense"], sort=False)[list(METRICS)]
-    stats = {"median": grouped.median(), "iqr": grouped.quantile(0.75) - grouped.quantile(0.25),
-             "var": grouped.var(ddof=0)}
+    stats = {
+        "median": grouped.median(),
+        "iqr": grouped.quantile(0.75) - grouped.quantile(0.25),
+        "var": grouped.var(ddof=0),
+    }
     out = pd.concat({k: v for k, v in stats.items()}, axis=1)
     out.columns = [f"{LABELS[m]}_{stat}" for stat, m in out.columns]
     out.insert(0, "n", grouped.size())
@@ -151,26 +203,33 @@ def write_tables(frame: pd.DataFrame, failed: pd.DataFrame, out: Path) -> list[P
     out.mkdir(parents=True, exist_ok=True)
     table = summary(frame)
     fam = families(frame)
-    paths = [out / "results.csv", out / "results.parquet", out / "summary.csv", out / "summary.md",
-             out / "summary.tex"]
+    paths = [out / "results.csv", out / "results.parquet", out / "summary.csv", out / "summary.md", out / "summary.tex"]
     everything = pd.concat([frame, failed], ignore_index=True)
     everything.to_csv(paths[0], index=False)
     everything.to_parquet(paths[1], index=False)
     table.to_csv(paths[2], index=False)
-    lines = [f"# bd report\n\n{len(frame)} successful experiments, {len(failed)} failed.\n",
-             "Median [IQR] per dataset and defense; ACC/ASR/RA in percent, ARR/RDR as ratios (lower is better). "
-             "† pruning-type, ‡ fine-tuning-type (the survey's families); variances are in summary.csv.\n"]
+    lines = [
+        f"# bd report\n\n{len(frame)} successful experiments, {len(failed)} failed.\n",
+        "Median [IQR] per dataset and defense; ACC/ASR/RA in percent, ARR/RDR as ratios (lower is better). "
+        "† pruning-type, ‡ fine-tuning-type (the survey's families); variances are in summary.csv.\n",
+    ]
     for dataset, rows in table.groupby("dataset", sort=False):
-        lines += [f"## {dataset}\n", "| defense | n | " + " | ".join(LABELS[m] for m in METRICS) + " |",
-                  "|---|---|" + "---|" * len(METRICS)]
-        lines += [f"| {marked(r.defense, fam[r.defense])} | {r.n} | " + " | ".join(_cell(r, m) for m in METRICS) + " |"
-                  for _, r in rows.iterrows()]
+        lines += [
+            f"## {dataset}\n",
+            "| defense | n | " + " | ".join(LABELS[m] for m in METRICS) + " |",
+            "|---|---|" + "---|" * len(METRICS),
+        ]
+        lines += [
+            f"| {marked(r.defense, fam[r.defense])} | {r.n} | " + " | ".join(_cell(r, m) for m in METRICS) + " |"
+            for _, r in rows.iterrows()
+        ]
         lines.append("")
     if len(failed):
         lines += ["## Failed units", ""] + [
             f"- {r.defense} / {r.attack} / spc {r.spc} / p{r.partition}: "
-                f"{str(r.error or '').splitlines()[0] if r.error else ''}"
-            for r in failed.itertuples()]
+            f"{str(r.error or '').splitlines()[0] if r.error else ''}"
+            for r in failed.itertuples()
+        ]
     paths[3].write_text("\n".join(lines) + "\n")
     paths[4].write_text(latex_table(table, fam, len(frame)))
     return paths
@@ -179,15 +238,21 @@ def write_tables(frame: pd.DataFrame, failed: pd.DataFrame, out: Path) -> list[P
 def latex_table(table: pd.DataFrame, fam: dict[str, str], n: int) -> str:
     """booktabs: one block per dataset, a row per defense, median (IQR) of every metric."""
     head = " & ".join(["Defense", "$n$"] + [LABELS[m] + (" (\\%)" if m in PERCENT else "") for m in METRICS])
-    lines = ["% bd report: median (IQR) per dataset and defense; needs \\usepackage{booktabs}",
-             "\\begin{tabular}{l r " + "r " * len(METRICS) + "}", "\\toprule", head + " \\\\", "\\midrule"]
+    lines = [
+        "% bd report: median (IQR) per dataset and defense; needs \\usepackage{booktabs}",
+        "\\begin{tabular}{l r " + "r " * len(METRICS) + "}",
+        "\\toprule",
+        head + " \\\\",
+        "\\midrule",
+    ]
     for i, (dataset, rows) in enumerate(table.groupby("dataset", sort=False)):
         if i:
             lines.append("\\midrule")
         lines.append(f"\\multicolumn{{{2 + len(METRICS)}}}{{l}}{{\\textit{{{latex_escape(dataset)}}}}} \\\\")
         for _, r in rows.iterrows():
-            label = latex_escape(r.defense.upper()) + ("$^\\dagger$" if fam[r.defense] in PRUNING_TYPE
-                                                       else "$^\\ddagger$")
+            label = latex_escape(r.defense.upper()) + (
+                "$^\\dagger$" if fam[r.defense] in PRUNING_TYPE else "$^\\ddagger$"
+            )
             lines.append(" & ".join([label, str(int(r.n))] + [_cell(r, m, latex=True) for m in METRICS]) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}", f"% {n} results", ""]
     return "\n".join(lines)
@@ -217,10 +282,18 @@ def boxes(ax, data: list[list[float]], positions: list[float], width: float, col
     """Box, whiskers, caps and median in one colour; every value a point on top, so a box of no
     spread (or of one result) is still seen. Artists carry `gid` for tests and readers."""
     shown = [d if d else [math.nan] for d in data]
-    parts = ax.boxplot(shown, positions=positions, widths=width, patch_artist=True, manage_ticks=False,
-                       showfliers=False, medianprops={"color": "black", "linewidth": 1.5},
-                       boxprops={"facecolor": (*color[:3], 0.35), "edgecolor": color},
-                       whiskerprops={"color": color}, capprops={"color": color})
+    parts = ax.boxplot(
+        shown,
+        positions=positions,
+        widths=width,
+        patch_artist=True,
+        manage_ticks=False,
+        showfliers=False,
+        medianprops={"color": "black", "linewidth": 1.5},
+        boxprops={"facecolor": (*color[:3], 0.35), "edgecolor": color},
+        whiskerprops={"color": color},
+        capprops={"color": color},
+    )
     for box, median, gid in zip(parts["boxes"], parts["medians"], gids, strict=True):
         box.set_gid(f"box|{gid}")
         median.set_gid(f"median|{gid}")
@@ -236,9 +309,11 @@ def figure3(frame: pd.DataFrame, title: str):
     plt = _plt()
     fam = families(frame)
     order = defense_order(frame)
-    rows = [[d for d in order if fam[d] in PRUNING_TYPE],
-            [d for d in order if fam[d] not in PRUNING_TYPE and fam[d] != "combined"],
-            [d for d in order if fam[d] == "combined"]]
+    rows = [
+        [d for d in order if fam[d] in PRUNING_TYPE],
+        [d for d in order if fam[d] not in PRUNING_TYPE and fam[d] != "combined"],
+        [d for d in order if fam[d] == "combined"],
+    ]
     rows = [r for r in rows if r]
     width = max(9.0, 0.5 * max(len(r) for r in rows) * 3 + 3)
     fig, axes = plt.subplots(len(rows), 3, figsize=(width, 3.3 * len(rows)), squeeze=False)
@@ -254,8 +329,11 @@ def figure3(frame: pd.DataFrame, title: str):
             ax.set_ylabel(AXIS[metric])
             ax.set_xlabel("defense")
             ax.grid(axis="y", alpha=0.3)
-    handles = [plt.Rectangle((0, 0), 1, 1, facecolor=(*palette(i)[:3], 0.35), edgecolor=palette(i), label=f)
-               for i, f in enumerate(FAMILY_ORDER) if f in set(fam.values())]
+    handles = [
+        plt.Rectangle((0, 0), 1, 1, facecolor=(*palette(i)[:3], 0.35), edgecolor=palette(i), label=f)
+        for i, f in enumerate(FAMILY_ORDER)
+        if f in set(fam.values())
+    ]
     fig.legend(handles=handles, title="family", loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize="small")
     fig.suptitle(f"Figure 3: ASR, RDR and ARR per defense, {title} († pruning, ‡ fine-tuning)")
     fig.tight_layout()
@@ -281,10 +359,20 @@ def figure_split(frame: pd.DataFrame, column: str, title: str):
         ax.grid(axis="y", alpha=0.3)
     axes[-1].set_xticks(range(len(order)), [marked(d, fam[d]) for d in order], rotation=60, ha="right")
     axes[-1].set_xlabel("defense")
-    handles = [plt.Rectangle((0, 0), 1, 1, facecolor=(*palette(i % 10)[:3], 0.35), edgecolor=palette(i % 10),
-                             label=group_label(column, g)) for i, g in enumerate(groups)]
-    axes[0].legend(handles=handles, title=SPLITS[column][1], loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                   fontsize="small")
+    handles = [
+        plt.Rectangle(
+            (0, 0),
+            1,
+            1,
+            facecolor=(*palette(i % 10)[:3], 0.35),
+            edgecolor=palette(i % 10),
+            label=group_label(column, g),
+        )
+        for i, g in enumerate(groups)
+    ]
+    axes[0].legend(
+        handles=handles, title=SPLITS[column][1], loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small"
+    )
     number = SPLITS[column][0][3:].split("_")[0]
     fig.suptitle(f"Figure {number}: ASR, RDR and ARR per defense by {SPLITS[column][1]}, {title}")
     fig.tight_layout()
@@ -299,8 +387,15 @@ def figure4(frame: pd.DataFrame, title: str):
     for ax, metric in zip(axes, ("rdr", "arr"), strict=True):
         for i, d in enumerate(defense_order(frame)):
             mine = frame[frame.defense == d]
-            ax.scatter(values(mine, "asr_post"), values(mine, metric), s=14, alpha=0.75, color=palette(i % 20),
-                       label=marked(d, fam[d]), gid=f"points|{d}")
+            ax.scatter(
+                values(mine, "asr_post"),
+                values(mine, metric),
+                s=14,
+                alpha=0.75,
+                color=palette(i % 20),
+                label=marked(d, fam[d]),
+                gid=f"points|{d}",
+            )
         ax.set_xlabel(AXIS["asr_post"])
         ax.set_ylabel(AXIS[metric])
         ax.grid(alpha=0.3)
@@ -321,13 +416,30 @@ def figure5(frame: pd.DataFrame, title: str):
     for ax, metric in zip(axes, ("rdr", "arr"), strict=True):
         for base, color in (("fp", "tab:blue"), ("ft", "tab:orange")):
             if base in med:
-                ax.add_patch(plt.Rectangle((0, min(0.0, med[base][metric])), med[base]["asr_post"],
-                                           abs(med[base][metric]), fill=False, edgecolor=color, linestyle="--",
-                                           linewidth=1.5, label=f"inside {base.upper()}'s medians", gid=f"rect|{base}"))
+                ax.add_patch(
+                    plt.Rectangle(
+                        (0, min(0.0, med[base][metric])),
+                        med[base]["asr_post"],
+                        abs(med[base][metric]),
+                        fill=False,
+                        edgecolor=color,
+                        linestyle="--",
+                        linewidth=1.5,
+                        label=f"inside {base.upper()}'s medians",
+                        gid=f"rect|{base}",
+                    )
+                )
         xs, ys = [med[d]["asr_post"] for d in order], [med[d][metric] for d in order]
-        ax.scatter(xs, ys, s=36, color=[plt.colormaps["tab10"](FAMILY_ORDER.index(fam[d]) % 10
-                                                                if fam[d] in FAMILY_ORDER else 9) for d in order],
-                   zorder=3, gid="medians")
+        ax.scatter(
+            xs,
+            ys,
+            s=36,
+            color=[
+                plt.colormaps["tab10"](FAMILY_ORDER.index(fam[d]) % 10 if fam[d] in FAMILY_ORDER else 9) for d in order
+            ],
+            zorder=3,
+            gid="medians",
+        )
         ax.set_xlabel("median " + AXIS["asr_post"])
         ax.set_ylabel("median " + AXIS[metric])
         ax.set_xlim(-3, 103)
@@ -358,9 +470,17 @@ def place_labels(fig, ax, xs: list[float], ys: list[float], labels: list[str]) -
             for dx, dy in ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1)):
                 ha = "left" if dx > 0 else "right" if dx < 0 else "center"
                 va = "bottom" if dy > 0 else "top" if dy < 0 else "center"
-                label = ax.annotate(text, (x, y), xytext=(dx * radius, dy * radius), textcoords="offset points",
-                                    fontsize=8, ha=ha, va=va, gid="label",
-                                    arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5} if radius > 12 else None)
+                label = ax.annotate(
+                    text,
+                    (x, y),
+                    xytext=(dx * radius, dy * radius),
+                    textcoords="offset points",
+                    fontsize=8,
+                    ha=ha,
+                    va=va,
+                    gid="label",
+                    arrowprops={"arrowstyle": "-", "color": "0.5", "lw": 0.5} if radius > 12 else None,
+                )
                 box = label.get_window_extent(renderer)
                 edges = (box.x0, box.y0, box.x1, box.y1)
                 inside = ax.get_window_extent(renderer)

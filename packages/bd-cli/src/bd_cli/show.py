@@ -23,9 +23,18 @@ def to_uint8(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> np.ndarr
     return pixels.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def attack_grid(attack_name: str, train: ImageSet, test: ImageSet, target: int = 0, count: int = 8, seed: int = 0,
-                scale: int = 4, preset: str = "quick", settings: dict | None = None,
-                trigger: Trigger | None = None) -> tuple[Image.Image, float]:
+def attack_grid(
+    attack_name: str,
+    train: ImageSet,
+    test: ImageSet,
+    target: int = 0,
+    count: int = 8,
+    seed: int = 0,
+    scale: int = 4,
+    preset: str = "quick",
+    settings: dict | None = None,
+    trigger: Trigger | None = None,
+) -> tuple[Image.Image, float]:
     """(grid image, largest pixel difference). Rows: clean, poisoned, |difference| stretched to full range.
 
     The trigger is fitted on the preset's training images exactly as for training, and
@@ -47,8 +56,7 @@ def attack_grid(attack_name: str, train: ImageSet, test: ImageSet, target: int =
         tiles = tiles[..., 0]
     image = Image.fromarray(tiles).convert("RGB")
     image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
-    row_names = ["clean", f"poisoned ({attack_name})",
-                 f"|difference| x{255 / max(peak, 1):.0f}"]
+    row_names = ["clean", f"poisoned ({attack_name})", f"|difference| x{255 / max(peak, 1):.0f}"]
     column_names = [test.info.classes[int(test.labels[r])] for r in rows]
     return labelled(image, row_names, column_names), peak
 
@@ -79,8 +87,16 @@ def trained_trigger(spec: AttackSpec, train: ImageSet, test: ImageSet) -> Trigge
     return attacked.trigger
 
 
-def save_attack_grid(path: Path, attack_name: str, train: ImageSet, test: ImageSet, target: int = 0, seed: int = 0,
-                     settings: dict | None = None, model_file: Path | None = None) -> int:
+def save_attack_grid(
+    path: Path,
+    attack_name: str,
+    train: ImageSet,
+    test: ImageSet,
+    target: int = 0,
+    seed: int = 0,
+    settings: dict | None = None,
+    model_file: Path | None = None,
+) -> int:
     """Write the grid; with `model_file`, the trigger saved in that attacked model is drawn."""
     trigger = None
     if model_file is not None:

@@ -68,8 +68,10 @@ class AttackSpec:
         """This spec bound to the data it runs on (the fingerprint enters every key)."""
         fingerprint = bundle.fingerprint
         if self.data and self.data != fingerprint:
-            raise InvalidRequest(f"the {self.dataset} data changed since this experiment was defined "
-                                 f"(fingerprint {self.data} -> {fingerprint}); define it again on the data at hand")
+            raise InvalidRequest(
+                f"the {self.dataset} data changed since this experiment was defined "
+                f"(fingerprint {self.data} -> {fingerprint}); define it again on the data at hand"
+            )
         return self if self.data == fingerprint else dataclasses.replace(self, data=fingerprint)
 
     @property
@@ -81,9 +83,18 @@ class AttackSpec:
     def from_config(cls, config: dict[str, Any]) -> AttackSpec:
         """The spec whose `config()` this is (as stored in a model file's metadata)."""
         try:
-            return cls(config["dataset"], config["arch"], config["attack"], float(config["poison_ratio"]),
-                       int(config["target"]), int(config["seed"]), str(config["preset"]),
-                       dict(config.get("attack_settings") or {}), config.get("source"), str(config.get("data", "")))
+            return cls(
+                config["dataset"],
+                config["arch"],
+                config["attack"],
+                float(config["poison_ratio"]),
+                int(config["target"]),
+                int(config["seed"]),
+                str(config["preset"]),
+                dict(config.get("attack_settings") or {}),
+                config.get("source"),
+                str(config.get("data", "")),
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise InvalidRequest(f"attack description is incomplete or malformed ({type(e).__name__}: {e})") from None
 
@@ -100,9 +111,18 @@ class AttackSpec:
         """Everything that determines the trained model (the cache key hashes this)."""
         data = {"data": self.data} if self.data else {}
         if self.imported:  # the model is the file: its hash stands for how it was made
-            return {"format": MODEL_FORMAT, "dataset": self.dataset, "arch": self.arch, "attack": self.attack,
-                    "poison_ratio": self.poison_ratio, "target": self.target, "seed": self.seed,
-                    "preset": self.preset, "source": self.source, **data}
+            return {
+                "format": MODEL_FORMAT,
+                "dataset": self.dataset,
+                "arch": self.arch,
+                "attack": self.attack,
+                "poison_ratio": self.poison_ratio,
+                "target": self.target,
+                "seed": self.seed,
+                "preset": self.preset,
+                "source": self.source,
+                **data,
+            }
         return {
             **data,
             "format": MODEL_FORMAT,
@@ -152,8 +172,10 @@ def weak_attack_warning(asr: float, what: str = "the attacked model") -> str | N
     threshold = weak_attack_threshold()
     if asr >= threshold:
         return None
-    return (f"{what} has ASR {asr:.1%}, below {threshold:.0%} (BD_WEAK_ASR): the backdoor did not take, so a "
-            "defense result on it says little; train longer or poison more")
+    return (
+        f"{what} has ASR {asr:.1%}, below {threshold:.0%} (BD_WEAK_ASR): the backdoor did not take, so a "
+        "defense result on it says little; train longer or poison more"
+    )
 
 
 def attack_recipe(attack: str, preset_name: str, arch: str | None = None) -> Recipe:
@@ -179,8 +201,10 @@ class DataBundle:
         if not norm:
             return self
         why = f"normalized as the imported model expects (mean {tuple(norm['mean'])}, std {tuple(norm['std'])})"
-        return DataBundle(self.train.normalized_as(tuple(norm["mean"]), tuple(norm["std"]), why),
-                          self.test.normalized_as(tuple(norm["mean"]), tuple(norm["std"]), why))
+        return DataBundle(
+            self.train.normalized_as(tuple(norm["mean"]), tuple(norm["std"]), why),
+            self.test.normalized_as(tuple(norm["mean"]), tuple(norm["std"]), why),
+        )
 
 
 def load_data(dataset: str, root: Path | None = None, download: bool = False) -> DataBundle:
@@ -197,8 +221,9 @@ def training_subset(train: ImageSet, recipe: Recipe, seed: int) -> ImageSet:
     return train.subset(stratified_index(train.labels, train.num_classes, recipe.train_limit // train.num_classes, g))
 
 
-def train_attacked_model(spec: AttackSpec, data: DataBundle, device: str = "cpu") -> tuple[torch.nn.Module, Trigger,
-                                                                                           dict]:
+def train_attacked_model(
+    spec: AttackSpec, data: DataBundle, device: str = "cpu"
+) -> tuple[torch.nn.Module, Trigger, dict]:
     recipe, attack = spec.recipe, spec.build_attack()
     if not 0 <= spec.target < data.train.num_classes:
         raise InvalidRequest(f"target class {spec.target} outside 0..{data.train.num_classes - 1}")
@@ -208,8 +233,9 @@ def train_attacked_model(spec: AttackSpec, data: DataBundle, device: str = "cpu"
     poisoned = attack.poison_index(train, spec.poison_ratio, spec.target, g)
     augment = Augment.for_dataset(train.info)
     plan = attack.training_plan(train, trigger, poisoned, spec.poison_ratio, spec.target, augment, device, spec.seed)
-    model, report = _train(spec.arch, train, plan, recipe, spec.seed, device,
-                           f"training {spec.attack} {spec.arch} on {spec.dataset}")
+    model, report = _train(
+        spec.arch, train, plan, recipe, spec.seed, device, f"training {spec.attack} {spec.arch} on {spec.dataset}"
+    )
     report["poisoned_images"] = (
         f"{spec.poison_ratio:.0%} of every batch" if attack.training_controlled else int(poisoned.sum())
     )
@@ -221,9 +247,18 @@ def fitted_trigger(attack: Attack, train: ImageSet, spec: AttackSpec) -> Trigger
     so that every poison ratio of the same attack reuses one trigger."""
     if not attack.cache_trigger:
         return attack.fit(train, spec.seed, spec.target)
-    key = config_key({"trigger": attack.settings(), "attack": spec.attack, "dataset": spec.dataset,
-                      "train_images": len(train), "data": train.digest(), "seed": spec.seed, "target": spec.target,
-                      "format": MODEL_FORMAT})
+    key = config_key(
+        {
+            "trigger": attack.settings(),
+            "attack": spec.attack,
+            "dataset": spec.dataset,
+            "train_images": len(train),
+            "data": train.digest(),
+            "seed": spec.seed,
+            "target": spec.target,
+            "format": MODEL_FORMAT,
+        }
+    )
     path = cache_root() / "triggers" / f"{spec.attack}-{key}.safetensors"
     if path.exists():
         tensors, metadata = load_tensors(path)
@@ -236,7 +271,12 @@ def fitted_trigger(attack: Attack, train: ImageSet, spec: AttackSpec) -> Trigger
 
 
 def train_clean_model(
-    dataset: str, arch: str, data: DataBundle, preset_name: str = "quick", seed: int = 0, device: str = "cpu",
+    dataset: str,
+    arch: str,
+    data: DataBundle,
+    preset_name: str = "quick",
+    seed: int = 0,
+    device: str = "cpu",
     recipe: Recipe | None = None,
 ) -> tuple[torch.nn.Module, dict]:
     """The same recipe without any poisoning: the reference for an attack's clean-accuracy cost
@@ -244,8 +284,15 @@ def train_clean_model(
     recipe = recipe or dataclasses.replace(preset(preset_name), **training_changes(arch, preset_name))
     train = training_subset(data.train, recipe, seed)
     make_batch = clean_batches(train, Augment.for_dataset(train.info), device)
-    return _train(canonical_model(arch), train, TrainingPlan(make_batch), recipe, seed, device,
-                  f"training clean {arch} on {canonical_dataset(dataset)}")
+    return _train(
+        canonical_model(arch),
+        train,
+        TrainingPlan(make_batch),
+        recipe,
+        seed,
+        device,
+        f"training clean {arch} on {canonical_dataset(dataset)}",
+    )
 
 
 def _train(arch: str, train: ImageSet, plan: TrainingPlan, recipe: Recipe, seed: int, device: str, description: str):
@@ -253,9 +300,20 @@ def _train(arch: str, train: ImageSet, plan: TrainingPlan, recipe: Recipe, seed:
     model = create_model(arch, train.num_classes, train.channels, train.image_size, recipe.width)
     started = time.perf_counter()
     losses = fit(
-        model, plan.make_batch, len(train), epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
-        momentum=recipe.momentum, weight_decay=recipe.weight_decay, seed=seed, device=device, description=description,
-        step=plan.step, after_step=plan.after_step, optimizer=recipe.optimizer,
+        model,
+        plan.make_batch,
+        len(train),
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size,
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        weight_decay=recipe.weight_decay,
+        seed=seed,
+        device=device,
+        description=description,
+        step=plan.step,
+        after_step=plan.after_step,
+        optimizer=recipe.optimizer,
     )
     report = {
         "train_seconds": round(time.perf_counter() - started, 2),
@@ -272,8 +330,9 @@ def obtain_attacked_model(
     """The attacked model for `spec` from the cache, or trained and cached; bool: cache hit."""
     spec = spec.for_data(data)
     if not 0 <= spec.target < data.train.num_classes:
-        raise InvalidRequest(f"target class {spec.target} is not a class of {spec.dataset} "
-                             f"(0..{data.train.num_classes - 1})")
+        raise InvalidRequest(
+            f"target class {spec.target} is not a class of {spec.dataset} (0..{data.train.num_classes - 1})"
+        )
     key = spec.key
     hit = cache.get(key)
     if hit is not None:

@@ -51,14 +51,21 @@ def _number(value: float | None) -> str:
     return str(int(value)) if float(value).is_integer() and abs(value) < 1e12 else f"{value:g}"
 
 
-def setting(default: Any, low: float | None = None, high: float | None = None, *, above: float | None = None,
-            below: float | None = None) -> Any:
+def setting(
+    default: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    above: float | None = None,
+    below: float | None = None,
+) -> Any:
     """A dataclass field with `default` whose value must lie in [low, high]; `above`/`below` are
     exclusive bounds instead (`setting(0.01, above=0, high=10)`: a learning rate in (0, 10])."""
     if (low is not None and above is not None) or (high is not None and below is not None):
         raise ValueError("give each end of a range once: low or above, high or below")
-    bounds = Range(low if above is None else above, high if below is None else below, above is not None,
-                   below is not None)
+    bounds = Range(
+        low if above is None else above, high if below is None else below, above is not None, below is not None
+    )
     return dataclasses.field(default=default, metadata={RANGE: bounds})
 
 

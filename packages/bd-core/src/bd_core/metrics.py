@@ -78,9 +78,12 @@ def evaluate(
         clean = predict(model, (trigger.apply(b, None, mean, std) for b in images.split(batch_size)), device, tick)
         poisoned = predict(
             model,
-            (trigger.apply(b, torch.ones(len(b), dtype=torch.bool, device=b.device), mean, std)
-             for b in victims.split(batch_size)),
-            device, tick,
+            (
+                trigger.apply(b, torch.ones(len(b), dtype=torch.bool, device=b.device), mean, std)
+                for b in victims.split(batch_size)
+            ),
+            device,
+            tick,
         )
     acc = (clean == test.labels).float().mean().item()
     asr = (poisoned == target).float().mean().item()

@@ -51,8 +51,10 @@ def profiled(label: str) -> Iterator[Path | None]:
         yield text
         wall = time.perf_counter() - began
     averages = prof.key_averages()
-    operators = sorted(({"name": row.key, "self_cpu_us": row.self_cpu_time_total, "calls": row.count}
-                        for row in averages), key=lambda row: -row["self_cpu_us"])
+    operators = sorted(
+        ({"name": row.key, "self_cpu_us": row.self_cpu_time_total, "calls": row.count} for row in averages),
+        key=lambda row: -row["self_cpu_us"],
+    )
     summary = {"label": label, "wall_seconds": wall, "threads": torch.get_num_threads(), "operators": operators}
     (folder / f"{name}.json").write_text(json.dumps(summary, indent=0))
     table = averages.table(sort_by="self_cpu_time_total", row_limit=40)

@@ -100,8 +100,11 @@ class LoggedProgress(Progress):
             del self._last_line[task_id]
         count = f"{task.completed:g}/{task.total:g}" if task.total is not None else f"{task.completed:g}"
         status = task.fields.get("status") or ""
-        when = (f"done in {_clock(task.finished_time)}" if task.finished
-                else f"{_clock(task.elapsed)} elapsed, {_clock(task.time_remaining)} left")
+        when = (
+            f"done in {_clock(task.finished_time)}"
+            if task.finished
+            else f"{_clock(task.elapsed)} elapsed, {_clock(task.time_remaining)} left"
+        )
         line = f"{task.description}: {count}{' ' + status if status else ''}"
         log(f"{escape(line)} ({when})")  # the unit's label comes from the context, as for any status line
 
@@ -113,8 +116,9 @@ def make_progress() -> Progress:
     if enabled() and not _console.is_terminal:
         return LoggedProgress(console=_console, every=log_interval())
     return Progress(
-        TextColumn("[bold]{task.description}", table_column=Column(ratio=3, no_wrap=True, overflow="ellipsis",
-                                                                   min_width=12)),
+        TextColumn(
+            "[bold]{task.description}", table_column=Column(ratio=3, no_wrap=True, overflow="ellipsis", min_width=12)
+        ),
         BarColumn(bar_width=12),
         MofNCompleteColumn(table_column=Column(no_wrap=True)),
         TextColumn("{task.fields[status]}", table_column=Column(ratio=2, no_wrap=True, overflow="ellipsis")),

@@ -45,8 +45,9 @@ def check_precision(precision: str) -> None:
         raise InvalidRequest(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
 
 
-def in_precision(step: Callable[[Tensor, Tensor], Tensor], precision: str,
-                 device: torch.device | str | None) -> Callable[[Tensor, Tensor], Tensor]:
+def in_precision(
+    step: Callable[[Tensor, Tensor], Tensor], precision: str, device: torch.device | str | None
+) -> Callable[[Tensor, Tensor], Tensor]:
     """`step` under autocast when precision is bf16: its forward passes, and any inner
     maximisation it runs with its own backward passes (FT-SAM's ascent); the loop's backward
     pass after it follows the dtypes autocast chose."""
@@ -116,8 +117,9 @@ def index_batches(n: int, batch_size: int, generator: torch.Generator, shuffle: 
     return list(order.split(batch_size))
 
 
-def shuffled_batches(make_batch: BatchFn, n: int, batch_size: int, generator: torch.Generator
-                     ) -> Callable[[], Iterable[tuple[Tensor, Tensor]]]:
+def shuffled_batches(
+    make_batch: BatchFn, n: int, batch_size: int, generator: torch.Generator
+) -> Callable[[], Iterable[tuple[Tensor, Tensor]]]:
     """One epoch's batches for `optimize`: a fresh permutation of the `n` rows each epoch, each
     batch of row indices turned into tensors by `make_batch` as it is reached."""
     return lambda: (make_batch(idx, generator) for idx in index_batches(n, batch_size, generator))
@@ -160,8 +162,11 @@ def optimize(
     losses: list[float] = []
     step = in_precision(step, precision, device)
     with nullcontext(None) if tick is not None else make_progress() as progress:
-        task = progress.add_task(description, total=epochs * (steps_per_epoch or 1),
-                                 status="") if progress is not None else None
+        task = (
+            progress.add_task(description, total=epochs * (steps_per_epoch or 1), status="")
+            if progress is not None
+            else None
+        )
         for epoch in range(1, epochs + 1):
             if model is not None:
                 model.train(training)
@@ -180,8 +185,10 @@ def optimize(
                     after_step()
                 value = float(loss.detach())  # the loop reads every loss anyway (its mean per epoch)
                 if not math.isfinite(value):
-                    raise Diverged(f"{description} diverged: the loss became {value} at epoch {epoch}, batch "
-                                   f"{batch_number}; lower its learning rate (or step size)")
+                    raise Diverged(
+                        f"{description} diverged: the loss became {value} at epoch {epoch}, batch "
+                        f"{batch_number}; lower its learning rate (or step size)"
+                    )
                 total += value * len(y)
                 count += len(y)
                 if steps_per_epoch and progress is not None:
@@ -233,17 +240,33 @@ def fit(
         raise InvalidRequest("cannot train on an empty set")
     model.to(device).train()
     params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
-    opt = (torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay) if optimizer == "adamw"
-           else torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay))
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs) if schedule == "cosine"
-             else torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0))
+    opt = (
+        torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        if optimizer == "adamw"
+        else torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    )
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+        if schedule == "cosine"
+        else torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0)
+    )
     if channels_last:
         make_batch = _in_channels_last(make_batch)
     batches = shuffled_batches(make_batch, n, batch_size, torch.Generator().manual_seed(seed))
     with layout.channels_last(model) if channels_last else nullcontext():
-        losses = optimize(lambda x, y: step(model, x, y), batches, opt, epochs=epochs, model=model, scheduler=sched,
-                          device=device, after_step=after_step, description=description,
-                          steps_per_epoch=-(-n // batch_size), precision=precision)
+        losses = optimize(
+            lambda x, y: step(model, x, y),
+            batches,
+            opt,
+            epochs=epochs,
+            model=model,
+            scheduler=sched,
+            device=device,
+            after_step=after_step,
+            description=description,
+            steps_per_epoch=-(-n // batch_size),
+            precision=precision,
+        )
     model.eval()
     return losses
 
@@ -252,4 +275,5 @@ def _in_channels_last(make_batch: BatchFn) -> BatchFn:
     def make(idx: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         x, y = make_batch(idx, generator)
         return (x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x), y
+
     return make

@@ -52,7 +52,19 @@ def _load_plugins() -> None:
 
 _load_plugins()
 
-__all__ = ["DEFENSES", "benchmarked_defenses", "Context", "Defense", "MitigationData", "canonical_defense",
-           "create_defense", "describe", "family_of", "register", "settings_added_since",
-           "tunable_names", "with_tuning"]
+__all__ = [
+    "DEFENSES",
+    "benchmarked_defenses",
+    "Context",
+    "Defense",
+    "MitigationData",
+    "canonical_defense",
+    "create_defense",
+    "describe",
+    "family_of",
+    "register",
+    "settings_added_since",
+    "tunable_names",
+    "with_tuning",
+]
 __version__ = "0.1.0"

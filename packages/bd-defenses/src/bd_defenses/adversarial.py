@@ -11,8 +11,17 @@ from torch import Tensor
 from bd_defenses.pixels import clamp_between
 
 
-def pgd_linf(model: nn.Module, xn: Tensor, y: Tensor, low: Tensor, high: Tensor, eps: float, step: float,
-             iters: int, generator: torch.Generator | None = None) -> Tensor:
+def pgd_linf(
+    model: nn.Module,
+    xn: Tensor,
+    y: Tensor,
+    low: Tensor,
+    high: Tensor,
+    eps: float,
+    step: float,
+    iters: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Untargeted L-inf PGD from a uniform random start: maximise CE(model(x + delta), y)."""
     noise = torch.rand(xn.shape, generator=generator).to(xn.device)
     delta = (noise * 2 - 1) * eps

@@ -39,13 +39,19 @@ class LearnedMasks:
     rule: str  # how the check images were chosen (MitigationData.selection_split)
 
 
-@register("anp", family="masking", paper="Wu & Wang, Adversarial Neuron Pruning Purifies Backdoored Deep Models "
-          "(NeurIPS 2021)")
+@register(
+    "anp",
+    family="masking",
+    paper="Wu & Wang, Adversarial Neuron Pruning Purifies Backdoored Deep Models (NeurIPS 2021)",
+)
 @dataclass(frozen=True)
 class ANP(Defense):
     requires: ClassVar[dict[str, str]] = {"conv": "it perturbs and masks every convolution's output channels"}
-    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"acc_ratio": 0.05}, {"acc_ratio": 0.1},
-                                                  {"acc_ratio": 0.2})  # --tune, mildest first: pruning tolerance
+    tune: ClassVar[tuple[dict[str, Any], ...]] = (
+        {"acc_ratio": 0.05},
+        {"acc_ratio": 0.1},
+        {"acc_ratio": 0.2},
+    )  # --tune, mildest first: pruning tolerance
     eps: float = setting(0.4, 0, 1)  # perturbation budget on each neuron's weight and bias multipliers
     alpha: float = setting(0.2, 0, 1)  # weight of the natural loss (lambda in survey Eq. 6)
     iterations: int = setting(2000, 1, 100_000)
@@ -55,7 +61,6 @@ class ANP(Defense):
     acc_ratio: float = setting(0.1, 0, 1)
     pruning_max: float = setting(0.9, 0, 1)
     pruning_step: float = setting(0.05, above=0, high=1)
-
 
     # ANP is learn, then prune (Defense.__call__ runs the two stages); `--tune` varies the pruning
     # tolerance, so its candidates share the masks' 2000 iterations
@@ -87,9 +92,14 @@ class ANP(Defense):
         )
         all_scores = torch.cat([s.flatten().cpu() for s in scores.values()])
         ctx.report(
-            threshold=threshold, pruned=pruned, neurons=int(all_scores.numel()), selection=learned.rule,
-            mask_mean=round(float(all_scores.mean()), 4), mask_below_0_2=int((all_scores < 0.2).sum()),
-            check_acc_before=round(base, 4), check_acc_after=round(accuracy(model, check_pixels), 4),
+            threshold=threshold,
+            pruned=pruned,
+            neurons=int(all_scores.numel()),
+            selection=learned.rule,
+            mask_mean=round(float(all_scores.mean()), 4),
+            mask_below_0_2=int((all_scores < 0.2).sum()),
+            check_acc_before=round(base, 4),
+            check_acc_after=round(accuracy(model, check_pixels), 4),
         )
         return bake_masks(model)
 
@@ -115,15 +125,20 @@ class ANP(Defense):
                         t.zero_()
             return self.alpha * F.cross_entropy(model(x), y)
 
-        optimize(perturbed_and_natural_loss, next_batch, mask_opt, epochs=self.iterations,
-                 after_step=lambda: clip_masks(wrapped), description="ANP mask optimisation")
+        optimize(
+            perturbed_and_natural_loss,
+            next_batch,
+            mask_opt,
+            epochs=self.iterations,
+            after_step=lambda: clip_masks(wrapped),
+            description="ANP mask optimisation",
+        )
         for t in noises:
             t.requires_grad_(False)
             t.data.zero_()
 
 
-def perturb_neurons(model: nn.Module, noises: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                    eps: float) -> None:
+def perturb_neurons(model: nn.Module, noises: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, eps: float) -> None:
     """The inner maximisation of survey Eq. 6 as ANP's code does it: a random start in
     [-eps, eps], then one ascent step of size eps along the *sign* of the loss gradient (an
     FGSM step on the neurons). The gradient itself is tiny, so without the sign the

@@ -25,8 +25,12 @@ from bd_defenses.masking import bake_masks, clip_masks, mask_summary, masked_mod
 from bd_defenses.registry import register
 
 
-@register("awm", family="masking", paper="Chai & Chen, One-shot Neural Backdoor Erasing via Adversarial Weight Masking "
-          "(NeurIPS 2022)", aliases=("awn",))
+@register(
+    "awm",
+    family="masking",
+    paper="Chai & Chen, One-shot Neural Backdoor Erasing via Adversarial Weight Masking (NeurIPS 2022)",
+    aliases=("awn",),
+)
 @dataclass(frozen=True)
 class AWM(Defense):
     requires: ClassVar[dict[str, str]] = {"conv": "it learns a mask over every convolution's weights"}
@@ -61,8 +65,15 @@ class AWM(Defense):
             l1 = sum(m.abs().sum() for m in masks)
             return self.lambda1 * natural + self.lambda2 * robust + self.lambda3 * l1
 
-        optimize(loss, batches_against_new_perturbation, opt, epochs=self.epochs, scheduler=sched,
-                 after_step=lambda: clip_masks(wrapped), description="AWM mask optimisation")
+        optimize(
+            loss,
+            batches_against_new_perturbation,
+            opt,
+            epochs=self.epochs,
+            scheduler=sched,
+            after_step=lambda: clip_masks(wrapped),
+            description="AWM mask optimisation",
+        )
         delta_l1 = float(delta.abs().sum())
         ctx.report(delta_l1=round(delta_l1, 3), **mask_summary(wrapped))
         return bake_masks(model)
@@ -76,8 +87,13 @@ class AWM(Defense):
                 own = model(pixels.normalize(x)).argmax(1)
             return -F.cross_entropy(model(pixels.normalize((x + delta).clamp(0, 1))), own)
 
-        optimize(ascent, epoch_batches(pixels, self.batch_size, g), torch.optim.SGD([delta], lr=self.trigger_lr),
-                 epochs=1, tick=lambda: None)
+        optimize(
+            ascent,
+            epoch_batches(pixels, self.batch_size, g),
+            torch.optim.SGD([delta], lr=self.trigger_lr),
+            epochs=1,
+            tick=lambda: None,
+        )
         with torch.no_grad():
             delta *= min(1.0, self.trigger_norm / max(float(delta.abs().sum()), 1e-12))
         return delta.detach()

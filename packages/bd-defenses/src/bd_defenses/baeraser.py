@@ -27,8 +27,14 @@ from bd_defenses.registry import register
 from bd_defenses.trigger_distribution import ASSUMES, check_assumptions, fit_trigger_distribution
 
 
-@register("baeraser", family="synthesis", paper="Liu et al., Backdoor Defense with Machine Unlearning (IEEE INFOCOM "
-          "2022); reviewed only", needs=ASSUMES, benchmarked=False, aliases=("ba-eraser",))
+@register(
+    "baeraser",
+    family="synthesis",
+    paper="Liu et al., Backdoor Defense with Machine Unlearning (IEEE INFOCOM 2022); reviewed only",
+    needs=ASSUMES,
+    benchmarked=False,
+    aliases=("ba-eraser",),
+)
 @dataclass(frozen=True)
 class BAERASER(Defense):
     target: int = -1
@@ -50,14 +56,26 @@ class BAERASER(Defense):
 
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
         pixels = Pixels.of(data.clean, ctx.device)
-        check_assumptions("BAERASER", self.target, data.num_classes, self.trigger_size, pixels.x.shape[-1],
-                          self.location)
+        check_assumptions(
+            "BAERASER", self.target, data.num_classes, self.trigger_size, pixels.x.shape[-1], self.location
+        )
         g = ctx.generator(16)
         base = accuracy(model, pixels)
         with Steps("BAERASER trigger recovery + unlearning", self.steps + self.epochs) as tick:
-            dist = fit_trigger_distribution(model, pixels, self.target, self.trigger_size, self.location,
-                                            (self.success_level,), self.entropy_weight, self.steps, self.gen_batch,
-                                            self.gen_lr, g, tick)
+            dist = fit_trigger_distribution(
+                model,
+                pixels,
+                self.target,
+                self.trigger_size,
+                self.location,
+                (self.success_level,),
+                self.entropy_weight,
+                self.steps,
+                self.gen_batch,
+                self.gen_lr,
+                g,
+                tick,
+            )
             for p in model.parameters():
                 p.requires_grad_(True)
             opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=0.9)
@@ -78,9 +96,22 @@ class BAERASER(Defense):
                 state["mu"] = state["mu"] * 2 if dropped else max(self.penalty, state["mu"] / 2)
 
             # eval mode: BN statistics stay those of the training data while unlearning
-            optimize(erase, epoch_batches(pixels, self.batch_size, g), opt, epochs=self.epochs, model=model,
-                     training=False, after_epoch=adapt_penalty, tick=tick)
+            optimize(
+                erase,
+                epoch_batches(pixels, self.batch_size, g),
+                opt,
+                epochs=self.epochs,
+                model=model,
+                training=False,
+                after_epoch=adapt_penalty,
+                tick=tick,
+            )
         mu, hit = state["mu"], state["hit"]
-        ctx.report(generator_success=round(dist.success[0], 4), final_trigger_target_rate=round(hit, 4),
-                   final_penalty=mu, clean_acc_before=round(base, 4), clean_acc_after=round(accuracy(model, pixels), 4))
+        ctx.report(
+            generator_success=round(dist.success[0], 4),
+            final_trigger_target_rate=round(hit, 4),
+            final_penalty=mu,
+            clean_acc_before=round(base, 4),
+            clean_acc_after=round(accuracy(model, pixels), 4),
+        )
         return model

@@ -21,8 +21,12 @@ from bd_core.errors import BdError
 from bd_core.models import ModelFacts
 
 MIN_HELD_OUT = 100
-LAYER_NAMES = {"conv": "convolutions", "batchnorm": "BatchNorm layers", "attention": "self-attention",
-               "layernorm": "LayerNorm layers"}
+LAYER_NAMES = {
+    "conv": "convolutions",
+    "batchnorm": "BatchNorm layers",
+    "attention": "self-attention",
+    "layernorm": "LayerNorm layers",
+}
 
 
 @dataclass(frozen=True)
@@ -117,8 +121,10 @@ class Defense:
         """One line saying which layer type this defense needs and `arch` lacks, or None."""
         for layer, why in self.requires.items():
             if layer not in facts.layer_types:
-                return (f"{self.name} needs {LAYER_NAMES[layer]} ({why}); {arch} has none "
-                        f"(it is built from {', '.join(LAYER_NAMES[t] for t in sorted(facts.layer_types))})")
+                return (
+                    f"{self.name} needs {LAYER_NAMES[layer]} ({why}); {arch} has none "
+                    f"(it is built from {', '.join(LAYER_NAMES[t] for t in sorted(facts.layer_types))})"
+                )
         return None
 
     def check_model(self, model: nn.Module, arch: str | None = None) -> None:
@@ -149,8 +155,9 @@ class Defense:
         classes, the same unlearning); None: each candidate runs its own."""
         return None
 
-    def run_candidates(self, candidates: tuple[dict[str, Any], ...], model: nn.Module, data: MitigationData,
-                       ctx: Context) -> list[tuple[nn.Module, dict[str, Any]]]:
+    def run_candidates(
+        self, candidates: tuple[dict[str, Any], ...], model: nn.Module, data: MitigationData, ctx: Context
+    ) -> list[tuple[nn.Module, dict[str, Any]]]:
         """This defense with each of `candidates`' settings, each applied to its own copy of
         `model` from the same seed: (defended model, the record its run made) per candidate, for
         `--tune`. Where every candidate varies only `second_stage_settings`, the first stage runs
@@ -184,4 +191,3 @@ class Defense:
         defender's clean set, or None (the survey's defender has none). The runner loads them
         into `MitigationData.unlabeled`; no defense reads a dataset itself."""
         return None
-

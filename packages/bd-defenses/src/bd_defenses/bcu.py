@@ -49,8 +49,13 @@ def reinitialise_by_depth(model: nn.Module, reinit_max: float, g: torch.Generato
     return counts
 
 
-@register("bcu", family="fine-tuning", paper="Pang et al., Backdoor Cleansing with Unlabeled Data (CVPR 2023); "
-          "reviewed only", needs=NEEDS, benchmarked=False)
+@register(
+    "bcu",
+    family="fine-tuning",
+    paper="Pang et al., Backdoor Cleansing with Unlabeled Data (CVPR 2023); reviewed only",
+    needs=NEEDS,
+    benchmarked=False,
+)
 @dataclass(frozen=True)
 class BCU(Defense):
     ood_dataset: str = ""  # required: the unlabeled data BCU assumes
@@ -70,9 +75,12 @@ class BCU(Defense):
         teacher = copy.deepcopy(model).eval()
         g = ctx.generator(17)
         counts = reinitialise_by_depth(model, self.reinit_max, g)
-        pool = ImageSet(torch.cat([data.unlabeled.images, data.clean.images]),  # labels are never read
-                        torch.zeros(len(data.unlabeled) + len(data.clean),
-                                    dtype=torch.long), data.clean.info, "unlabeled")
+        pool = ImageSet(
+            torch.cat([data.unlabeled.images, data.clean.images]),  # labels are never read
+            torch.zeros(len(data.unlabeled) + len(data.clean), dtype=torch.long),
+            data.clean.info,
+            "unlabeled",
+        )
         make_batch = clean_batches(pool, data.augment(), ctx.device)
         opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs)
@@ -83,10 +91,21 @@ class BCU(Defense):
                 soft = F.softmax(teacher(x) / t, 1)
             return F.kl_div(F.log_softmax(model(x) / t, 1), soft, reduction="batchmean") * t * t
 
-        losses = optimize(distillation_loss, shuffled_batches(make_batch, len(pool), self.batch_size, g), opt,
-                          epochs=self.epochs, model=model, scheduler=sched, device=ctx.device,
-                          description="BCU distillation on unlabeled data")
+        losses = optimize(
+            distillation_loss,
+            shuffled_batches(make_batch, len(pool), self.batch_size, g),
+            opt,
+            epochs=self.epochs,
+            model=model,
+            scheduler=sched,
+            device=ctx.device,
+            description="BCU distillation on unlabeled data",
+        )
         model.eval()
-        ctx.report(ood_dataset=self.ood_dataset, unlabeled_images=len(data.unlabeled), reinitialised_per_layer=counts,
-                   final_kd_loss=round(losses[-1], 4))
+        ctx.report(
+            ood_dataset=self.ood_dataset,
+            unlabeled_images=len(data.unlabeled),
+            reinitialised_per_layer=counts,
+            final_kd_loss=round(losses[-1], 4),
+        )
         return model

@@ -39,28 +39,41 @@ def bnp_divergence(mu_r: Tensor, var_r: Tensor, mu_c: Tensor, var_c: Tensor) -> 
     return torch.log(var_r / var_c) + (var_c + (mu_c - mu_r) ** 2) / (2 * var_r) - 0.5
 
 
-@register("bnp", family="pruning", paper="Zheng et al., Pre-activation Distributions Expose Backdoor Neurons (NeurIPS "
-          "2022)")
+@register(
+    "bnp", family="pruning", paper="Zheng et al., Pre-activation Distributions Expose Backdoor Neurons (NeurIPS 2022)"
+)
 @dataclass(frozen=True)
 class BNP(Defense):
-    requires: ClassVar[dict[str, str]] = {"batchnorm": "it compares each BatchNorm's running statistics with the clean "
-                                          "data's"}
-    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"u": 4.0}, {"u": 3.0},
-                                                  {"u": 2.0})  # --tune, mildest first: lower u prunes more
+    requires: ClassVar[dict[str, str]] = {
+        "batchnorm": "it compares each BatchNorm's running statistics with the clean data's"
+    }
+    tune: ClassVar[tuple[dict[str, Any], ...]] = (
+        {"u": 4.0},
+        {"u": 3.0},
+        {"u": 2.0},
+    )  # --tune, mildest first: lower u prunes more
     u: float = setting(3.0, -10, 100)  # lambda in tau_l = mean(K_l) + lambda * std(K_l)
 
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
         bns = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
-        clean = layers_statistics(model, [bn for _, bn in bns], data.clean, ctx.device, inputs=True,
-                                  augment=data.augment(), generator=ctx.generator(15))
+        clean = layers_statistics(
+            model,
+            [bn for _, bn in bns],
+            data.clean,
+            ctx.device,
+            inputs=True,
+            augment=data.augment(),
+            generator=ctx.generator(15),
+        )
         pruned = {}
         for (name, bn), stats in zip(bns, clean, strict=True):
             dev = bn.running_mean.device
             var_c = stats.unbiased_var.to(dev)
             # + eps, as the BN's own normalisation: a channel silent on clean data (variance 0) then
             # scores high, where the authors' code gets inf and a NaN threshold that prunes nothing
-            divergence = bnp_divergence(bn.running_mean.double(), bn.running_var.double() + bn.eps,
-                                        stats.mean.to(dev), var_c + bn.eps)
+            divergence = bnp_divergence(
+                bn.running_mean.double(), bn.running_var.double() + bn.eps, stats.mean.to(dev), var_c + bn.eps
+            )
             outliers = layer_outliers(divergence, self.u)
             zero_bn_channels(bn, outliers.nonzero().squeeze(1))
             pruned[name] = outliers.cpu()

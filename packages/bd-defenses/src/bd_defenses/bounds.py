@@ -152,5 +152,10 @@ def train_bounds(
     lam, acc = state["lam"], state["acc"]
     with torch.no_grad():
         norm = float(torch.cat([b.bound.detach().flatten() for b in bounds]).norm())
-    return {"bound_points": len(bounds), "final_lambda": lam, "initial_acc": round(initial, 4),
-            "final_epoch_acc": round(acc, 4), "bound_norm": round(norm, 4)}
+    return {
+        "bound_points": len(bounds),
+        "final_lambda": lam,
+        "initial_acc": round(initial, 4),
+        "final_epoch_acc": round(acc, 4),
+        "bound_norm": round(norm, 4),
+    }

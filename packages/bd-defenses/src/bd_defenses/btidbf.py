@@ -39,12 +39,19 @@ class UNet(nn.Module):
         super().__init__()
 
         def block(i: int, o: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(inplace=True),
-                                 nn.Conv2d(o, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
+            return nn.Sequential(
+                nn.Conv2d(i, o, 3, padding=1),
+                nn.BatchNorm2d(o),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(o, o, 3, padding=1),
+                nn.BatchNorm2d(o),
+                nn.ReLU(inplace=True),
+            )
 
         widths = [base * 2**i for i in range(depth + 1)]
-        self.down = nn.ModuleList([block(channels, widths[0])] + [block(widths[i],
-                                                                        widths[i + 1]) for i in range(depth)])
+        self.down = nn.ModuleList(
+            [block(channels, widths[0])] + [block(widths[i], widths[i + 1]) for i in range(depth)]
+        )
         self.up = nn.ModuleList([block(widths[i + 1] + widths[i], widths[i]) for i in reversed(range(depth))])
         self.out = nn.Conv2d(widths[0], channels, 1)
 
@@ -59,8 +66,13 @@ class UNet(nn.Module):
         return x + self.out(h)
 
 
-@register("bti-dbf", family="synthesis", paper="Xu et al., Towards Reliable and Efficient Backdoor Trigger Inversion "
-          "via Decoupling Benign Features (ICLR 2024)", aliases=("btidbf", "btidbf-u"))
+@register(
+    "bti-dbf",
+    family="synthesis",
+    paper="Xu et al., Towards Reliable and Efficient Backdoor Trigger Inversion "
+    "via Decoupling Benign Features (ICLR 2024)",
+    aliases=("btidbf", "btidbf-u"),
+)
 @dataclass(frozen=True)
 class BTIDBF(Defense):
     rounds: int = setting(5, 1, 100_000)
@@ -101,8 +113,9 @@ class BTIDBF(Defense):
                 loss = F.cross_entropy(model.forward_head(fake_feat), out.softmax(1)) + F.mse_loss(fake_feat, feat)
                 return loss + (100 if norm > 0.1 else 0.01) * norm
 
-            optimize(pretrain_loss, epoch_batches(pixels, self.batch_size, g), opt_g, epochs=self.pretrain_epochs,
-                     tick=tick)
+            optimize(
+                pretrain_loss, epoch_batches(pixels, self.batch_size, g), opt_g, epochs=self.pretrain_epochs, tick=tick
+            )
             for r in range(self.rounds):
                 mask = self.benign_mask(model, pixels, g, tick)
                 self.train_generator(model, gen, generate, opt_g, pixels, mask, detected, g, tick)
@@ -125,11 +138,17 @@ class BTIDBF(Defense):
             m = torch.tanh(raw) / 2 + 0.5
             with torch.no_grad():
                 feat = model.forward_features(pixels.normalize(x))
-            return F.cross_entropy(model.forward_head(m * feat),
-                                   y) - F.cross_entropy(model.forward_head((1 - m) * feat), y)
+            return F.cross_entropy(model.forward_head(m * feat), y) - F.cross_entropy(
+                model.forward_head((1 - m) * feat), y
+            )
 
-        optimize(loss, epoch_batches(pixels, self.batch_size, g), torch.optim.Adam([raw], lr=0.01),
-                 epochs=self.mask_epochs, tick=tick)
+        optimize(
+            loss,
+            epoch_batches(pixels, self.batch_size, g),
+            torch.optim.Adam([raw], lr=0.01),
+            epochs=self.mask_epochs,
+            tick=tick,
+        )
         return (torch.tanh(raw) / 2 + 0.5).detach()
 
     def train_generator(self, model, gen, generate, opt_g, pixels, mask, detected, g, tick) -> None:
@@ -147,12 +166,14 @@ class BTIDBF(Defense):
             norm = F.mse_loss(fake, xn)
             out = norm if (norm > self.norm_bound or benign > self.feat_bound) else -backdoor + 0.01 * benign
             if detected is not None:
-                out = out + F.cross_entropy(model.forward_head(fake_feat), torch.full_like(x[:, 0, 0, 0], detected,
-                                                                                           dtype=torch.long))
+                out = out + F.cross_entropy(
+                    model.forward_head(fake_feat), torch.full_like(x[:, 0, 0, 0], detected, dtype=torch.long)
+                )
             return out
 
-        optimize(loss, epoch_batches(pixels, self.batch_size, g), opt_g, epochs=self.generator_epochs, model=gen,
-                 tick=tick)
+        optimize(
+            loss, epoch_batches(pixels, self.batch_size, g), opt_g, epochs=self.generator_epochs, model=gen, tick=tick
+        )
         gen.eval()  # its BN statistics are fixed while it generates for detection and unlearning
 
     @torch.no_grad()
@@ -178,6 +199,13 @@ class BTIDBF(Defense):
             feat, mixed_feat = model.forward_features(xn), model.forward_features(mixed)
             return F.cross_entropy(model.forward_head(mixed_feat), y) + F.mse_loss(feat, mixed_feat)
 
-        optimize(loss, shuffled_batches(make_batch, len(data.clean), self.batch_size, g), opt_cls,
-                 epochs=self.unlearn_epochs, model=model, device=ctx.device, tick=tick)
+        optimize(
+            loss,
+            shuffled_batches(make_batch, len(data.clean), self.batch_size, g),
+            opt_cls,
+            epochs=self.unlearn_epochs,
+            model=model,
+            device=ctx.device,
+            tick=tick,
+        )
         model.eval()

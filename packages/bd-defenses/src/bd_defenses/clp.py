@@ -48,14 +48,19 @@ def bn_after_conv(model: nn.Module) -> list[tuple[str, nn.BatchNorm2d, nn.Conv2d
     return pairs
 
 
-@register("clp", family="pruning", paper="Zheng et al., Data-free Backdoor Removal based on Channel Lipschitzness "
-          "(ECCV 2022)")
+@register(
+    "clp", family="pruning", paper="Zheng et al., Data-free Backdoor Removal based on Channel Lipschitzness (ECCV 2022)"
+)
 @dataclass(frozen=True)
 class CLP(Defense):
-    requires: ClassVar[dict[str, str]] = {"batchnorm": "it bounds each conv channel's Lipschitz constant through the "
-                                          "BatchNorm after it"}
-    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"u": 4.0}, {"u": 3.0},
-                                                  {"u": 2.0})  # --tune, mildest first: lower u prunes more
+    requires: ClassVar[dict[str, str]] = {
+        "batchnorm": "it bounds each conv channel's Lipschitz constant through the BatchNorm after it"
+    }
+    tune: ClassVar[tuple[dict[str, Any], ...]] = (
+        {"u": 4.0},
+        {"u": 3.0},
+        {"u": 2.0},
+    )  # --tune, mildest first: lower u prunes more
     u: float = setting(3.0, -10, 100)
 
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:

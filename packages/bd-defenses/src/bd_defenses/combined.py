@@ -66,8 +66,7 @@ class Combined(Defense):
             part_ctx = Context(device=ctx.device, seed=ctx.seed, precision=ctx.precision, trials=trials)
             started = time.perf_counter()
             model = part(model, data, part_ctx)
-            steps.append({"defense": part.name, "seconds": round(time.perf_counter() - started, 3),
-                          **part_ctx.record})
+            steps.append({"defense": part.name, "seconds": round(time.perf_counter() - started, 3), **part_ctx.record})
         ctx.report(components=[p.name for p in self.parts], steps=steps)
         if ctx.trials is not None:
             TrialLog(ctx.trials).clear()  # the parts' own folders are gone: every tuned part finished

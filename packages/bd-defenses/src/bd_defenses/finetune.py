@@ -32,7 +32,20 @@ def finetune(
     declare Defense.precisions = ("fp32", "bf16"))."""
     augment = augment if augment is not None else Augment.for_dataset(data.info)
     return fit(
-        model, clean_batches(data, augment, ctx.device), len(data), epochs=epochs, batch_size=batch_size, lr=lr,
-        momentum=momentum, weight_decay=weight_decay, seed=ctx.seed, device=ctx.device, step=step, params=params,
-        description=description, after_step=after_step, schedule=schedule, precision=ctx.precision,
+        model,
+        clean_batches(data, augment, ctx.device),
+        len(data),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        seed=ctx.seed,
+        device=ctx.device,
+        step=step,
+        params=params,
+        description=description,
+        after_step=after_step,
+        schedule=schedule,
+        precision=ctx.precision,
     )

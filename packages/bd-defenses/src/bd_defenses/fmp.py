@@ -84,10 +84,26 @@ class FMP(Defense):
                 if k:
                     zero_channels(conv, acc.argsort()[:k], bn_of.get(name))
                     pruned[name] = k
-        losses = finetune(model, data.clean, ctx, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                          weight_decay=0.0, description="FMP fine-tuning") if self.epochs else []
-        ctx.report(pruned_per_layer=pruned, pruned=sum(pruned.values()), channels=total,
-                   final_loss=round(losses[-1], 4) if losses else None)
+        losses = (
+            finetune(
+                model,
+                data.clean,
+                ctx,
+                epochs=self.epochs,
+                batch_size=self.batch_size,
+                lr=self.lr,
+                weight_decay=0.0,
+                description="FMP fine-tuning",
+            )
+            if self.epochs
+            else []
+        )
+        ctx.report(
+            pruned_per_layer=pruned,
+            pruned=sum(pruned.values()),
+            channels=total,
+            final_loss=round(losses[-1], 4) if losses else None,
+        )
         return model
 
     def channel_sensitivity(self, model, conv, pixels: Pixels, x, y, start, advance) -> Tensor:

@@ -39,8 +39,9 @@ class PrunedAccuracy:
         was_training = model.training
         model.eval()
         with torch.inference_mode():
-            self.pooled = torch.cat([pool(model.forward_features(check.normalize(x))).flatten(1)
-                                     for _, x, _ in check.batches(512)])
+            self.pooled = torch.cat(
+                [pool(model.forward_features(check.normalize(x))).flatten(1) for _, x, _ in check.batches(512)]
+            )
         model.train(was_training)
         self.labels = check.y
 
@@ -54,8 +55,11 @@ class PrunedAccuracy:
 @dataclass(frozen=True)
 class FP(Defense):
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "bf16")  # all its training is finetune()
-    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"acc_ratio": 0.05}, {"acc_ratio": 0.1},
-                                                  {"acc_ratio": 0.2})  # --tune, mildest first: pruning tolerance
+    tune: ClassVar[tuple[dict[str, Any], ...]] = (
+        {"acc_ratio": 0.05},
+        {"acc_ratio": 0.1},
+        {"acc_ratio": 0.2},
+    )  # --tune, mildest first: pruning tolerance
     acc_ratio: float = setting(0.1, 0, 1)  # tolerated relative drop of clean accuracy
     prune_step: float = setting(0.01, 1e-6, 1)  # fraction of the layer's channels pruned per step
     epochs: int = setting(100, 0, 100_000)  # fine-tuning after pruning
@@ -77,7 +81,7 @@ class FP(Defense):
         mask = mask_feature_channels(model, feature_name, keep)
         step = max(1, math.ceil(channels * self.prune_step))
         pruned, last_acc = 0, base
-        for n in (range(step, channels, step) if self.channels < 0 else []):
+        for n in range(step, channels, step) if self.channels < 0 else []:
             trial = torch.ones(channels)
             trial[order[:n]] = 0
             acc = pruned_accuracy(trial)
@@ -91,12 +95,26 @@ class FP(Defense):
         mask.keep.copy_(final)
         if self.channels >= 0:
             last_acc = accuracy(model, check_pixels)
-        losses = finetune(model, data.clean, ctx, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                          description="FP fine-tuning") if self.epochs else []
+        losses = (
+            finetune(
+                model,
+                data.clean,
+                ctx,
+                epochs=self.epochs,
+                batch_size=self.batch_size,
+                lr=self.lr,
+                description="FP fine-tuning",
+            )
+            if self.epochs
+            else []
+        )
         ctx.report(
-            layer=parts.last_conv[0] if parts.last_conv else f"{feature_name} "
-                f"input", channels=channels, pruned=pruned, selection=rule,
-            check_acc_before=round(base, 4), check_acc_pruned=round(last_acc, 4),
+            layer=parts.last_conv[0] if parts.last_conv else f"{feature_name} input",
+            channels=channels,
+            pruned=pruned,
+            selection=rule,
+            check_acc_before=round(base, 4),
+            check_acc_pruned=round(last_acc, 4),
             final_loss=round(losses[-1], 4) if losses else None,
         )
         return model

@@ -28,8 +28,11 @@ def head_layers(model: nn.Module) -> list[nn.Linear]:
     return [m for m in classifier.modules() if isinstance(m, nn.Linear)]
 
 
-@register("fst", family="fine-tuning", paper="Min et al., Towards Stable Backdoor Purification through Feature Shift "
-          "Tuning (NeurIPS 2023)")
+@register(
+    "fst",
+    family="fine-tuning",
+    paper="Min et al., Towards Stable Backdoor Purification through Feature Shift Tuning (NeurIPS 2023)",
+)
 @dataclass(frozen=True)
 class FST(Defense):
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "bf16")  # all its training is finetune()
@@ -56,13 +59,30 @@ class FST(Defense):
             for layer, n in zip(layers, norms, strict=True):
                 layer.weight.mul_(n / layer.weight.norm().clamp_min(1e-12))
 
-        losses = finetune(model, data.clean, ctx, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                          weight_decay=0.0, step=step, description="FST feature shift tuning", after_step=keep_norm)
+        losses = finetune(
+            model,
+            data.clean,
+            ctx,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=0.0,
+            step=step,
+            description="FST feature shift tuning",
+            after_step=keep_norm,
+        )
         with torch.no_grad():
-            cos = [float(F.cosine_similarity(w0.flatten(), layer.weight.flatten(), dim=0))
-                   for w0, layer in zip(originals, layers, strict=True)]
-        ctx.report(alpha=alpha, head_layers=len(layers), final_loss=round(losses[-1], 4),
-                   head_norm_ratio=[round(float(layer.weight.detach().norm() / n), 6) for layer, n in zip(layers, norms,
-                                                                                                          strict=True)],
-                   head_cosine_to_original=[round(c, 4) for c in cos])
+            cos = [
+                float(F.cosine_similarity(w0.flatten(), layer.weight.flatten(), dim=0))
+                for w0, layer in zip(originals, layers, strict=True)
+            ]
+        ctx.report(
+            alpha=alpha,
+            head_layers=len(layers),
+            final_loss=round(losses[-1], 4),
+            head_norm_ratio=[
+                round(float(layer.weight.detach().norm() / n), 6) for layer, n in zip(layers, norms, strict=True)
+            ],
+            head_cosine_to_original=[round(c, 4) for c in cos],
+        )
         return model

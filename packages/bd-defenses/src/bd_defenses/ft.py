@@ -18,8 +18,11 @@ from bd_defenses.registry import register
 @dataclass(frozen=True)
 class FT(Defense):
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "bf16")  # all its training is finetune()
-    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"lr": 0.005}, {"lr": 0.01},
-                                                  {"lr": 0.02})  # --tune, mildest first: learning rate
+    tune: ClassVar[tuple[dict[str, Any], ...]] = (
+        {"lr": 0.005},
+        {"lr": 0.01},
+        {"lr": 0.02},
+    )  # --tune, mildest first: learning rate
     epochs: int = setting(100, 1, 100_000)
     batch_size: int = setting(256, 1, 1_000_000)
     lr: float = setting(0.01, above=0, high=1)
@@ -28,8 +31,15 @@ class FT(Defense):
 
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
         losses = finetune(
-            model, data.clean, ctx, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-            momentum=self.momentum, weight_decay=self.weight_decay, description="FT fine-tuning",
+            model,
+            data.clean,
+            ctx,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            description="FT fine-tuning",
         )
         ctx.report(epochs=self.epochs, first_loss=round(losses[0], 4), final_loss=round(losses[-1], 4))
         return model

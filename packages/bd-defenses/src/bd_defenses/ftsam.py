@@ -74,8 +74,13 @@ class SharpnessAwareLoss:
         self.loss(x, y).backward()
         self.e = adaptive_perturbation(self.params, self.rho)
         with torch.no_grad():
-            self.radius = float(torch.norm(torch.stack([(ei / p.abs().clamp_min(1e-12)).norm()
-                                                        for ei, p in zip(self.e, self.params, strict=True)])))
+            self.radius = float(
+                torch.norm(
+                    torch.stack(
+                        [(ei / p.abs().clamp_min(1e-12)).norm() for ei, p in zip(self.e, self.params, strict=True)]
+                    )
+                )
+            )
             for p, ei in zip(self.params, self.e, strict=True):
                 p.add_(ei)
                 p.grad = None  # the update uses the gradient at w + e alone
@@ -88,13 +93,20 @@ class SharpnessAwareLoss:
                 p.sub_(ei)
 
 
-@register("ft-sam", family="fine-tuning", paper="Zhu et al., Enhancing Fine-Tuning Based Backdoor Defense with "
-          "Sharpness-Aware Minimization (ICCV 2023)", aliases=("ftsam", "sam"))
+@register(
+    "ft-sam",
+    family="fine-tuning",
+    paper="Zhu et al., Enhancing Fine-Tuning Based Backdoor Defense with Sharpness-Aware Minimization (ICCV 2023)",
+    aliases=("ftsam", "sam"),
+)
 @dataclass(frozen=True)
 class FTSAM(Defense):
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "bf16")  # its step (ascent included) under autocast
-    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"lr": 0.005}, {"lr": 0.01},
-                                                  {"lr": 0.02})  # --tune, mildest first: learning rate
+    tune: ClassVar[tuple[dict[str, Any], ...]] = (
+        {"lr": 0.005},
+        {"lr": 0.01},
+        {"lr": 0.02},
+    )  # --tune, mildest first: learning rate
     rho: float = setting(2.0, above=0, high=100)
     label_smoothing: float = setting(0.1, 0, 0.5)
     epochs: int = setting(100, 1, 100_000)
@@ -109,8 +121,18 @@ class FTSAM(Defense):
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs)
         sam = SharpnessAwareLoss(model, params, self.rho, self.label_smoothing)
         batches = shuffled_batches(make_batch, len(data.clean), self.batch_size, ctx.generator(9))
-        losses = optimize(sam, batches, opt, epochs=self.epochs, model=model, scheduler=sched, device=ctx.device,
-                          before_update=sam.restore, description="FT-SAM fine-tuning", precision=ctx.precision)
+        losses = optimize(
+            sam,
+            batches,
+            opt,
+            epochs=self.epochs,
+            model=model,
+            scheduler=sched,
+            device=ctx.device,
+            before_update=sam.restore,
+            description="FT-SAM fine-tuning",
+            precision=ctx.precision,
+        )
         model.eval()
         ctx.report(rho=self.rho, last_perturbation_radius=round(sam.radius, 4), final_sharp_loss=round(losses[-1], 4))
         return model

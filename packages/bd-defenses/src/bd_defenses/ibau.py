@@ -50,8 +50,7 @@ def twice_differentiable(model: nn.Module) -> nn.Module:
     return model
 
 
-def hypergradient(delta: Tensor, params: list[Tensor], K: int, inner_map, outer_loss
-                  ) -> tuple[list[Tensor], Tensor]:
+def hypergradient(delta: Tensor, params: list[Tensor], K: int, inner_map, outer_loss) -> tuple[list[Tensor], Tensor]:
     """(d outer / d params through delta* = inner_map(delta*, params) (fixed-point method), the
     outer loss at delta, detached)."""
     delta = delta.detach().requires_grad_(True)
@@ -63,13 +62,18 @@ def hypergradient(delta: Tensor, params: list[Tensor], K: int, inner_map, outer_
         (jv,) = torch.autograd.grad(mapped, delta, grad_outputs=v, retain_graph=True)
         v = jv + g_delta
     indirect = torch.autograd.grad(mapped, params, grad_outputs=v, allow_unused=True)
-    grads = [(gi if gi is not None else 0) + (gd if gd is not None else 0) for gi, gd in zip(indirect, g_params,
-                                                                                             strict=True)]
+    grads = [
+        (gi if gi is not None else 0) + (gd if gd is not None else 0) for gi, gd in zip(indirect, g_params, strict=True)
+    ]
     return grads, o_loss.detach()
 
 
-@register("i-bau", family="adversarial", paper="Zeng et al., Adversarial Unlearning of Backdoors via Implicit "
-          "Hypergradient (ICLR 2022)", aliases=("ibau",))
+@register(
+    "i-bau",
+    family="adversarial",
+    paper="Zeng et al., Adversarial Unlearning of Backdoors via Implicit Hypergradient (ICLR 2022)",
+    aliases=("ibau",),
+)
 @dataclass(frozen=True)
 class IBAU(Defense):
     # --tune, mildest first: the ascent step sets the perturbation's size (the L2 penalty cannot:
@@ -123,8 +127,13 @@ class IBAU(Defense):
         # attention's fused kernels have no double backward; the math backend computes the same
         # softmax(QK^T/sqrt(d))V with ordinary ops (only the ViT has attention)
         with sdpa_kernel(SDPBackend.MATH):
-            optimize(implicit_hypergradient_step, batches_against_new_perturbation, opt, epochs=self.rounds,
-                     description="i-BAU unlearning")
+            optimize(
+                implicit_hypergradient_step,
+                batches_against_new_perturbation,
+                opt,
+                epochs=self.rounds,
+                description="i-BAU unlearning",
+            )
         ctx.report(rounds=self.rounds, inner_loss_gain_per_round=[round(v, 4) for v in gains])
         return model
 
@@ -138,8 +147,13 @@ class IBAU(Defense):
                 own = model(xn).argmax(1)
             return -F.cross_entropy(model(xn + delta), own) + self.penalty * delta.pow(2).sum()
 
-        optimize(ascent, epoch_batches(pixels, self.batch_size, g), torch.optim.SGD([delta], lr=self.delta_lr),
-                 epochs=1, tick=lambda: None)
+        optimize(
+            ascent,
+            epoch_batches(pixels, self.batch_size, g),
+            torch.optim.SGD([delta], lr=self.delta_lr),
+            epochs=1,
+            tick=lambda: None,
+        )
         return delta.detach()
 
     @torch.no_grad()

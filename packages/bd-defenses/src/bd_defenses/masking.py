@@ -31,8 +31,19 @@ class MaskedConv2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         c = self.conv
-        return masked_conv2d(x, c.weight, c.bias, self.mask, self.perturb, self.bias_mask, self.bias_perturb,
-                             c.stride, c.padding, c.dilation, c.groups)
+        return masked_conv2d(
+            x,
+            c.weight,
+            c.bias,
+            self.mask,
+            self.perturb,
+            self.bias_mask,
+            self.bias_perturb,
+            c.stride,
+            c.padding,
+            c.dilation,
+            c.groups,
+        )
 
 
 def wrap_convolutions(model: nn.Module) -> dict[str, MaskedConv2d]:

@@ -23,8 +23,13 @@ from bd_defenses.trigger_distribution import ASSUMES, check_assumptions, fit_tri
 from bd_defenses.unlearning import unlearn
 
 
-@register("mesa", family="synthesis", paper="Qiao et al., Defending Neural Backdoors via Generative Distribution "
-          "Modeling (NeurIPS 2019); reviewed only", needs=ASSUMES, benchmarked=False)
+@register(
+    "mesa",
+    family="synthesis",
+    paper="Qiao et al., Defending Neural Backdoors via Generative Distribution Modeling (NeurIPS 2019); reviewed only",
+    needs=ASSUMES,
+    benchmarked=False,
+)
 @dataclass(frozen=True)
 class MESA(Defense):
     target: int = -1  # required: MESA's assumption
@@ -57,11 +62,32 @@ class MESA(Defense):
         check_assumptions("MESA", self.target, data.num_classes, self.trigger_size, pixels.x.shape[-1], self.location)
         g = ctx.generator(15)
         with Steps("MESA trigger distribution", self.steps * len(self.betas())) as tick:
-            dist = fit_trigger_distribution(model, pixels, self.target, self.trigger_size, self.location, self.betas(),
-                                            self.entropy_weight, self.steps, self.gen_batch, self.gen_lr, g, tick)
+            dist = fit_trigger_distribution(
+                model,
+                pixels,
+                self.target,
+                self.trigger_size,
+                self.location,
+                self.betas(),
+                self.entropy_weight,
+                self.steps,
+                self.gen_batch,
+                self.gen_lr,
+                g,
+                tick,
+            )
         for p in model.parameters():
             p.requires_grad_(True)
-        unlearn(model, data.clean, ctx, dist.stamp, ratio=self.patch_ratio, epochs=self.epochs, lr=self.lr,
-                batch_size=self.batch_size, description="MESA model patching")
+        unlearn(
+            model,
+            data.clean,
+            ctx,
+            dist.stamp,
+            ratio=self.patch_ratio,
+            epochs=self.epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            description="MESA model patching",
+        )
         ctx.report(levels=list(self.betas()), generator_success=[round(s, 4) for s in dist.success])
         return model

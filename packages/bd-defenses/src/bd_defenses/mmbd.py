@@ -26,8 +26,13 @@ from bd_defenses.bounds import install_bounds, layer_moments, train_bounds
 from bd_defenses.registry import register
 
 
-@register("mm-bd", family="additive", paper="Wang et al., MM-BD: Post-Training Detection of Backdoor Attacks with "
-          "Arbitrary Backdoor Pattern Types (IEEE S&P 2024)", aliases=("mmbd",))
+@register(
+    "mm-bd",
+    family="additive",
+    paper="Wang et al., MM-BD: Post-Training Detection of Backdoor Attacks with "
+    "Arbitrary Backdoor Pattern Types (IEEE S&P 2024)",
+    aliases=("mmbd",),
+)
 @dataclass(frozen=True)
 class MMBD(Defense):
     lam: float = setting(0.5, 0, 1e6)
@@ -47,11 +52,20 @@ class MMBD(Defense):
             for b, stats in zip(bounds, layers_statistics(model, bounds, data.clean, ctx.device), strict=True):
                 b.bound.fill_(layer_moments(stats)[0])
         report = train_bounds(
-            model, bounds, pixels, ctx,
+            model,
+            bounds,
+            pixels,
+            ctx,
             loss_fn=lambda logits, idx, y: F.mse_loss(logits, reference[idx]),
-            penalty_fn=lambda b: b.norm(p=2), lam=self.lam, epochs=self.epochs, lr=self.lr,
-            batch_size=self.batch_size, alpha=self.alpha, acc_reduction=self.acc_reduction,
-            adapt_every=self.adapt_every, description="MM-BD activation bounds",
+            penalty_fn=lambda b: b.norm(p=2),
+            lam=self.lam,
+            epochs=self.epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            alpha=self.alpha,
+            acc_reduction=self.acc_reduction,
+            adapt_every=self.adapt_every,
+            description="MM-BD activation bounds",
         )
         ctx.report(**report)
         return model.eval()

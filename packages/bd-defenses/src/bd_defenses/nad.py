@@ -37,12 +37,16 @@ def attention(stage_output: Tensor, p: float) -> Tensor:
 
 
 def attention_loss(student: list[Tensor], teacher: list[Tensor], betas: tuple[float, ...], p: float) -> Tensor:
-    return sum(b * (attention(s, p) - attention(t, p)).pow(2).mean()
-               for b, s, t in zip(betas, student, teacher, strict=True))
+    return sum(
+        b * (attention(s, p) - attention(t, p)).pow(2).mean() for b, s, t in zip(betas, student, teacher, strict=True)
+    )
 
 
-@register("nad", family="fine-tuning", paper="Li et al., Neural Attention Distillation: Erasing Backdoor Triggers from "
-          "Deep Neural Networks (ICLR 2021)")
+@register(
+    "nad",
+    family="fine-tuning",
+    paper="Li et al., Neural Attention Distillation: Erasing Backdoor Triggers from Deep Neural Networks (ICLR 2021)",
+)
 @dataclass(frozen=True)
 class NAD(Defense):
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "bf16")  # all its training is finetune()
@@ -62,13 +66,20 @@ class NAD(Defense):
 
     def __call__(self, model: nn.Module, data: MitigationData, ctx: Context) -> nn.Module:
         teacher = copy.deepcopy(model)
-        finetune(teacher, data.clean, ctx, epochs=self.teacher_epochs, batch_size=self.batch_size, lr=self.lr,
-                 description="NAD teacher fine-tuning")
+        finetune(
+            teacher,
+            data.clean,
+            ctx,
+            epochs=self.teacher_epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            description="NAD teacher fine-tuning",
+        )
         teacher.eval()
         betas = (self.beta1, self.beta2, self.beta3)
         t_stages = [m for _, m in anatomy(teacher).stages][-3:]
         s_stages = [m for _, m in anatomy(model).stages][-3:]
-        betas = betas[len(betas) - len(s_stages):]  # a model with fewer stages keeps the deepest weights
+        betas = betas[len(betas) - len(s_stages) :]  # a model with fewer stages keeps the deepest weights
         at_losses: list[float] = []
 
         def step(m: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -79,11 +90,22 @@ class NAD(Defense):
             at_losses.append(float(at.detach()))
             return F.cross_entropy(logits, y) + at
 
-        losses = finetune(model, data.clean, ctx, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
-                          weight_decay=5e-4, step=step, description="NAD attention distillation",
-                          schedule="constant")
+        losses = finetune(
+            model,
+            data.clean,
+            ctx,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=5e-4,
+            step=step,
+            description="NAD attention distillation",
+            schedule="constant",
+        )
         per_epoch = len(at_losses) // self.epochs
-        ctx.report(first_epoch_attention_loss=round(sum(at_losses[:per_epoch]) / per_epoch, 6),
-                   last_epoch_attention_loss=round(sum(at_losses[-per_epoch:]) / per_epoch, 6),
-                   final_loss=round(losses[-1], 4))
+        ctx.report(
+            first_epoch_attention_loss=round(sum(at_losses[:per_epoch]) / per_epoch, 6),
+            last_epoch_attention_loss=round(sum(at_losses[-per_epoch:]) / per_epoch, 6),
+            final_loss=round(losses[-1], 4),
+        )
         return model

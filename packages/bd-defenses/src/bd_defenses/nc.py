@@ -54,13 +54,20 @@ class ReversedTriggers:
         return (1 - mask) * x + mask * pattern
 
 
-@register("nc", family="synthesis", paper="Wang et al., Neural Cleanse: Identifying and Mitigating Backdoor Attacks in "
-          "Neural Networks (IEEE S&P 2019)", aliases=("neural-cleanse",))
+@register(
+    "nc",
+    family="synthesis",
+    paper="Wang et al., Neural Cleanse: Identifying and Mitigating Backdoor Attacks in Neural Networks (IEEE S&P 2019)",
+    aliases=("neural-cleanse",),
+)
 @dataclass(frozen=True)
 class NC(Defense):
     # --tune, mildest first: a lower threshold flags more classes
-    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"anomaly_threshold": 2.5}, {"anomaly_threshold": 2.0},
-                                                  {"anomaly_threshold": 1.5})
+    tune: ClassVar[tuple[dict[str, Any], ...]] = (
+        {"anomaly_threshold": 2.5},
+        {"anomaly_threshold": 2.0},
+        {"anomaly_threshold": 1.5},
+    )
     init_cost: float = setting(1e-3, above=0, high=1e6)
     epochs: int = setting(80, 1, 100_000)  # reverse-engineering epochs per class
     mask_lr: float = setting(0.1, above=0, high=1)
@@ -73,7 +80,6 @@ class NC(Defense):
     unlearn_lr: float = setting(0.01, above=0, high=1)
     batch_size: int = setting(256, 1, 1_000_000)
     class_chunk: int = setting(10, 1, 100_000)  # classes reverse-engineered together in one batched pass
-
 
     # NC is reverse, then repair (Defense.__call__ runs the two stages); `--tune` varies the anomaly
     # threshold, so its candidates share one reverse-engineering of every class, and those
@@ -110,9 +116,12 @@ class NC(Defense):
         """Unlearn the flagged classes' triggers (the model unchanged if none is flagged)."""
         norms = triggers.masks.flatten(1).sum(1)
         flagged = self.flagged(triggers)
-        ctx.report(mask_l1=[round(float(v), 2) for v in norms],
-                   anomaly_index=[round(float(v), 3) for v in anomaly_indices(norms)],
-                   flagged=flagged, trigger_success=[round(float(v), 3) for v in triggers.success])
+        ctx.report(
+            mask_l1=[round(float(v), 2) for v in norms],
+            anomaly_index=[round(float(v), 3) for v in anomaly_indices(norms)],
+            flagged=flagged,
+            trigger_success=[round(float(v), 3) for v in triggers.success],
+        )
         if not flagged:
             return model
 
@@ -120,8 +129,17 @@ class NC(Defense):
             pick = torch.tensor(flagged)[torch.randint(len(flagged), (len(x),), generator=g)]
             return triggers.stamp(x, pick)
 
-        unlearn(model, data.clean, ctx, stamp, ratio=self.unlearning_ratio, epochs=self.unlearn_epochs,
-                lr=self.unlearn_lr, batch_size=self.batch_size, description="NC unlearning")
+        unlearn(
+            model,
+            data.clean,
+            ctx,
+            stamp,
+            ratio=self.unlearning_ratio,
+            epochs=self.unlearn_epochs,
+            lr=self.unlearn_lr,
+            batch_size=self.batch_size,
+            description="NC unlearning",
+        )
         return model
 
     def reverse_engineer(self, model: nn.Module, pixels: Pixels, num_classes: int, ctx: Context) -> ReversedTriggers:
@@ -180,11 +198,17 @@ class NC(Defense):
             up, down = torch.where(ok, up + 1, torch.zeros_like(up)), torch.where(ok, torch.zeros_like(down), down + 1)
             raise_cost, lower_cost = up >= self.patience, down >= self.patience
             cost = torch.where(raise_cost & (cost > 0), cost * self.cost_multiplier, cost)
-            cost = torch.where(lower_cost & (cost > 0), cost / self.cost_multiplier ** 1.5, cost)
+            cost = torch.where(lower_cost & (cost > 0), cost / self.cost_multiplier**1.5, cost)
             up, down = torch.where(raise_cost, 0, up), torch.where(lower_cost, 0, down)
 
-        optimize(trigger_loss, epoch_batches(pixels, self.batch_size, g), opt, epochs=self.epochs,
-                 after_epoch=keep_best_and_adapt_cost, tick=tick)
+        optimize(
+            trigger_loss,
+            epoch_batches(pixels, self.batch_size, g),
+            opt,
+            epochs=self.epochs,
+            after_epoch=keep_best_and_adapt_cost,
+            tick=tick,
+        )
         with torch.no_grad():  # a class never reaching the threshold keeps its last trigger
             never = torch.isinf(best_norm)
             best_mask[never] = (torch.tanh(mask_raw) / 2 + 0.5)[never]

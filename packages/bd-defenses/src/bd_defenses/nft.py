@@ -26,8 +26,11 @@ from bd_defenses.masking import bake_masks, clip_masks, mask_summary, masked_mod
 from bd_defenses.registry import register
 
 
-@register("nft", family="masking", paper="Karim et al., Augmented Neural Fine-Tuning for Efficient Backdoor "
-          "Purification (AAAI 2024)")
+@register(
+    "nft",
+    family="masking",
+    paper="Karim et al., Augmented Neural Fine-Tuning for Efficient Backdoor Purification (AAAI 2024)",
+)
 @dataclass(frozen=True)
 class NFT(Defense):
     requires: ClassVar[dict[str, str]] = {"conv": "it learns a mask over every convolution's output channels"}
@@ -62,7 +65,14 @@ class NFT(Defense):
             l1 = sum((1 - m).abs().sum() for m in masks)
             return mixup + self.l1_weight * l1 / data.num_classes
 
-        optimize(mixup_loss, epoch_batches(pixels, self.batch_size, g), opt, epochs=self.epochs, scheduler=sched,
-                 after_step=lambda: clip_masks(wrapped, lows), description="NFT mask fine-tuning")
+        optimize(
+            mixup_loss,
+            epoch_batches(pixels, self.batch_size, g),
+            opt,
+            epochs=self.epochs,
+            scheduler=sched,
+            after_step=lambda: clip_masks(wrapped, lows),
+            description="NFT mask fine-tuning",
+        )
         ctx.report(lower_bound_last_layer=round(lows[-1], 6), **mask_summary(wrapped))
         return bake_masks(model)

@@ -62,8 +62,12 @@ def project_l2(delta: Tensor, radius: float) -> Tensor:
     return delta * (radius / norms).clamp(max=1.0)
 
 
-@register("npd", family="additive", paper="Zhu et al., Neural Polarizer: A Lightweight and Effective Backdoor Defense "
-          "via Purifying Poisoned Features (NeurIPS 2023/2024)")
+@register(
+    "npd",
+    family="additive",
+    paper="Zhu et al., Neural Polarizer: A Lightweight and Effective Backdoor Defense "
+    "via Purifying Poisoned Features (NeurIPS 2023/2024)",
+)
 @dataclass(frozen=True)
 class NPD(Defense):
     requires: ClassVar[dict[str, str]] = {"conv": "its polarizer is a convolution inserted before one of the model's"}
@@ -98,8 +102,13 @@ class NPD(Defense):
         # statistics and its running estimates move toward the layer's input statistics; the
         # polarizer is an affine layer (eval mode) from then on
         polarizer.train()
-        optimize(clean_loss, epoch_batches(pixels, self.batch_size, g, augment), warm, epochs=self.warm_epochs,
-                 description="NPD polarizer warm-up")
+        optimize(
+            clean_loss,
+            epoch_batches(pixels, self.batch_size, g, augment),
+            warm,
+            epochs=self.warm_epochs,
+            description="NPD polarizer warm-up",
+        )
         polarizer.eval()
         opt = torch.optim.SGD(polarizer.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4)
         counts = {"hits": 0, "seen": 0, "hit_rate": 0.0}
@@ -119,20 +128,29 @@ class NPD(Defense):
             top2 = probs.topk(2, dim=1).indices
             wrong = torch.where(top2[:, 0] == y, top2[:, 1], top2[:, 0])
             not_class = lambda cls: -torch.log(1.0001 - probs.gather(1, cls[:, None]) + 1e-12).mean()  # noqa: E731
-            return (self.lambda1 * F.cross_entropy(clean_logits, y)
-                    + self.lambda2 * F.cross_entropy(adv_logits, own)
-                    + self.lambda3 * not_class(wrong)
-                    + self.lambda4 * not_class(target))
+            return (
+                self.lambda1 * F.cross_entropy(clean_logits, y)
+                + self.lambda2 * F.cross_entropy(adv_logits, own)
+                + self.lambda3 * not_class(wrong)
+                + self.lambda4 * not_class(target)
+            )
 
         def targeted_success(_epoch: int) -> None:
             counts.update(hit_rate=counts["hits"] / max(1, counts["seen"]), hits=0, seen=0)
 
-        optimize(polarizer_loss, epoch_batches(pixels, self.batch_size, g, augment), opt, epochs=self.epochs,
-                 after_epoch=targeted_success, description="NPD polarizer")
+        optimize(
+            polarizer_loss,
+            epoch_batches(pixels, self.batch_size, g, augment),
+            opt,
+            epochs=self.epochs,
+            after_epoch=targeted_success,
+            description="NPD polarizer",
+        )
         hit_rate = counts["hit_rate"]
         conv = polarizer[0].weight.detach().flatten(1)
         ctx.report(
-            layer=layer, polarizer_norm=round(float(conv.norm()), 4),
+            layer=layer,
+            polarizer_norm=round(float(conv.norm()), 4),
             polarizer_identity_distance=round(float((conv - torch.eye(conv.shape[0], device=conv.device)).norm()), 4),
             final_targeted_success=round(hit_rate, 4),
         )
@@ -141,6 +159,7 @@ class NPD(Defense):
     def targeted_perturbation(self, model: nn.Module, pixels: Pixels, x: Tensor, target: Tensor) -> Tensor:
         """A per-image perturbation of the [0, 1] images toward `target`; returns the normalised
         perturbed images."""
+
         def perturbed(delta: Tensor) -> Tensor:
             return pixels.normalize((x + delta).clamp(0, 1))
 

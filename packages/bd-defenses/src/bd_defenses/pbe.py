@@ -21,8 +21,11 @@ from bd_defenses.base import Context, Defense, MitigationData
 from bd_defenses.registry import register
 
 
-@register("pbe", family="adversarial", paper="Mu et al., Progressive Backdoor Erasing via Connecting Backdoor and "
-          "Adversarial Attacks (CVPR 2023)")
+@register(
+    "pbe",
+    family="adversarial",
+    paper="Mu et al., Progressive Backdoor Erasing via Connecting Backdoor and Adversarial Attacks (CVPR 2023)",
+)
 @dataclass(frozen=True)
 class PBE(Defense):
     eps: float = setting(0.02, above=0, high=1)
@@ -49,8 +52,9 @@ class PBE(Defense):
                 model.eval()
                 adv = pgd_linf(model, xn, y, low, high, self.eps, self.eps / self.step_scale, self.iterations, g)
                 with torch.no_grad():
-                    epoch["gain"] += float(F.cross_entropy(model(adv), y, reduction="sum")
-                                           - F.cross_entropy(model(xn), y, reduction="sum"))
+                    epoch["gain"] += float(
+                        F.cross_entropy(model(adv), y, reduction="sum") - F.cross_entropy(model(xn), y, reduction="sum")
+                    )
                 model.train()
                 yield adv, y
             epoch["adversarial"] = False
@@ -68,8 +72,16 @@ class PBE(Defense):
             seen = max(1, epoch["seen"])
             result.update(flipped=epoch["changed"] / seen, gain=epoch["gain"] / seen)
 
-        optimize(loss, adversarial_pass_then_clean_pass, opt, epochs=self.epochs, model=model, device=ctx.device,
-                 after_epoch=adversarial_error, description="PBE adversarial erasing")
+        optimize(
+            loss,
+            adversarial_pass_then_clean_pass,
+            opt,
+            epochs=self.epochs,
+            model=model,
+            device=ctx.device,
+            after_epoch=adversarial_error,
+            description="PBE adversarial erasing",
+        )
         flipped, gain = result["flipped"], result["gain"]
         model.eval()
         ctx.report(final_adversarial_error=round(flipped, 4), final_adversarial_loss_gain=round(gain, 5))

@@ -20,8 +20,12 @@ def outlier_report(pruned: dict[str, Tensor]) -> dict[str, object]:
     """What goes into the result record: channels pruned per layer and in total."""
     per_layer = {name: int(mask.sum()) for name, mask in pruned.items() if int(mask.sum())}
     total = sum(int(m.numel()) for m in pruned.values())
-    return {"pruned_per_layer": per_layer, "pruned": sum(per_layer.values()), "channels": total,
-            "pruned_fraction": round(sum(per_layer.values()) / max(1, total), 5)}
+    return {
+        "pruned_per_layer": per_layer,
+        "pruned": sum(per_layer.values()),
+        "channels": total,
+        "pruned_fraction": round(sum(per_layer.values()) / max(1, total), 5),
+    }
 
 
 def bn_scale(bn: torch.nn.BatchNorm2d) -> Tensor:

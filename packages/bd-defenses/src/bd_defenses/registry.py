@@ -15,9 +15,9 @@ from bd_defenses.combined import SEPARATOR, Combined
 from bd_defenses.tuning import SUFFIX as TUNED
 from bd_defenses.tuning import Tuned
 
-DEFENSES: Registry[type[Defense]] = Registry("defense", hint=" (or several joined by '+', e.g. bnp+ft; "
-                                             "clp/tuned: its setting chosen by --tune)",
-                                             sort_valid=True)
+DEFENSES: Registry[type[Defense]] = Registry(
+    "defense", hint=" (or several joined by '+', e.g. bnp+ft; clp/tuned: its setting chosen by --tune)", sort_valid=True
+)
 
 
 def register(
@@ -85,8 +85,9 @@ def _split_settings(parts: list[str], overrides: dict[str, Any], name: str) -> l
         prefix, dot, setting = key.partition(".")
         if not dot:
             if len(parts) > 1:
-                raise BdError(f"combined defense {name}: setting {key!r} must name its defense, e.g. "
-                              f"{bases[-1]}.{key}={value}")
+                raise BdError(
+                    f"combined defense {name}: setting {key!r} must name its defense, e.g. {bases[-1]}.{key}={value}"
+                )
             per_part[0][key] = value
             continue
         try:
@@ -95,10 +96,14 @@ def _split_settings(parts: list[str], overrides: dict[str, Any], name: str) -> l
             target = prefix
         if target not in bases:
             if len(parts) > 1:
-                raise BdError(f"combined defense {name}: setting {key!r} names {prefix}, which is not one of "
-                              f"its parts ({', '.join(parts)})")
-            raise BdError(f"defense {name}: setting {key!r} names {prefix}, not {bases[0]}; "
-                          f"write {bases[0]}.{setting}={value} or {setting}={value}")
+                raise BdError(
+                    f"combined defense {name}: setting {key!r} names {prefix}, which is not one of "
+                    f"its parts ({', '.join(parts)})"
+                )
+            raise BdError(
+                f"defense {name}: setting {key!r} names {prefix}, not {bases[0]}; "
+                f"write {bases[0]}.{setting}={value} or {setting}={value}"
+            )
         for i, part in enumerate(bases):  # a part named twice (ft+clp+ft) takes the setting each time
             if part == target:
                 per_part[i][setting] = value
@@ -111,8 +116,9 @@ def create_defense(name: str, overrides: dict[str, Any] | None = None) -> Defens
     settings = _split_settings(parts, overrides or {}, canonical)
     if len(parts) == 1:
         return _build_part(canonical, settings[0], f"defense {name}")
-    return Combined(tuple(_build_part(p, s, f"defense {p} (in {canonical})")
-                          for p, s in zip(parts, settings, strict=True)))
+    return Combined(
+        tuple(_build_part(p, s, f"defense {p} (in {canonical})") for p, s in zip(parts, settings, strict=True))
+    )
 
 
 def _build_part(canonical: str, overrides: dict[str, Any], what: str) -> Defense:
@@ -121,8 +127,11 @@ def _build_part(canonical: str, overrides: dict[str, Any], what: str) -> Defense
         return build_dataclass(DEFENSES[canonical], overrides, what=what)
     inner = {k: v for k, v in overrides.items() if k != "tolerance"}
     tuning = {k: v for k, v in overrides.items() if k == "tolerance"}
-    return build_dataclass(Tuned, {**tuning, "inner": build_dataclass(DEFENSES[canonical.removesuffix(TUNED)], inner,
-                                                                       what=what)}, what=what)
+    return build_dataclass(
+        Tuned,
+        {**tuning, "inner": build_dataclass(DEFENSES[canonical.removesuffix(TUNED)], inner, what=what)},
+        what=what,
+    )
 
 
 def family_of(name: str) -> str:

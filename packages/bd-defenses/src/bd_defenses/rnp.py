@@ -60,9 +60,14 @@ class RNP(Defense):
             wrapped, scores, thresholds, lambda: accuracy(model, check_pixels) >= base - self.recovery_drop
         )
         ctx.report(
-            unlearn_epochs=unlearn_epochs, unlearned_acc=round(unlearn_acc, 4), threshold=threshold, pruned=pruned,
-            neurons=sum(int(s.numel()) for s in scores.values()), selection=rule,
-            check_acc_before=round(base, 4), check_acc_after=round(accuracy(model, check_pixels), 4),
+            unlearn_epochs=unlearn_epochs,
+            unlearned_acc=round(unlearn_acc, 4),
+            threshold=threshold,
+            pruned=pruned,
+            neurons=sum(int(s.numel()) for s in scores.values()),
+            selection=rule,
+            check_acc_before=round(base, 4),
+            check_acc_after=round(accuracy(model, check_pixels), 4),
         )
         return bake_masks(model)
 
@@ -82,14 +87,27 @@ class RNP(Defense):
             correct[0] = 0
             return reached[0] <= self.unlearn_threshold
 
-        optimize(ascent, epoch_batches(pixels, self.batch_size, ctx.generator(2)), opt, epochs=self.unlearn_epochs,
-                 model=model, scheduler=sched, after_epoch=unlearned_enough, description="RNP unlearning",
-                 before_update=lambda: nn.utils.clip_grad_norm_(model.parameters(), max_norm=20))
+        optimize(
+            ascent,
+            epoch_batches(pixels, self.batch_size, ctx.generator(2)),
+            opt,
+            epochs=self.unlearn_epochs,
+            model=model,
+            scheduler=sched,
+            after_epoch=unlearned_enough,
+            description="RNP unlearning",
+            before_update=lambda: nn.utils.clip_grad_norm_(model.parameters(), max_norm=20),
+        )
         model.eval()
         return reached[0], reached[1]
 
     def recover(self, model: nn.Module, wrapped, pixels: Pixels, ctx: Context) -> None:
         opt = torch.optim.SGD([m.mask for m in wrapped.values()], lr=self.recovery_lr, momentum=0.9)
-        optimize(lambda x, y: F.cross_entropy(model(pixels.normalize(x)), y),
-                 epoch_batches(pixels, self.batch_size, ctx.generator(3)), opt, epochs=self.recovery_epochs,
-                 after_step=lambda: clip_masks(wrapped), description="RNP mask recovery")
+        optimize(
+            lambda x, y: F.cross_entropy(model(pixels.normalize(x)), y),
+            epoch_batches(pixels, self.batch_size, ctx.generator(3)),
+            opt,
+            epochs=self.recovery_epochs,
+            after_step=lambda: clip_masks(wrapped),
+            description="RNP mask recovery",
+        )

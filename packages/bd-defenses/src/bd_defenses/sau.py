@@ -36,12 +36,19 @@ def js_divergence(p: Tensor, q: Tensor) -> Tensor:
     return 0.5 * (p * (p.log() - m.log())).sum(1) + 0.5 * (q * (q.log() - m.log())).sum(1)
 
 
-@register("sau", family="adversarial", paper="Wei et al., Shared Adversarial Unlearning: Backdoor Mitigation by "
-          "Unlearning Shared Adversarial Examples (NeurIPS 2023)")
+@register(
+    "sau",
+    family="adversarial",
+    paper="Wei et al., Shared Adversarial Unlearning: Backdoor Mitigation by "
+    "Unlearning Shared Adversarial Examples (NeurIPS 2023)",
+)
 @dataclass(frozen=True)
 class SAU(Defense):
-    tune: ClassVar[tuple[dict[str, Any], ...]] = ({"trigger_norm": 0.1}, {"trigger_norm": 0.2},
-                                                  {"trigger_norm": 0.3})  # --tune, mildest first: perturbation budget
+    tune: ClassVar[tuple[dict[str, Any], ...]] = (
+        {"trigger_norm": 0.1},
+        {"trigger_norm": 0.2},
+        {"trigger_norm": 0.3},
+    )  # --tune, mildest first: perturbation budget
     rounds: int = setting(100, 1, 100_000)
     lr: float = setting(1e-4, above=0, high=1)
     trigger_norm: float = setting(0.2, 0, 1)  # L-inf radius in pixel units
@@ -79,8 +86,14 @@ class SAU(Defense):
             if fooled_ref.any():
                 probs = adv_logits.softmax(1)
                 on_ref = probs.gather(1, ref_adv[:, None]).squeeze(1)[fooled_ref]
-                loss_shared = (-torch.log(1e-6 + (1 - on_ref).clamp(max=0.999)).sum()
-                               - torch.log(1 + 1e-6 - on_ref.clamp(min=0.001)).sum()) / 2 / len(y)
+                loss_shared = (
+                    (
+                        -torch.log(1e-6 + (1 - on_ref).clamp(max=0.999)).sum()
+                        - torch.log(1 + 1e-6 - on_ref.clamp(min=0.001)).sum()
+                    )
+                    / 2
+                    / len(y)
+                )
                 loss = loss + self.lambda3 * loss_shared
             totals["shared"] += int(shared.sum())
             totals["seen"] += len(y)
@@ -91,11 +104,19 @@ class SAU(Defense):
             stats.update(shared=totals["shared"] / seen, loss_gain=totals["gain"] / seen)
             totals.update(shared=0, gain=0.0, seen=0)
 
-        optimize(shared_adversarial_loss, epoch_batches(pixels, self.batch_size, ctx.generator(12)), opt,
-                 epochs=self.rounds, model=model, training=False, after_epoch=round_statistics,
-                 description="SAU shared adversarial unlearning")
-        ctx.report(final_shared_fraction=round(stats["shared"], 4),
-                   final_adversarial_loss_gain=round(stats["loss_gain"], 4))
+        optimize(
+            shared_adversarial_loss,
+            epoch_batches(pixels, self.batch_size, ctx.generator(12)),
+            opt,
+            epochs=self.rounds,
+            model=model,
+            training=False,
+            after_epoch=round_statistics,
+            description="SAU shared adversarial unlearning",
+        )
+        ctx.report(
+            final_shared_fraction=round(stats["shared"], 4), final_adversarial_loss_gain=round(stats["loss_gain"], 4)
+        )
         return model
 
     def perturbed(self, x: Tensor, delta: Tensor) -> Tensor:

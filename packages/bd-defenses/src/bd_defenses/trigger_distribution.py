@@ -27,16 +27,26 @@ def patch_origin(location: str, image: int, size: int) -> tuple[int, int]:
     if location not in LOCATIONS:
         raise ValueError(f"location must be one of {', '.join(LOCATIONS)}, got {location!r}")
     far = image - size
-    return {"bottom-right": (far, far), "bottom-left": (far, 0), "top-right": (0, far), "top-left": (0, 0),
-            "center": (far // 2, far // 2)}[location]
+    return {
+        "bottom-right": (far, far),
+        "bottom-left": (far, 0),
+        "top-right": (0, far),
+        "top-left": (0, 0),
+        "center": (far // 2, far // 2),
+    }[location]
 
 
 class PatchGenerator(nn.Module):
     def __init__(self, channels: int, size: int, noise: int = 32, hidden: int = 128) -> None:
         super().__init__()
         self.channels, self.size, self.noise = channels, size, noise
-        self.net = nn.Sequential(nn.Linear(noise, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, channels * size * size))
+        self.net = nn.Sequential(
+            nn.Linear(noise, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, channels * size * size),
+        )
 
     def forward(self, z: Tensor) -> Tensor:
         return torch.sigmoid(self.net(z)).view(-1, self.channels, self.size, self.size)
@@ -95,8 +105,18 @@ class TriggerDistribution:
 
 
 def fit_trigger_distribution(
-    model: nn.Module, pixels: Pixels, target: int, size: int, location: str, levels: tuple[float, ...],
-    entropy_weight: float, steps: int, batch: int, lr: float, g: torch.Generator, tick=lambda: None,
+    model: nn.Module,
+    pixels: Pixels,
+    target: int,
+    size: int,
+    location: str,
+    levels: tuple[float, ...],
+    entropy_weight: float,
+    steps: int,
+    batch: int,
+    lr: float,
+    g: torch.Generator,
+    tick=lambda: None,
 ) -> TriggerDistribution:
     """One generator per staircase level beta; returns them with their measured success rates."""
     model.eval()

@@ -77,13 +77,19 @@ def clean_signals(model: nn.Module, original: nn.Module, check: ImageSet, device
     acc = (logits.argmax(1) == pixels.y).float().mean()
     loss = F.cross_entropy(logits, pixels.y)
     mean, std = (t.to(device) for t in check.mean_std())
-    augmented = augmented_batch(check.images.to(device), Augment.for_dataset(check.info),
-                                torch.Generator().manual_seed(seed), mean, std)
+    augmented = augmented_batch(
+        check.images.to(device), Augment.for_dataset(check.info), torch.Generator().manual_seed(seed), mean, std
+    )
     probs = model(augmented).softmax(1)
     agreement = (probs.argmax(1) == original(augmented).argmax(1)).float().mean()
     entropy = -(probs * probs.clamp_min(1e-12).log()).sum(1).mean()
-    return {"acc": round(float(acc), 4), "loss": round(float(loss), 4), "agreement": round(float(agreement), 4),
-            "entropy": round(float(entropy), 4), "confidence": round(float(probs.max(1).values.mean()), 4)}
+    return {
+        "acc": round(float(acc), 4),
+        "loss": round(float(loss), 4),
+        "agreement": round(float(agreement), 4),
+        "entropy": round(float(entropy), 4),
+        "confidence": round(float(probs.max(1).values.mean()), 4),
+    }
 
 
 def settings_text(settings: dict[str, Any]) -> str:
@@ -178,12 +184,16 @@ class Tuned(Defense):
         fit, check, rule = data.selection_split(ctx.seed)
         fit_data = dataclasses.replace(data, clean=fit)
         original = copy.deepcopy(model)
-        say(f"tuning {self.inner.name}: {len(self.candidates)} candidates "
-            f"({', '.join(settings_text(c) for c in self.candidates)}), checked on {rule}")
+        say(
+            f"tuning {self.inner.name}: {len(self.candidates)} candidates "
+            f"({', '.join(settings_text(c) for c in self.candidates)}), checked on {rule}"
+        )
         if fit is data.clean:  # the candidate already saw all of D_m: the chosen one is the result
             results = self.inner.run_candidates(self.candidates, original, fit_data, ctx)
-            trials = [{"settings": settings, **clean_signals(defended, original, check, ctx.device, ctx.seed)}
-                      for (defended, _), settings in zip(results, self.candidates, strict=True)]
+            trials = [
+                {"settings": settings, **clean_signals(defended, original, check, ctx.device, ctx.seed)}
+                for (defended, _), settings in zip(results, self.candidates, strict=True)
+            ]
             chosen = choose(trials, self.tolerance)
             defended, record = results[chosen]
             resumed = 0
@@ -191,21 +201,30 @@ class Tuned(Defense):
             log = TrialLog(ctx.trials) if ctx.trials is not None else None
             trials, resumed = self.checked_candidates(original, fit_data, check, ctx, log)
             chosen = choose(trials, self.tolerance)
-            say(f"tuning {self.inner.name}: chose {settings_text(self.candidates[chosen])}; "
-                f"running it on all {len(data.clean)} images")
+            say(
+                f"tuning {self.inner.name}: chose {settings_text(self.candidates[chosen])}; "
+                f"running it on all {len(data.clean)} images"
+            )
             final_ctx = ctx.fresh()
             defended, record = self.candidate_defenses()[chosen](original, data, final_ctx), final_ctx.record
             if log is not None:
                 log.clear()
-        ctx.report(**record, tuning={
-            "chosen": self.candidates[chosen], "candidates": trials, "check": rule, "tolerance": self.tolerance,
-            "rule": "the strongest candidate within the tolerance of the best check accuracy",
-            **({"resumed_candidates": resumed} if resumed else {}),
-        })
+        ctx.report(
+            **record,
+            tuning={
+                "chosen": self.candidates[chosen],
+                "candidates": trials,
+                "check": rule,
+                "tolerance": self.tolerance,
+                "rule": "the strongest candidate within the tolerance of the best check accuracy",
+                **({"resumed_candidates": resumed} if resumed else {}),
+            },
+        )
         return defended
 
-    def checked_candidates(self, original: nn.Module, fit: MitigationData, check: ImageSet, ctx: Context,
-                           log: TrialLog | None) -> tuple[list[dict[str, Any]], int]:
+    def checked_candidates(
+        self, original: nn.Module, fit: MitigationData, check: ImageSet, ctx: Context, log: TrialLog | None
+    ) -> tuple[list[dict[str, Any]], int]:
         """Each candidate's settings and signals on `check` (fitted on `fit`), in candidate order,
         and how many came from `log`. Those sharing a costly first stage (ANP, NC) run together,
         the others one at a time, each kept once finished. A resumed run gives what an unstopped
@@ -220,11 +239,15 @@ class Tuned(Defense):
             groups = [[i] for i, trial in enumerate(kept) if trial is None]
         resumed = len(defenses) - sum(len(g) for g in groups)
         if resumed:  # only a TrialLog resumes candidates
-            say(f"tuning {self.inner.name}: {resumed} of {len(defenses)} candidates kept from an earlier run "
-                f"({log.folder})")
+            say(
+                f"tuning {self.inner.name}: {resumed} of {len(defenses)} candidates kept from an earlier run "
+                f"({log.folder})"
+            )
         for group in groups:
-            say(f"tuning {self.inner.name}: candidate {', '.join(str(i + 1) for i in group)} of {len(defenses)}: "
-                f"{', '.join(settings_text(self.candidates[i]) for i in group)} on {len(fit.clean)} images")
+            say(
+                f"tuning {self.inner.name}: candidate {', '.join(str(i + 1) for i in group)} of {len(defenses)}: "
+                f"{', '.join(settings_text(self.candidates[i]) for i in group)} on {len(fit.clean)} images"
+            )
             if group[0] > 0 and loaded[group[0] - 1]:  # the generator as that kept candidate left it
                 restore_global_rng(kept[group[0] - 1]["rng"])
             results = self.inner.run_candidates(tuple(self.candidates[i] for i in group), original, fit, ctx)
@@ -233,10 +256,11 @@ class Tuned(Defense):
                 kept[i] = {"settings": self.candidates[i], "signals": signals, "rng": global_rng_state()}
                 if log is not None:
                     log.save(defenses[i], ctx, kept[i])
-                say(f"tuning {self.inner.name}: candidate {i + 1} ({settings_text(self.candidates[i])}): check "
+                say(
+                    f"tuning {self.inner.name}: candidate {i + 1} ({settings_text(self.candidates[i])}): check "
                     f"accuracy {signals['acc']:.4f}, agreement {signals['agreement']:.4f}"
-                    f"{', kept' if log is not None else ''}")
+                    f"{', kept' if log is not None else ''}"
+                )
         if loaded[-1] and not any(len(defenses) - 1 in g for g in groups):  # the last candidate was kept
             restore_global_rng(kept[-1]["rng"])
         return [{"settings": t["settings"], **t["signals"]} for t in kept], resumed
-

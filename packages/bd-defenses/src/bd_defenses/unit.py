@@ -26,8 +26,13 @@ from bd_defenses.bounds import install_bounds, layer_moments, train_bounds
 from bd_defenses.registry import register
 
 
-@register("unit", family="additive", paper="Cheng et al., UNIT: Backdoor Mitigation via Automated Neural Distribution "
-          "Tightening (ECCV 2024); reviewed only, defaults are bd's", benchmarked=False)
+@register(
+    "unit",
+    family="additive",
+    paper="Cheng et al., UNIT: Backdoor Mitigation via Automated Neural Distribution "
+    "Tightening (ECCV 2024); reviewed only, defaults are bd's",
+    benchmarked=False,
+)
 @dataclass(frozen=True)
 class UNIT(Defense):
     lam: float = setting(1e-3, 0, 1e6)
@@ -47,11 +52,20 @@ class UNIT(Defense):
                 _, mean, std = layer_moments(stats)
                 b.bound.fill_(mean + self.sigmas * std)
         report = train_bounds(
-            model, bounds, pixels, ctx,
+            model,
+            bounds,
+            pixels,
+            ctx,
             loss_fn=lambda logits, idx, y: F.cross_entropy(logits, y),
-            penalty_fn=lambda b: b.abs().sum(), lam=self.lam, epochs=self.epochs, lr=self.lr,
-            batch_size=self.batch_size, alpha=self.alpha, acc_reduction=self.acc_reduction,
-            adapt_every=self.adapt_every, description="UNIT distribution tightening",
+            penalty_fn=lambda b: b.abs().sum(),
+            lam=self.lam,
+            epochs=self.epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            alpha=self.alpha,
+            acc_reduction=self.acc_reduction,
+            adapt_every=self.adapt_every,
+            description="UNIT distribution tightening",
         )
         ctx.report(**report)
         return model.eval()

@@ -42,5 +42,14 @@ def unlearn(
             x[chosen] = stamp(x[chosen], g).clamp(0, 1)
         return pixels.normalize(x), pixels.y[idx.to(ctx.device)]
 
-    return fit(model, partly_stamped, len(data), epochs=epochs, batch_size=batch_size, lr=lr, seed=ctx.seed,
-               device=ctx.device, description=description)
+    return fit(
+        model,
+        partly_stamped,
+        len(data),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=ctx.seed,
+        device=ctx.device,
+        description=description,
+    )

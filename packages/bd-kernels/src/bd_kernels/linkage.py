@@ -25,6 +25,7 @@ def needed_libraries(path: str | Path) -> list[str]:
     """The DT_NEEDED entries of an ELF64 little-endian shared object (what `readelf -d` lists);
     [] for any other file."""
     with open(path, "rb") as f:
+
         def read(offset: int, size: int) -> bytes:
             f.seek(offset)
             return f.read(size)
@@ -46,7 +47,7 @@ def needed_libraries(path: str | Path) -> list[str]:
             for at in range(0, len(dynamic) - 15, 16):
                 tag, value = struct.unpack_from("<qQ", dynamic, at)
                 if tag == _DT_NEEDED:
-                    names.append(strings[value:strings.index(b"\0", value)].decode())
+                    names.append(strings[value : strings.index(b"\0", value)].decode())
         return names
 
 
@@ -56,6 +57,8 @@ def static_libstdcxx_error(path: str | Path) -> str | None:
     needed = needed_libraries(path)
     if not needed or any(name.startswith("libstdc++.so") for name in needed):
         return None
-    return (f"{path} has libstdc++ linked in statically (it needs only {', '.join(needed)}), so an error "
-            f"raised inside it would crash Python; rebuild it with this setup.py, which links the shared "
-            f"libstdc++.so.6, or with a compiler whose -lstdc++ finds it (e.g. CXX=/usr/bin/g++)")
+    return (
+        f"{path} has libstdc++ linked in statically (it needs only {', '.join(needed)}), so an error "
+        f"raised inside it would crash Python; rebuild it with this setup.py, which links the shared "
+        f"libstdc++.so.6, or with a compiler whose -lstdc++ finds it (e.g. CXX=/usr/bin/g++)"
+    )

@@ -108,8 +108,19 @@ def apply_trigger(
         poisoned = flags
     if _compiled_for(images):
         return torch.ops.bd_kernels.apply_trigger(
-            images, poisoned, pattern, mask, mode, float(alpha), mean, std, crop_offsets, int(padding), flip,
-            out_dtype, channels_last,
+            images,
+            poisoned,
+            pattern,
+            mask,
+            mode,
+            float(alpha),
+            mean,
+            std,
+            crop_offsets,
+            int(padding),
+            flip,
+            out_dtype,
+            channels_last,
         )
     out = reference.apply_trigger(
         images, poisoned, pattern, mask, mode, alpha, mean, std, crop_offsets, padding, flip, out_dtype
@@ -198,8 +209,9 @@ def masked_conv2d(
     of the activations, masks and perturbations in one pass, never forming W * m.
     """
     if not _compiled_for(x):
-        return reference.masked_conv2d(x, weight, bias, mask, perturb, bias_mask, bias_perturb, stride, padding,
-                                       dilation, groups)
+        return reference.masked_conv2d(
+            x, weight, bias, mask, perturb, bias_mask, bias_perturb, stride, padding, dilation, groups
+        )
     z = F.conv2d(x, weight, None, stride, padding, dilation, groups)
     scale = mask + perturb
     shift = bias * (bias_mask + bias_perturb) if bias is not None else torch.zeros_like(scale)
@@ -209,8 +221,9 @@ def masked_conv2d(
 if _BUILD:
 
     @torch.library.register_fake("bd_kernels::apply_trigger")
-    def _apply_trigger_fake(images, poisoned, pattern, mask, mode, alpha, mean, std, crop_offsets, padding, flip,
-                            out_dtype, channels_last):
+    def _apply_trigger_fake(
+        images, poisoned, pattern, mask, mode, alpha, mean, std, crop_offsets, padding, flip, out_dtype, channels_last
+    ):
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         return torch.empty(images.shape, dtype=out_dtype, device=images.device, memory_format=fmt)
 
@@ -218,8 +231,13 @@ if _BUILD:
     def _channel_stats_fake(x):
         c = x.shape[1]
         f64 = dict(dtype=torch.float64, device=x.device)
-        return (x.new_empty(c, dtype=torch.int64), x.new_empty(c, **f64), x.new_empty(c, **f64),
-                x.new_empty(c, **f64), x.new_empty(c, **f64))
+        return (
+            x.new_empty(c, dtype=torch.int64),
+            x.new_empty(c, **f64),
+            x.new_empty(c, **f64),
+            x.new_empty(c, **f64),
+            x.new_empty(c, **f64),
+        )
 
     @torch.library.register_fake("bd_kernels::masked_conv2d_epilogue")
     def _epilogue_fake(z, scale, shift):

@@ -55,12 +55,20 @@ def attack(
     attacked, hit = obtain_attacked_model(spec, load_data(spec.dataset, data_dir, download), cache, dev)
     key = attacked.meta["cache_key"]
     warning = weak_attack_warning(attacked.meta["metrics"]["asr"])
-    info = {"key": key, "model_file": str(cache.path(key)), "cached_before": hit, **attacked.meta["metrics"],
-            "train_seconds": attacked.meta.get("training", {}).get("train_seconds"), "warning": warning}
+    info = {
+        "key": key,
+        "model_file": str(cache.path(key)),
+        "cached_before": hit,
+        **attacked.meta["metrics"],
+        "train_seconds": attacked.meta.get("training", {}).get("train_seconds"),
+        "warning": warning,
+    }
 
     def show_table() -> None:
-        say(f"{spec.attack} on {spec.dataset}/{spec.arch} ({spec.poison_ratio:.0%}, preset {spec.preset}): "
-            f"ACC {info['acc']:.2%}  ASR {info['asr']:.2%}  RA {info['ra']:.2%}")
+        say(
+            f"{spec.attack} on {spec.dataset}/{spec.arch} ({spec.poison_ratio:.0%}, preset {spec.preset}): "
+            f"ACC {info['acc']:.2%}  ASR {info['asr']:.2%}  RA {info['ra']:.2%}"
+        )
         say(f"{'found in' if hit else 'saved to'} {info['model_file']}  (bd defend --model {info['model_file']})")
         if warning:
             warn(warning)

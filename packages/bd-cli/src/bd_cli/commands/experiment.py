@@ -78,8 +78,9 @@ def run(
     from bd_core.attacked import AttackSpec, load_data
     from bd_core.config import parse_assignments
 
-    attack_spec = AttackSpec(dataset, arch, attack, poison_ratio, target, seed, preset.value,
-                             parse_assignments(attack_set))
+    attack_spec = AttackSpec(
+        dataset, arch, attack, poison_ratio, target, seed, preset.value, parse_assignments(attack_set)
+    )
     spec = _experiment_spec(attack_spec, defense, tune, spc, partition, set_, mitigation_indices, precision)
     dev = resolve_device(device)
     _run_and_show(spec, load_data(attack_spec.dataset, data_dir, download), dev, store, force, format)
@@ -94,9 +95,12 @@ DEFEND_EXAMPLES = examples(
 @maps_errors
 def defend(
     defense: DefenseName = "ft",
-    model: Annotated[Path | None, typer.Option(
-        help="attacked model file written by bd (model.safetensors); else the cached model of the attack "
-             "options")] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            help="attacked model file written by bd (model.safetensors); else the cached model of the attack options"
+        ),
+    ] = None,
     attack: Attack = "badnets",
     dataset: Dataset = "fashion-mnist",
     arch: Arch = "preact-resnet18",
@@ -124,8 +128,9 @@ def defend(
     if model is not None:
         attacked, attack_spec = _model_file(model)
     else:
-        attacked, attack_spec = _cached_model(AttackSpec(dataset, arch, attack, poison_ratio, target, seed,
-                                                         preset.value), data_dir)
+        attacked, attack_spec = _cached_model(
+            AttackSpec(dataset, arch, attack, poison_ratio, target, seed, preset.value), data_dir
+        )
     spec = _experiment_spec(attack_spec, defense, tune, spc, partition, set_, mitigation_indices, precision)
     dev = resolve_device(device)
     _run_and_show(spec, load_data(attack_spec.dataset, data_dir), dev, store, force, format, attacked)
@@ -140,8 +145,10 @@ def _model_file(path: Path):
         fail(f"--model {path}: no such file (bd attack prints where models are saved)")
     attacked = load_model(path)
     if not isinstance(attacked.meta.get("attack"), dict):
-        fail(f"--model {path}: its metadata has no 'attack' section, so bd cannot tell which backdoor to measure; "
-             "use a file written by `bd attack` or `bd import`")
+        fail(
+            f"--model {path}: its metadata has no 'attack' section, so bd cannot tell which backdoor to measure; "
+            "use a file written by `bd attack` or `bd import`"
+        )
     try:
         return attacked, AttackSpec.from_config(attacked.meta["attack"])
     except BdError as e:
@@ -157,8 +164,10 @@ def _cached_model(spec, data_dir: Path | None):
     spec = spec.for_data(load_data(spec.dataset, data_dir))
     path = ModelCache(cache_root() / "models").get_path(spec.key)
     if path is None:
-        fail(f"no cached attacked model for {spec.attack} on {spec.dataset}/{spec.arch} ({spec.poison_ratio:.0%}, "
-             f"preset {spec.preset}); train it with `bd attack` with the same options, or pass --model FILE")
+        fail(
+            f"no cached attacked model for {spec.attack} on {spec.dataset}/{spec.arch} ({spec.poison_ratio:.0%}, "
+            f"preset {spec.preset}); train it with `bd attack` with the same options, or pass --model FILE"
+        )
     return load_model(path), spec
 
 
@@ -170,8 +179,15 @@ def _experiment_spec(attack_spec, defense, tune, spc, partition, settings, indic
     from bd_cli.runner import ExperimentSpec
 
     indices = read_indices(indices_file) if indices_file else None
-    return ExperimentSpec(attack_spec, with_tuning(defense) if tune else defense, spc, partition,
-                          parse_assignments(settings), indices, precision)
+    return ExperimentSpec(
+        attack_spec,
+        with_tuning(defense) if tune else defense,
+        spc,
+        partition,
+        parse_assignments(settings),
+        indices,
+        precision,
+    )
 
 
 def _run_and_show(spec, data, device: str, store: Path | None, force: bool, format: Format, attacked=None) -> None:
@@ -190,8 +206,10 @@ METRIC_LABELS = (("acc", "ACC (clean accuracy)"), ("asr", "ASR (attack success)"
 
 
 def print_result(r: dict) -> None:
-    title = (f"{r['defense']} vs {r['attack']} ({r['poison_ratio']:.0%}) on {r['dataset']}/{r['arch']}, "
-             f"spc {r['spc']}, partition {r['partition']}")
+    title = (
+        f"{r['defense']} vs {r['attack']} ({r['poison_ratio']:.0%}) on {r['dataset']}/{r['arch']}, "
+        f"spc {r['spc']}, partition {r['partition']}"
+    )
     table = Table(title=title, title_justify="left")
     table.add_column("metric")
     table.add_column("before defense", justify="right")

@@ -28,43 +28,65 @@ class Backend(str, Enum):
 
 @maps_errors
 def grid(
-    config: Annotated[Path | None, typer.Option(
-        help="TOML grid file (keys: datasets, archs, attacks, poison_ratios, defenses, spc, partitions, seeds, "
-             "preset; tables settings.<defense> and presets.<name>)")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="TOML grid file (keys: datasets, archs, attacks, poison_ratios, defenses, spc, partitions, seeds, "
+            "preset; tables settings.<defense> and presets.<name>)"
+        ),
+    ] = None,
     dataset: Annotated[str | None, typer.Option(help="comma-separated datasets")] = None,
     arch: Annotated[str | None, typer.Option(help="comma-separated architectures")] = None,
     attack: Annotated[str | None, typer.Option(help="comma-separated attacks")] = None,
     poison_ratio: Annotated[str | None, typer.Option(help="comma-separated poison ratios, e.g. 0.01,0.05,0.1")] = None,
-    defense: Annotated[str | None, typer.Option(
-        help="comma-separated defenses, or all (every benchmarked defense); bnp+ft is one combined defense")] = None,
+    defense: Annotated[
+        str | None,
+        typer.Option(
+            help="comma-separated defenses, or all (every benchmarked defense); bnp+ft is one combined defense"
+        ),
+    ] = None,
     spc: Annotated[str | None, typer.Option(help="comma-separated samples per class, e.g. 2,10,100")] = None,
     partitions: Annotated[int | None, typer.Option(help="mitigation partitions 0..N-1 per setting")] = None,
     seed: Annotated[str | None, typer.Option(help="comma-separated seeds")] = None,
     preset: Annotated[Preset | None, typer.Option(help="training preset of the attacked models")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="defense.key=value override (repeatable)")] = None,
-    tune: Annotated[bool, typer.Option(
-        "--tune", help="also run each tunable defense tuned (name/tuned) beside its defaults")] = False,
-    precision: Annotated[str, typer.Option(
-        help="fp32, or bf16 for the defenses whose training can run in it (FT, FST, NAD, FP, FMP, FT-SAM; the "
-             "others stay fp32, said before the run)")] = "fp32",
-    backend: Annotated[Backend, typer.Option(help="local: process pool on this machine; ray: Ray tasks")
-                       ] = Backend.local,
-    address: Annotated[str | None, typer.Option(help="Ray cluster address (default: start a local Ray instance)")
-                       ] = None,
-    workers: Annotated[int, typer.Option(
-        help="local pool size [default: CPU cores, or GPUs / --gpu-share with --device cuda]")] = 0,
-    gpu_share: Annotated[float | None, typer.Option(
-        help="fraction of one GPU a unit takes, e.g. 0.25 for four side by side [default: from the peak GPU "
-             "memory stored for the grid's archs and presets, else 1]")] = None,
+    tune: Annotated[
+        bool, typer.Option("--tune", help="also run each tunable defense tuned (name/tuned) beside its defaults")
+    ] = False,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="fp32, or bf16 for the defenses whose training can run in it (FT, FST, NAD, FP, FMP, FT-SAM; the "
+            "others stay fp32, said before the run)"
+        ),
+    ] = "fp32",
+    backend: Annotated[
+        Backend, typer.Option(help="local: process pool on this machine; ray: Ray tasks")
+    ] = Backend.local,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: start a local Ray instance)")
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(help="local pool size [default: CPU cores, or GPUs / --gpu-share with --device cuda]")
+    ] = 0,
+    gpu_share: Annotated[
+        float | None,
+        typer.Option(
+            help="fraction of one GPU a unit takes, e.g. 0.25 for four side by side [default: from the peak GPU "
+            "memory stored for the grid's archs and presets, else 1]"
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (with ray: the cluster's GPUs)")] = "auto",
     store: ResultsFile = None,
     data_dir: DataDir = None,
     dry_run: Annotated[bool, typer.Option(help="only count the units and what is already stored")] = False,
-    estimate: Annotated[bool, typer.Option(
-        help="dry run that projects the grid's time from stored times (see --gpus)")] = False,
+    estimate: Annotated[
+        bool, typer.Option(help="dry run that projects the grid's time from stored times (see --gpus)")
+    ] = False,
     gpus: Annotated[int, typer.Option(help="with --estimate: GPUs the projection spreads GPU time over")] = 8,
-    calibrate: Annotated[bool, typer.Option(
-        help="run one unit per defense and arch with no stored time on this device, then --estimate")] = False,
+    calibrate: Annotated[
+        bool, typer.Option(help="run one unit per defense and arch with no stored time on this device, then --estimate")
+    ] = False,
     format: Annotated[Format, typer.Option(help="table or json summary")] = Format.table,
 ) -> None:
     """Run a grid of experiments, resumably: finished units are skipped, failures recorded.
@@ -77,15 +99,22 @@ def grid(
     if gpus < 1:
         fail(f"--gpus {gpus}: give the number of GPUs to project onto, at least 1")
     flags = {
-        "datasets": split(dataset), "archs": split(arch), "attacks": split(attack),
+        "datasets": split(dataset),
+        "archs": split(arch),
+        "attacks": split(attack),
         "poison_ratios": numbers("--poison-ratio", poison_ratio, float, "e.g. 0.01,0.05,0.1"),
-        "defenses": split(defense), "spc": numbers("--spc", spc, int, "e.g. 2,10,100"),
+        "defenses": split(defense),
+        "spc": numbers("--spc", spc, int, "e.g. 2,10,100"),
         "partitions": list(range(partitions)) if partitions is not None else None,
-        "seeds": numbers("--seed", seed, int, "e.g. 0,1,2"), "preset": preset.value if preset else None,
+        "seeds": numbers("--seed", seed, int, "e.g. 0,1,2"),
+        "preset": preset.value if preset else None,
     }
     path = store or default_store()
-    spec = GridSpec.from_toml(config, **flags) if config else GridSpec.build(
-        **{k: v for k, v in flags.items() if v is not None})
+    spec = (
+        GridSpec.from_toml(config, **flags)
+        if config
+        else GridSpec.build(**{k: v for k, v in flags.items() if v is not None})
+    )
     refused: list[str] = []
     notes: list[str] = []
     units = spec.with_overrides(set_ or []).units(tune=tune, refused=refused, precision=precision, notes=notes)
@@ -138,11 +167,22 @@ def _run(units, path: Path, backend: Backend, address, workers: int, gpu_share, 
                     stored_now += 1
                     progress.update(task, advance=1, status=f"{row['defense']}/{row['attack']}: {row['status']}")
 
-                return run_grid(units, results, cache_root() / "models", runner, device=device, data_dir=data_dir,
-                                threads=threads, on_result=advance)
+                return run_grid(
+                    units,
+                    results,
+                    cache_root() / "models",
+                    runner,
+                    device=device,
+                    data_dir=data_dir,
+                    threads=threads,
+                    on_result=advance,
+                )
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM; the units that were running are run again next time
-        fail(f"stopped: {stored_now} results stored by this run in {path}; the same command resumes "
-             "(stored units are skipped)", code=130)
+        fail(
+            f"stopped: {stored_now} results stored by this run in {path}; the same command resumes "
+            "(stored units are skipped)",
+            code=130,
+        )
 
 
 def _default_share(units, results, device: str) -> float:
@@ -154,8 +194,11 @@ def _default_share(units, results, device: str) -> float:
     from bd_cli.runner.placement import default_share
 
     shapes = {(u.attack.arch, u.attack.preset) for u in units}
-    peaks = [(r.get("details") or {}).get("peak_gpu_memory_mb") for r in results.query(status="ok")
-             if (r["arch"], r["preset"]) in shapes]
+    peaks = [
+        (r.get("details") or {}).get("peak_gpu_memory_mb")
+        for r in results.query(status="ok")
+        if (r["arch"], r["preset"]) in shapes
+    ]
     memory = torch.cuda.get_device_properties(0).total_memory / 2**20 if torch.cuda.is_available() else None
     share, why = default_share(peaks, memory)
     err.print(f"--gpu-share {share:g}: {why}", highlight=False)
@@ -164,11 +207,16 @@ def _default_share(units, results, device: str) -> float:
 
 def _show_report(report, path: Path, format: Format) -> None:
     def show_table() -> None:
-        say(f"{report.total} units: {report.ok} ran, {report.skipped} already stored, {report.failed} failed"
+        say(
+            f"{report.total} units: {report.ok} ran, {report.skipped} already stored, {report.failed} failed"
             + (f", {report.lost} lost (rerun to complete them)" if report.lost else "")
-            + (f", {report.retried_alone} retried alone after running out of GPU memory"
-               if report.retried_alone else "")
-            + f"; {report.attacks_trained} attacked models trained; results in {path}")
+            + (
+                f", {report.retried_alone} retried alone after running out of GPU memory"
+                if report.retried_alone
+                else ""
+            )
+            + f"; {report.attacks_trained} attacked models trained; results in {path}"
+        )
         for line in report.failures[:20]:
             say(f"[red]failed:[/red] {line}")
         for line in report.weak_attacks:

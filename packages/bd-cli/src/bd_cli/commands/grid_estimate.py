@@ -46,41 +46,69 @@ def show_estimate(units, path: Path, data_dir, device: str, gpus: int, format: F
     cache = ModelCache(cache_root() / "models")
     attacks = {u.attack.key: u.attack for u in units}
     to_train = [a for k, a in attacks.items() if cache.get_path(k) is None]
-    summary = {"units": len(units), "stored": len(units) - len(todo), "to_run": len(todo),
-               "attacked_models": len(attacks), "attack_trainings": len(to_train), "store": str(path)}
+    summary = {
+        "units": len(units),
+        "stored": len(units) - len(todo),
+        "to_run": len(todo),
+        "attacked_models": len(attacks),
+        "attack_trainings": len(to_train),
+        "store": str(path),
+    }
     if not gpus:
-        emit(summary, format, lambda: say(
-            f"{summary['units']} units ({summary['attacked_models']} attacked models, {len(to_train)} to train): "
-            f"{summary['stored']} already stored in {path}, {summary['to_run']} to run"))
+        emit(
+            summary,
+            format,
+            lambda: say(
+                f"{summary['units']} units ({summary['attacked_models']} attacked models, {len(to_train)} to train): "
+                f"{summary['stored']} already stored in {path}, {summary['to_run']} to run"
+            ),
+        )
         return
     model = CostModel(rows, metas)
     here = device_label(device)
     projections = [model.project(todo, to_train, d) for d in dict.fromkeys([here, *model.devices()])]
-    summary["projections"] = [{**p.as_dict(), "this_machine": p.device == here,
-                               "wall_seconds": round(p.wall_seconds(1 if p.device == "cpu" else gpus), 1),
-                               "devices": 1 if p.device == "cpu" else gpus} for p in projections]
+    summary["projections"] = [
+        {
+            **p.as_dict(),
+            "this_machine": p.device == here,
+            "wall_seconds": round(p.wall_seconds(1 if p.device == "cpu" else gpus), 1),
+            "devices": 1 if p.device == "cpu" else gpus,
+        }
+        for p in projections
+    ]
 
     def show_table() -> None:
-        say(f"{summary['units']} units, {summary['to_run']} to run ({summary['stored']} stored); "
-            f"{len(attacks)} attacked models, {len(to_train)} to train")
+        say(
+            f"{summary['units']} units, {summary['to_run']} to run ({summary['stored']} stored); "
+            f"{len(attacks)} attacked models, {len(to_train)} to train"
+        )
         table = Table(title="projected time of the units still to run", title_justify="left")
         for column in ("device", "units: measured / scaled / unknown", "total", "wall"):
             table.add_column(column, overflow="fold")
         for p, d in zip(projections, summary["projections"], strict=True):
             scaled = p.units["scaled (spc)"] + p.units["scaled (arch)"]
             name = p.device + (" (this machine)" if d["this_machine"] else "")
-            wall = f"{duration(d['wall_seconds'])} on {d['devices']}" if d["devices"] > 1 else duration(
-                d["wall_seconds"])
-            table.add_row(name, f"{p.units['measured']} / {scaled} / {p.units['unknown']}"
-                          + (f"\n{p.attacks_unknown} attack trainings unknown" if p.attacks_unknown else ""),
-                          duration(p.total_seconds), wall)
+            wall = (
+                f"{duration(d['wall_seconds'])} on {d['devices']}" if d["devices"] > 1 else duration(d["wall_seconds"])
+            )
+            table.add_row(
+                name,
+                f"{p.units['measured']} / {scaled} / {p.units['unknown']}"
+                + (f"\n{p.attacks_unknown} attack trainings unknown" if p.attacks_unknown else ""),
+                duration(p.total_seconds),
+                wall,
+            )
         out.print(table)
-        say("measured: median of stored rows with the same defense, arch, preset, SPC and device; scaled: "
-            "from other SPCs (linear) or another arch (median ratio); totals leave out the unknown units")
+        say(
+            "measured: median of stored rows with the same defense, arch, preset, SPC and device; scaled: "
+            "from other SPCs (linear) or another arch (median ratio); totals leave out the unknown units"
+        )
         unknown = sorted({n for p in projections if p.device == here for n in p.unknown})
         if unknown:
-            say(f"no stored time on {here} for: {', '.join(unknown[:12])}{' ...' if len(unknown) > 12 else ''} "
-                "(bd grid ... --calibrate runs one short unit of each)")
+            say(
+                f"no stored time on {here} for: {', '.join(unknown[:12])}{' ...' if len(unknown) > 12 else ''} "
+                "(bd grid ... --calibrate runs one short unit of each)"
+            )
 
     emit(summary, format, show_table)
 

@@ -21,12 +21,19 @@ EXAMPLES = examples(
 @maps_errors
 def import_(
     record: Annotated[Path, typer.Argument(help="BackdoorBench record folder, or its attack_result.pt")],
-    output: Annotated[Path | None, typer.Option(
-        "--out", help="bd model file to write [default: ~/.cache/bd/imported/<sha>/model.safetensors]")] = None,
-    data_dir: Annotated[Path | None, typer.Option(
-        help="root holding the dataset the record was made on (its test set is evaluated)")] = None,
-    resource_dir: Annotated[Path | None, typer.Option(
-        help="the tool's resource/ folder, where BadNets/Blended trigger files are [default: next to record/]")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--out", help="bd model file to write [default: ~/.cache/bd/imported/<sha>/model.safetensors]"),
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="root holding the dataset the record was made on (its test set is evaluated)")
+    ] = None,
+    resource_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="the tool's resource/ folder, where BadNets/Blended trigger files are [default: next to record/]"
+        ),
+    ] = None,
     device: Device = "auto",
     format: OutputFormat = Format.table,
 ) -> None:
@@ -45,13 +52,21 @@ def import_(
         digest = file_sha256(source)[:16] if source.is_file() else "missing"
         output = cache_root() / "imported" / digest / "model.safetensors"
     done = import_record(record, output, data_dir, resource_dir, dev)
-    info = {"model_file": str(done.path), "arch": done.meta["arch"], "attack": done.meta["attack"]["attack"],
-            "dataset": done.meta["attack"]["dataset"], "trigger": done.trigger_source, **done.metrics.as_dict(),
-            "reported": done.record.reported}
+    info = {
+        "model_file": str(done.path),
+        "arch": done.meta["arch"],
+        "attack": done.meta["attack"]["attack"],
+        "dataset": done.meta["attack"]["dataset"],
+        "trigger": done.trigger_source,
+        **done.metrics.as_dict(),
+        "reported": done.record.reported,
+    }
 
     def show_table() -> None:
-        table = Table(title=f"imported {done.record.model_name} ({done.record.attack}) from {done.record.path}",
-                      title_justify="left")
+        table = Table(
+            title=f"imported {done.record.model_name} ({done.record.attack}) from {done.record.path}",
+            title_justify="left",
+        )
         for column, justify in (("metric", "left"), ("measured by bd", "right"), ("reported by the record", "right")):
             table.add_column(column, justify=justify)
         for name in ("acc", "asr", "ra"):
@@ -59,11 +74,16 @@ def import_(
             table.add_row(name.upper(), f"{info[name]:.2%}", "-" if reported is None else f"{reported:.2%}")
         out.print(table)
         say(f"trigger: {done.trigger_source}")
-        gaps = [n for n in ("acc", "asr", "ra")
-                if n in done.record.reported and abs(info[n] - done.record.reported[n]) > 0.01]
+        gaps = [
+            n
+            for n in ("acc", "asr", "ra")
+            if n in done.record.reported and abs(info[n] - done.record.reported[n]) > 0.01
+        ]
         if gaps:
-            warn(f"{', '.join(g.upper() for g in gaps)} differ from the record by more than 1 point: is --data-dir "
-                 "the data the record was made on?")
+            warn(
+                f"{', '.join(g.upper() for g in gaps)} differ from the record by more than 1 point: is --data-dir "
+                "the data the record was made on?"
+            )
         say(f"saved to {done.path}  (bd defend --model {done.path} --defense ...)")
 
     emit(info, format, show_table)

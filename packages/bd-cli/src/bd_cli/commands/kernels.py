@@ -41,15 +41,27 @@ def info(format: OutputFormat = Format.table) -> None:
 def bench(
     filter: Annotated[str | None, typer.Option(help="only benchmarks whose name matches (pytest -k)")] = None,
     json_out: Annotated[Path, typer.Option("--json", help="where pytest-benchmark writes its JSON")] = Path(
-        "bd-kernels-bench.json"),
+        "bd-kernels-bench.json"
+    ),
 ) -> None:
     """Run bench/test_kernels.py (pytest-benchmark) from a source checkout and print the ratios."""
     root = Path(__file__).resolve().parents[5]
     suite = root / "bench" / "test_kernels.py"
     if not suite.exists():
         fail("bd kernels bench needs a source checkout of bd (bench/test_kernels.py not found)")
-    cmd = [sys.executable, "-m", "pytest", "-q", str(suite), "-p", "no:cacheprovider", "-o", "addopts=",
-           "--benchmark-only", f"--benchmark-json={json_out}"] + (["-k", filter] if filter else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        str(suite),
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "addopts=",
+        "--benchmark-only",
+        f"--benchmark-json={json_out}",
+    ] + (["-k", filter] if filter else [])
     code = subprocess.call(cmd, cwd=root)
     if code == 0:
         subprocess.call([sys.executable, str(root / "bench" / "report.py"), str(json_out)])

@@ -39,28 +39,41 @@ def _defense_rows() -> list[dict[str, Any]]:
 def _attack_rows() -> list[dict[str, Any]]:
     from bd_core.attacks import ATTACKS
 
-    return [{"name": n, "clean_label": c.clean_label, "training_controlled": c.training_controlled,
-             "settings": c().settings(), "quick": {**c.preset_settings.get("quick", {}),
-                                                   **c.preset_recipes.get("quick", {})}, "paper": c.paper}
-            for n, c in ATTACKS.items()]
+    return [
+        {
+            "name": n,
+            "clean_label": c.clean_label,
+            "training_controlled": c.training_controlled,
+            "settings": c().settings(),
+            "quick": {**c.preset_settings.get("quick", {}), **c.preset_recipes.get("quick", {})},
+            "paper": c.paper,
+        }
+        for n, c in ATTACKS.items()
+    ]
 
 
 def _model_rows() -> list[dict[str, Any]]:
     from bd_core.models import MODELS
 
-    return [{"name": n, "class": c.__name__, "layers": ", ".join(sorted(c.facts.layer_types))}
-            for n, c in MODELS.items()]
+    return [
+        {"name": n, "class": c.__name__, "layers": ", ".join(sorted(c.facts.layer_types))} for n, c in MODELS.items()
+    ]
 
 
 def _dataset_rows() -> list[dict[str, Any]]:
     from bd_core.data.datasets import SPECS
 
     return [{"name": n, "layout": s.layout, "note": s.note} for n, s in SPECS.items()] + [
-        {"name": "synthetic", "layout": "generated", "note": "procedural test data"}]
+        {"name": "synthetic", "layout": "generated", "note": "procedural test data"}
+    ]
 
 
-ROWS = {Listing.defenses: _defense_rows, Listing.attacks: _attack_rows, Listing.models: _model_rows,
-        Listing.datasets: _dataset_rows}
+ROWS = {
+    Listing.defenses: _defense_rows,
+    Listing.attacks: _attack_rows,
+    Listing.models: _model_rows,
+    Listing.datasets: _dataset_rows,
+}
 
 
 def _table(*columns: str) -> Table:
@@ -79,8 +92,11 @@ def _settings(values: dict[str, Any], ranges: dict[str, str] | None = None) -> s
 def _defense_table(rows: list[dict[str, Any]]) -> Table:
     table = _table("defense", "family, paper", "settings (default, range)")
     for r in rows:
-        kind = r["family"] + ("" if r["benchmarked"] else ", reviewed only") + (
-            f", needs {r['requires']}" if r.get("requires") else "")
+        kind = (
+            r["family"]
+            + ("" if r["benchmarked"] else ", reviewed only")
+            + (f", needs {r['requires']}" if r.get("requires") else "")
+        )
         table.add_row(r["name"], f"{kind}\n{r['paper']}", _settings(r["hyperparameters"], r.get("ranges")))
     return table
 
@@ -89,7 +105,8 @@ def _attack_table(rows: list[dict[str, Any]]) -> Table:
     table = _table("attack", "kind, paper", "settings (quick preset)")
     for r in rows:
         kind = ("clean-label" if r["clean_label"] else "poison-label") + (
-            ", controls training" if r["training_controlled"] else "")
+            ", controls training" if r["training_controlled"] else ""
+        )
         quick = f"\nquick: {_settings(r['quick'])}" if r["quick"] else ""
         table.add_row(r["name"], f"{kind}\n{r['paper']}", _settings(r["settings"]) + quick)
     return table
@@ -105,6 +122,9 @@ def _plain_table(*columns: str):
     return build
 
 
-TABLES = {Listing.defenses: _defense_table, Listing.attacks: _attack_table,
-          Listing.models: _plain_table("name", "class", "layers"),
-          Listing.datasets: _plain_table("name", "layout", "note")}
+TABLES = {
+    Listing.defenses: _defense_table,
+    Listing.attacks: _attack_table,
+    Listing.models: _plain_table("name", "class", "layers"),
+    Listing.datasets: _plain_table("name", "layout", "note"),
+}

@@ -19,8 +19,9 @@ EXAMPLES = examples(
 @maps_errors
 def merge(
     sources: Annotated[list[Path], typer.Argument(help="results files to copy rows from (read only)")],
-    into: Annotated[Path | None, typer.Option(
-        help="results file that receives them [default: ~/.cache/bd/results.sqlite]")] = None,
+    into: Annotated[
+        Path | None, typer.Option(help="results file that receives them [default: ~/.cache/bd/results.sqlite]")
+    ] = None,
     format: OutputFormat = Format.table,
 ) -> None:
     """Merge results files: rows of a grid run elsewhere join this store.

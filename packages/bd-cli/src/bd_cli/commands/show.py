@@ -25,8 +25,9 @@ def show(
     target: Annotated[int, typer.Option(help="target class (its images are not shown)")] = 0,
     seed: Annotated[int, typer.Option(help="seed of the trigger (random attacks such as WaNet)")] = 0,
     attack_set: AttackSettings = None,
-    model: Annotated[Path | None, typer.Option(
-        help="draw the trigger saved in this attacked model file instead")] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="draw the trigger saved in this attacked model file instead")
+    ] = None,
     output: Annotated[Path | None, typer.Option("--out", help="PNG to write [default: <attack>-<dataset>.png]")] = None,
     data_dir: DataDir = None,
 ) -> None:

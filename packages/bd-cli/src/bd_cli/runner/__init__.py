@@ -13,6 +13,19 @@ from bd_cli.runner.experiment import ExperimentSpec, UnitFailed, execute, run_ex
 from bd_cli.runner.grid import GridReport, GridSpec, bind_units, run_grid
 
 __all__ = [
-    "AttackSpec", "ExperimentSpec", "GridReport", "GridSpec", "LocalPool", "Lost", "RayCluster", "UnitFailed",
-    "bind_units", "choose_runner", "execute", "load_data", "run_experiment", "run_grid", "sigterm_as_interrupt",
+    "AttackSpec",
+    "ExperimentSpec",
+    "GridReport",
+    "GridSpec",
+    "LocalPool",
+    "Lost",
+    "RayCluster",
+    "UnitFailed",
+    "bind_units",
+    "choose_runner",
+    "execute",
+    "load_data",
+    "run_experiment",
+    "run_grid",
+    "sigterm_as_interrupt",
 ]

@@ -52,8 +52,12 @@ class LocalPool:
             return
         context = get_context("spawn")
         counter = context.Value("i", 0)
-        pool = ProcessPoolExecutor(max_workers=1 if alone else min(self.workers, len(items)), mp_context=context,
-                                   initializer=set_worker_index, initargs=(counter,))
+        pool = ProcessPoolExecutor(
+            max_workers=1 if alone else min(self.workers, len(items)),
+            mp_context=context,
+            initializer=set_worker_index,
+            initargs=(counter,),
+        )
         finished = False
         try:
             pending = {pool.submit(fn, item, setup): item for item in items}
@@ -100,8 +104,12 @@ class RayCluster:
         """Join the cluster (or start a local instance) on first use."""
         if not self.ray.is_initialized():
             env = {k: os.environ[k] for k in SHARED_ENV if k in os.environ}
-            self.ray.init(address=self.address, runtime_env={"env_vars": env} if env else None, log_to_driver=False,
-                          include_dashboard=False)
+            self.ray.init(
+                address=self.address,
+                runtime_env={"env_vars": env} if env else None,
+                log_to_driver=False,
+                include_dashboard=False,
+            )
         return self.ray
 
     def gpus(self) -> float:
@@ -150,8 +158,9 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def choose_runner(backend: str, address: str | None, workers: int, device: str,
-                  gpu_share: float = 1.0) -> tuple[Runner, int, str]:
+def choose_runner(
+    backend: str, address: str | None, workers: int, device: str, gpu_share: float = 1.0
+) -> tuple[Runner, int, str]:
     """(runner, torch threads per worker, device). Ray tasks take one thread each and run on the
     cluster's GPUs when it has some (device auto or cuda). The local pool runs one worker per
     core, or `1/gpu_share` per GPU on CUDA, unless told otherwise; its workers take the number of
@@ -162,8 +171,9 @@ def choose_runner(backend: str, address: str | None, workers: int, device: str,
         if device == "auto":
             device = "cuda" if cluster.gpus() else "cpu"
         if device.startswith("cuda") and not cluster.gpus():
-            raise InvalidRequest("--device cuda: the Ray cluster has no GPUs (ray start --num-gpus N on a GPU node); "
-                                 "use --device cpu")
+            raise InvalidRequest(
+                "--device cuda: the Ray cluster has no GPUs (ray start --num-gpus N on a GPU node); use --device cpu"
+            )
         return cluster, 1, device
     gpus = 0
     if device == "cuda":

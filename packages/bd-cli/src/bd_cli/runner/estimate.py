@@ -52,10 +52,15 @@ class DeviceProjection:
         return self.total_seconds / max(1, devices)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"device": self.device, "unit_seconds": round(self.unit_seconds, 1),
-                "attack_seconds": round(self.attack_seconds, 1), "total_seconds": round(self.total_seconds, 1),
-                "units_by_source": dict(self.units), "attack_trainings_unknown": self.attacks_unknown,
-                "unknown": self.unknown}
+        return {
+            "device": self.device,
+            "unit_seconds": round(self.unit_seconds, 1),
+            "attack_seconds": round(self.attack_seconds, 1),
+            "total_seconds": round(self.total_seconds, 1),
+            "units_by_source": dict(self.units),
+            "attack_trainings_unknown": self.attacks_unknown,
+            "unknown": self.unknown,
+        }
 
 
 class CostModel:
@@ -74,8 +79,12 @@ class CostModel:
         for meta in trainings:  # attacked models' metadata
             report, attack = meta.get("training") or {}, meta.get("attack") or {}
             if report.get("train_seconds") is not None:
-                self.trainings[report.get("device") or DEFAULT_DEVICE, attack.get("dataset"), meta.get("arch"),
-                               attack.get("preset")].append(float(report["train_seconds"]))
+                self.trainings[
+                    report.get("device") or DEFAULT_DEVICE,
+                    attack.get("dataset"),
+                    meta.get("arch"),
+                    attack.get("preset"),
+                ].append(float(report["train_seconds"]))
 
     def devices(self) -> list[str]:
         return sorted({device for device, _ in self.times} | {device for device, *_ in self.trainings})
@@ -108,8 +117,12 @@ class CostModel:
     def _arch_factors(self, device: str, arch: str, preset: str) -> list[tuple[str, float]]:
         """(other arch, median time ratio arch/other) over the settings measured on both, most
         shared settings first."""
-        mine = {(shape[0], spc): statistics.median(ts) for (dev, shape), by_spc in self.times.items()
-                if dev == device and shape[1] == arch and shape[2] == preset for spc, ts in by_spc.items()}
+        mine = {
+            (shape[0], spc): statistics.median(ts)
+            for (dev, shape), by_spc in self.times.items()
+            if dev == device and shape[1] == arch and shape[2] == preset
+            for spc, ts in by_spc.items()
+        }
         ratios: dict[str, list[float]] = defaultdict(list)
         for (dev, (defense, other, pre)), by_spc in self.times.items():
             if dev != device or other == arch or pre != preset:

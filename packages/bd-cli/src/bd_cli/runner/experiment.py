@@ -64,9 +64,11 @@ class ExperimentSpec:
             raise BdError(refusal)
         if self.precision not in defense.precisions:
             able = ", ".join(n for n, cls in DEFENSES.items() if self.precision in cls.precisions)
-            raise InvalidRequest(f"{defense.name} runs in {', '.join(defense.precisions)} only; --precision "
-                                 f"{self.precision} applies to the defenses whose training loop was measured in "
-                                 f"it: {able}")
+            raise InvalidRequest(
+                f"{defense.name} runs in {', '.join(defense.precisions)} only; --precision "
+                f"{self.precision} applies to the defenses whose training loop was measured in "
+                f"it: {able}"
+            )
 
     def build_defense(self):
         return create_defense(self.defense, self.defense_settings)
@@ -81,8 +83,10 @@ class ExperimentSpec:
             "partition": self.partition,
         }
         if self.mitigation_indices is not None:
-            config["mitigation"] = {"indices": len(self.mitigation_indices),
-                                    "sha256": indices_digest(self.mitigation_indices)}
+            config["mitigation"] = {
+                "indices": len(self.mitigation_indices),
+                "sha256": indices_digest(self.mitigation_indices),
+            }
         if self.precision != "fp32":  # fp32 runs keep the keys they always had
             config["precision"] = self.precision
         return config
@@ -105,9 +109,16 @@ class ExperimentSpec:
     def columns(self) -> dict[str, Any]:
         a = self.attack
         return {
-            "key": self.key, "dataset": a.dataset, "arch": a.arch, "attack": a.attack,
-            "poison_ratio": a.poison_ratio, "defense": self.defense, "spc": self.spc,
-            "partition": self.partition, "seed": a.seed, "preset": a.preset,
+            "key": self.key,
+            "dataset": a.dataset,
+            "arch": a.arch,
+            "attack": a.attack,
+            "poison_ratio": a.poison_ratio,
+            "defense": self.defense,
+            "spc": self.spc,
+            "partition": self.partition,
+            "seed": a.seed,
+            "preset": a.preset,
         }
 
 
@@ -115,8 +126,10 @@ def approximations(spec: ExperimentSpec, data: DataBundle) -> list[str]:
     """What makes this run differ from the survey's setting; shown with every result."""
     notes = []
     if spec.precision != "fp32":
-        notes.append(f"precision {spec.precision}: the defense's training steps ran under bf16 autocast "
-                     "(the survey's code: fp32)")
+        notes.append(
+            f"precision {spec.precision}: the defense's training steps ran under bf16 autocast "
+            "(the survey's code: fp32)"
+        )
     if data.train.info.note:
         notes.append(f"dataset: {data.train.info.note}")
     if spec.attack.imported:
@@ -128,8 +141,11 @@ def approximations(spec: ExperimentSpec, data: DataBundle) -> list[str]:
             f"preset {spec.attack.preset}: width x{r.width}, {r.train_limit or 'all'} training images, "
             f"{r.epochs} epochs (paper: full width, all images, 100 epochs)"
         )
-    sized = {k: v for k, v in ATTACKS[spec.attack.attack].preset_settings.get(spec.attack.preset, {}).items()
-             if k not in spec.attack.attack_settings}  # the user's --attack-set is not an approximation
+    sized = {
+        k: v
+        for k, v in ATTACKS[spec.attack.attack].preset_settings.get(spec.attack.preset, {}).items()
+        if k not in spec.attack.attack_settings
+    }  # the user's --attack-set is not an approximation
     if sized:
         paper = ATTACKS[spec.attack.attack]()
         changes = ", ".join(f"{k} {v} (paper {getattr(paper, k)})" for k, v in sized.items())
@@ -147,7 +163,10 @@ def unlabeled_data(defense, data: DataBundle, spec: ExperimentSpec):
 
 
 def execute(
-    spec: ExperimentSpec, data: DataBundle, cache: ModelCache, device: str = "cpu",
+    spec: ExperimentSpec,
+    data: DataBundle,
+    cache: ModelCache,
+    device: str = "cpu",
     attacked: AttackedModel | None = None,
 ) -> dict[str, Any]:
     """Run one unit and return its result row (status ok, or failed with the error); stores nothing.
@@ -157,8 +176,10 @@ def execute(
     recorded: they are the caller's to fix, not results."""
     spec = spec.for_data(data)
     if not 0 <= spec.attack.target < data.train.num_classes:  # a request error: checked before any work
-        raise InvalidRequest(f"target class {spec.attack.target} is not a class of {spec.attack.dataset} "
-                             f"(0..{data.train.num_classes - 1})")
+        raise InvalidRequest(
+            f"target class {spec.attack.target} is not a class of {spec.attack.dataset} "
+            f"(0..{data.train.num_classes - 1})"
+        )
     row: dict[str, Any] = {**spec.columns(), "config": spec.config(), "bd_version": bd_core.__version__}
     try:
         clean = spec.mitigation(data.train)  # refuse impossible sets before training
@@ -175,8 +196,12 @@ def execute(
             log(f"[yellow]warning:[/yellow] {warning}")
         defense = spec.build_defense()
         # a tuned unit keeps its finished candidates beside the model cache until the unit finishes
-        ctx = Context(device=device, seed=spec.attack.seed + spec.partition, precision=spec.precision,
-                      trials=cache.root.parent / "trials" / spec.key)
+        ctx = Context(
+            device=device,
+            seed=spec.attack.seed + spec.partition,
+            precision=spec.precision,
+            trials=cache.root.parent / "trials" / spec.key,
+        )
         model = copy.deepcopy(attacked.model).to(device)
         torch.manual_seed(ctx.seed)
         if data is not original:  # the model's own normalization: draw the same rows from the renormalized split
@@ -222,8 +247,11 @@ def execute(
             "attacked_model_cached": cache_hit,
             "device": device_label(device),
             "evaluate_seconds": round(evaluate_seconds, 3),
-            **({"peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}
-               if device.startswith("cuda") else {}),
+            **(
+                {"peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}
+                if device.startswith("cuda")
+                else {}
+            ),
             "approximations": approximations(spec, data),
             **({"warnings": [warning]} if warning else {}),
         },

@@ -26,8 +26,19 @@ from bd_cli.runner.backends import Lost, Runner
 from bd_cli.runner.experiment import ExperimentSpec
 from bd_cli.runner.worker import AttackTask, DefenseTask, Parcel, WorkerSetup, defense_unit, train_attack_unit
 
-GRID_KEYS = ("datasets", "archs", "attacks", "poison_ratios", "defenses", "spc", "partitions", "seeds", "preset",
-             "settings", "presets")
+GRID_KEYS = (
+    "datasets",
+    "archs",
+    "attacks",
+    "poison_ratios",
+    "defenses",
+    "spc",
+    "partitions",
+    "seeds",
+    "preset",
+    "settings",
+    "presets",
+)
 
 
 @dataclass(frozen=True)
@@ -98,8 +109,13 @@ class GridSpec:
                     names.append(n)
         return names
 
-    def units(self, tune: bool = False, refused: list[str] | None = None, precision: str = "fp32",
-              notes: list[str] | None = None) -> list[ExperimentSpec]:
+    def units(
+        self,
+        tune: bool = False,
+        refused: list[str] | None = None,
+        precision: str = "fp32",
+        notes: list[str] | None = None,
+    ) -> list[ExperimentSpec]:
         """Every experiment of the grid, in a stable order; validated before anything runs. With
         `tune`, each defense with a tunable part also runs tuned (e.g. clp and clp/tuned). A
         defense that refuses an architecture of the grid (BNP on the ViT) is left out for that
@@ -112,11 +128,17 @@ class GridSpec:
 
         self.register_presets()
         tunable = set(tunable_names())
-        names = [variant for n in self.defense_names()
-                 for variant in ([n, with_tuning(n)] if tune and set(n.split(SEPARATOR)) & tunable else [n])]
+        names = [
+            variant
+            for n in self.defense_names()
+            for variant in ([n, with_tuning(n)] if tune and set(n.split(SEPARATOR)) & tunable else [n])
+        ]
         defenses = {n: create_defense(n) for n in names}
-        refusals = {(a, n): d.refusal(MODELS[canonical_model(a)].facts, canonical_model(a))
-                    for a in self.archs for n, d in defenses.items()}
+        refusals = {
+            (a, n): d.refusal(MODELS[canonical_model(a)].facts, canonical_model(a))
+            for a in self.archs
+            for n, d in defenses.items()
+        }
         for line in dict.fromkeys(r for r in refusals.values() if r):
             if refused is not None:
                 refused.append(line)
@@ -126,17 +148,25 @@ class GridSpec:
         if stay and notes is not None:
             notes.append(f"precision {precision}: {', '.join(stay)} cannot run in it and run in fp32")
         units = []
-        for ds, arch, attack, ratio, seed in itertools.product(self.datasets, self.archs, self.attacks,
-                                                                self.poison_ratios, self.seeds):
+        for ds, arch, attack, ratio, seed in itertools.product(
+            self.datasets, self.archs, self.attacks, self.poison_ratios, self.seeds
+        ):
             spec = AttackSpec(ds, arch, attack, float(ratio), seed=int(seed), preset=self.preset)
             for defense, spc, part in itertools.product(names, self.spc, self.partitions):
                 if refusals[arch, defense]:
                     continue
                 settings = self.settings.get(defense, self.settings.get(defense.replace(SUFFIX, ""), {}))
-                units.append(ExperimentSpec(spec, defense, int(spc), int(part),
-                                            {k: str(v) for k, v in settings.items()}, precision=precisions[defense]))
+                units.append(
+                    ExperimentSpec(
+                        spec,
+                        defense,
+                        int(spc),
+                        int(part),
+                        {k: str(v) for k, v in settings.items()},
+                        precision=precisions[defense],
+                    )
+                )
         return units
-
 
 
 @dataclass
@@ -181,29 +211,43 @@ def run_grid(
     todo = [u for u in units if not store.has(u.key)]
     report.skipped = len(units) - len(todo)
     local = not runner.remote
-    setup = WorkerSetup(str(cache_dir) if local else None, str(data_dir) if data_dir and local else None, device,
-                        {n: dataclasses.asdict(PRESETS[n]) for n in {u.attack.preset for u in todo}}, threads,
-                        getattr(runner, "gpus", 0) if local else 0)
+    setup = WorkerSetup(
+        str(cache_dir) if local else None,
+        str(data_dir) if data_dir and local else None,
+        device,
+        {n: dataclasses.asdict(PRESETS[n]) for n in {u.attack.preset for u in todo}},
+        threads,
+        getattr(runner, "gpus", 0) if local else 0,
+    )
     cache = ModelCache(cache_dir)
-    shipped = {name: runner.share(_data(name, str(data_dir) if data_dir else None))
-               for name in {u.attack.dataset for u in todo}}
+    shipped = {
+        name: runner.share(_data(name, str(data_dir) if data_dir else None))
+        for name in {u.attack.dataset for u in todo}
+    }
     missing = {u.attack.key: u.attack for u in todo if cache.get_path(u.attack.key) is None}
     broken: dict[str, str] = {}
-    for task, result in runner(train_attack_unit, [AttackTask(a, Parcel(shipped[a.dataset])) for a in missing.values()],
-                               setup):
+    for task, result in runner(
+        train_attack_unit, [AttackTask(a, Parcel(shipped[a.dataset])) for a in missing.values()], setup
+    ):
         key, error, blob = result if not isinstance(result, Lost) else (task.spec.key, result.reason, None)
         if blob is not None:
             cache.put_bytes(key, blob)  # trained on another node: the driver keeps it
         report.attacks_trained += error is None
         if error:
             broken[key] = error
-    models = {key: runner.share(cache.path(key).read_bytes()) if runner.remote else None
-              for key in {u.attack.key for u in todo if u.attack.key not in broken}}
+    models = {
+        key: runner.share(cache.path(key).read_bytes()) if runner.remote else None
+        for key in {u.attack.key for u in todo if u.attack.key not in broken}
+    }
     tasks = []
     for unit in todo:
         if unit.attack.key in broken:
-            _record(store, {**unit.columns(), "config": unit.config(), "status": "failed",
-                            "error": broken[unit.attack.key]}, report, on_result)
+            _record(
+                store,
+                {**unit.columns(), "config": unit.config(), "status": "failed", "error": broken[unit.attack.key]},
+                report,
+                on_result,
+            )
         else:
             tasks.append(DefenseTask(unit, Parcel(shipped[unit.attack.dataset], models[unit.attack.key])))
     alone = _run_defenses(runner(defense_unit, tasks, setup), store, report, on_result)
@@ -212,16 +256,18 @@ def run_grid(
     for attack in {u.attack.key: u.attack for u in units}.values():
         path = cache.get_path(attack.key)
         if path is not None:
-            warning = weak_attack_warning(float(load_model(path).meta["metrics"]["asr"]),
-                                          f"{attack.attack} on {attack.dataset}/{attack.arch} "
-                                          f"({attack.poison_ratio:.0%}, seed {attack.seed})")
+            warning = weak_attack_warning(
+                float(load_model(path).meta["metrics"]["asr"]),
+                f"{attack.attack} on {attack.dataset}/{attack.arch} ({attack.poison_ratio:.0%}, seed {attack.seed})",
+            )
             if warning:
                 report.weak_attacks.append(warning)
     return report
 
 
-def _run_defenses(results: Iterable, store: ResultStore, report: GridReport, on_result,
-                  alone: bool = False) -> list[DefenseTask]:
+def _run_defenses(
+    results: Iterable, store: ResultStore, report: GridReport, on_result, alone: bool = False
+) -> list[DefenseTask]:
     """Store each finished row; returns the tasks that ran out of GPU memory beside others (to
     run alone). Out of memory while alone on its GPU is a failure like any other."""
     retry = []
@@ -248,7 +294,8 @@ def _record(store: ResultStore, row: dict[str, Any], report: GridReport, on_resu
         report.ok += 1
     else:
         report.failed += 1
-        report.failures.append(f"{row['defense']} {row['attack']} spc {row['spc']} p{row['partition']}: "
-                               f"{row['error'].splitlines()[0]}")
+        report.failures.append(
+            f"{row['defense']} {row['attack']} spc {row['spc']} p{row['partition']}: {row['error'].splitlines()[0]}"
+        )
     if on_result:
         on_result(row)

@@ -19,8 +19,10 @@ HEADROOM = 1.5  # a unit's peak varies with its mitigation set and the defense's
 
 def check_share(share: float) -> float:
     if not 0 < share <= 1 or not math.isfinite(share):
-        raise InvalidRequest(f"--gpu-share {share}: give the fraction of one GPU a unit takes, in (0, 1], "
-                             "e.g. 0.25 for four units side by side")
+        raise InvalidRequest(
+            f"--gpu-share {share}: give the fraction of one GPU a unit takes, in (0, 1], "
+            "e.g. 0.25 for four units side by side"
+        )
     return share
 
 
@@ -60,5 +62,7 @@ def default_share(peaks_mb: Iterable[float], device_mb: float | None) -> tuple[f
         return 1.0, "no peak GPU memory stored for these archs and presets: one unit per GPU (give --gpu-share)"
     peak = max(peaks)
     share = share_for_peak(peak, device_mb)
-    return share, (f"largest stored peak {peak:.0f} MB x{HEADROOM} headroom on {device_mb:.0f} MB: "
-                   f"{units_per_gpu(share)} units per GPU")
+    return share, (
+        f"largest stored peak {peak:.0f} MB x{HEADROOM} headroom on {device_mb:.0f} MB: "
+        f"{units_per_gpu(share)} units per GPU"
+    )

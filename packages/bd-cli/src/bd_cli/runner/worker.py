@@ -117,15 +117,16 @@ def unit_data(dataset: str, fingerprint: str | None, setup: WorkerSetup, parcel:
     if parcel.data is None:
         if bundle is None:
             load_data(dataset, Path(setup.data_dir) if setup.data_dir else None)  # raises the loader's own error
-        raise BdError(f"{dataset} in this worker's data folder differs from the driver's "
-                      f"(fingerprint {bundle.fingerprint}, expected {fingerprint})")
+        raise BdError(
+            f"{dataset} in this worker's data folder differs from the driver's "
+            f"(fingerprint {bundle.fingerprint}, expected {fingerprint})"
+        )
     return _shipped(parcel.data)
 
 
 def where(setup: WorkerSetup, device: str) -> dict[str, str]:
     """Which node, process and cache ran a unit (kept in the row's details)."""
-    return {"host": socket.gethostname(), "pid": str(os.getpid()), "cache": str(_cache(setup).root),
-            "device": device}
+    return {"host": socket.gethostname(), "pid": str(os.getpid()), "cache": str(_cache(setup).root), "device": device}
 
 
 def train_attack_unit(task: AttackTask, setup: WorkerSetup) -> tuple[str, str | None, bytes | None]:

@@ -18,9 +18,16 @@ from bd_core.config import build_dataclass
 from bd_core.registry import Registry
 
 ATTACKS: Registry[type[Attack]] = Registry("attack")
-ALIASES = {"badnets": ("badnet",), "blended": ("blend",), "sig": ("signal",), "wanet": ("warp",),
-           "bpp": ("bppattack",), "lf": ("low-frequency",), "inputaware": ("input", "iad", "dynamic"),
-           "ssba": ("sample-specific",)}
+ALIASES = {
+    "badnets": ("badnet",),
+    "blended": ("blend",),
+    "sig": ("signal",),
+    "wanet": ("warp",),
+    "bpp": ("bppattack",),
+    "lf": ("low-frequency",),
+    "inputaware": ("input", "iad", "dynamic"),
+    "ssba": ("sample-specific",),
+}
 for _cls in (BadNets, Blended, SIG, LF, SSBA, InputAware, BPP, WaNet):  # the survey's order (Section 5.2)
     ATTACKS.add(_cls.name, _cls, ALIASES.get(_cls.name, ()))
 canonical_attack = ATTACKS.canonical
@@ -34,6 +41,25 @@ def create_attack(name: str, overrides: dict[str, Any] | None = None, preset: st
     return build_dataclass(cls, settings, what=f"attack {name}")
 
 
-__all__ = ["ATTACKS", "BPP", "LF", "SIG", "SSBA", "Attack", "BadNets", "Blended", "InputAware", "InputAwareTrigger",
-           "PatternTrigger", "PixelTrigger", "SSBATrigger", "SqueezeTrigger", "StoredTrigger", "Trigger", "WaNet",
-           "WarpTrigger", "canonical_attack", "create_attack"]
+__all__ = [
+    "ATTACKS",
+    "BPP",
+    "LF",
+    "SIG",
+    "SSBA",
+    "Attack",
+    "BadNets",
+    "Blended",
+    "InputAware",
+    "InputAwareTrigger",
+    "PatternTrigger",
+    "PixelTrigger",
+    "SSBATrigger",
+    "SqueezeTrigger",
+    "StoredTrigger",
+    "Trigger",
+    "WaNet",
+    "WarpTrigger",
+    "canonical_attack",
+    "create_attack",
+]

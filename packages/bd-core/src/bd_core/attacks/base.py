@@ -110,8 +110,17 @@ class PatternTrigger(Trigger):
     def apply(self, images, poisoned, mean, std, crop_offsets=None, padding=0, flip=None) -> Tensor:
         dev = images.device
         return apply_trigger(
-            images, poisoned, self.pattern.to(dev), self.mask.to(dev), mode=self.mode, alpha=self.alpha,
-            mean=mean.to(dev), std=std.to(dev), crop_offsets=crop_offsets, padding=padding, flip=flip,
+            images,
+            poisoned,
+            self.pattern.to(dev),
+            self.mask.to(dev),
+            mode=self.mode,
+            alpha=self.alpha,
+            mean=mean.to(dev),
+            std=std.to(dev),
+            crop_offsets=crop_offsets,
+            padding=padding,
+            flip=flip,
         )
 
     def artifacts(self) -> dict[str, Tensor]:
@@ -203,14 +212,27 @@ class Attack:
         return flags
 
     def training_plan(
-        self, train: ImageSet, trigger: Trigger, poisoned: Tensor, ratio: float, target: int, augment: Augment,
-        device: str, seed: int = 0,
+        self,
+        train: ImageSet,
+        trigger: Trigger,
+        poisoned: Tensor,
+        ratio: float,
+        target: int,
+        augment: Augment,
+        device: str,
+        seed: int = 0,
     ) -> TrainingPlan:
         """How the shared trainer trains the attacked model; default: cross-entropy on `training_batches`."""
         return TrainingPlan(self.training_batches(train, trigger, poisoned, ratio, target, augment, device))
 
     def training_batches(
-        self, train: ImageSet, trigger: Trigger, poisoned: Tensor, ratio: float, target: int, augment: Augment,
+        self,
+        train: ImageSet,
+        trigger: Trigger,
+        poisoned: Tensor,
+        ratio: float,
+        target: int,
+        augment: Augment,
         device: str,
     ) -> BatchFn:
         """make_batch for the shared trainer: data poisoning with a fixed set of poisoned rows."""
@@ -223,8 +245,15 @@ class Attack:
         def make_batch(idx: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor]:
             offsets, flip = augment.draw(len(idx), g)
             dev_idx = idx.to(device)
-            x = trigger.apply(images[dev_idx], None if flags is None else flags[dev_idx], mean, std,
-                              offsets.to(device), augment.padding, None if flip is None else flip.to(device))
+            x = trigger.apply(
+                images[dev_idx],
+                None if flags is None else flags[dev_idx],
+                mean,
+                std,
+                offsets.to(device),
+                augment.padding,
+                None if flip is None else flip.to(device),
+            )
             return x, labels[idx]
 
         return make_batch

@@ -97,8 +97,16 @@ class BPP(Attack):
     def fit(self, train: ImageSet, seed: int, target: int = 0) -> SqueezeTrigger:
         return SqueezeTrigger(levels=self.squeeze, dithering=self.dithering)
 
-    def training_batches(self, train: ImageSet, trigger: SqueezeTrigger, poisoned: Tensor, ratio: float, target: int,
-                         augment: Augment, device: str) -> BatchFn:
+    def training_batches(
+        self,
+        train: ImageSet,
+        trigger: SqueezeTrigger,
+        poisoned: Tensor,
+        ratio: float,
+        target: int,
+        augment: Augment,
+        device: str,
+    ) -> BatchFn:
         mean, std = train.mean_std()
         images = train.images.to(device)
         squeezed = trigger.poison_rows(images, torch.ones(len(images), dtype=torch.bool))  # once, not per batch

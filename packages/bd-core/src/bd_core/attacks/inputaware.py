@@ -156,20 +156,39 @@ class InputAware(Attack):
             first = torch.randperm(len(train), generator=g).split(self.batch_size)
             second = torch.randperm(len(train), generator=g).split(self.batch_size)
             for idx1, idx2 in zip(first, second, strict=True):
-                yield (augmented_batch(train.images[idx1], augment, g, mean, std),
-                       augmented_batch(train.images[idx2], augment, g, mean, std))
+                yield (
+                    augmented_batch(train.images[idx1], augment, g, mean, std),
+                    augmented_batch(train.images[idx2], augment, g, mean, std),
+                )
 
         def sparse_and_diverse(x1: Tensor, x2: Tensor) -> Tensor:
             m1, m2 = nets.masks(x1), nets.masks(x2)
             norm = F.relu(m1 - self.mask_density).mean()
             return self.lambda_norm * norm + self.lambda_div * diversity_loss(x1, x2, m1, m2)
 
-        optimize(sparse_and_diverse, image_pairs, opt, epochs=self.mask_epochs, model=nets.mask, scheduler=sched,
-                 description="InputAware: training the mask network", steps_per_epoch=-(-len(train) // self.batch_size))
+        optimize(
+            sparse_and_diverse,
+            image_pairs,
+            opt,
+            epochs=self.mask_epochs,
+            model=nets.mask,
+            scheduler=sched,
+            description="InputAware: training the mask network",
+            steps_per_epoch=-(-len(train) // self.batch_size),
+        )
         frozen(nets.mask)
 
-    def training_plan(self, train: ImageSet, trigger: InputAwareTrigger, poisoned: Tensor, ratio: float, target: int,
-                      augment: Augment, device: str, seed: int = 0) -> TrainingPlan:
+    def training_plan(
+        self,
+        train: ImageSet,
+        trigger: InputAwareTrigger,
+        poisoned: Tensor,
+        ratio: float,
+        target: int,
+        augment: Augment,
+        device: str,
+        seed: int = 0,
+    ) -> TrainingPlan:
         """Stage 2: clean batches from the trainer; the step poisons them through G (so G gets gradients)."""
         nets = trigger.nets.to(device)
         frozen(nets.mask)  # also when stage 1 came from the trigger cache

@@ -64,11 +64,20 @@ class LF(Attack):
         per_class = max(1, self.surrogate_images // train.num_classes)
         subset = train.subset(stratified_index(train.labels, train.num_classes, per_class, g))
         torch.manual_seed(seed + 1)
-        model = create_model("preact-resnet18", train.num_classes, train.channels, train.image_size,
-                             self.surrogate_width)
+        model = create_model(
+            "preact-resnet18", train.num_classes, train.channels, train.image_size, self.surrogate_width
+        )
         make_batch = clean_batches(subset, Augment.for_dataset(train.info))
-        train_fit(model, make_batch, len(subset), epochs=self.surrogate_epochs, batch_size=128, lr=0.05, seed=seed + 1,
-                  description="LF: training the clean surrogate")
+        train_fit(
+            model,
+            make_batch,
+            len(subset),
+            epochs=self.surrogate_epochs,
+            batch_size=128,
+            lr=0.05,
+            seed=seed + 1,
+            description="LF: training the clean surrogate",
+        )
         return model.eval()
 
     def universal_perturbation(self, model: torch.nn.Module, train: ImageSet, seed: int, target: int) -> Tensor:
@@ -91,6 +100,12 @@ class LF(Attack):
             with torch.no_grad():
                 delta.copy_(low_pass(delta.clamp(-self.eps, self.eps), window))
 
-        optimize(lambda x, y: F.cross_entropy(model(((x + delta).clamp(0, 1) - mean) / std), y), random_victims, opt,
-                 epochs=self.steps, after_step=project_low_frequency, tick=lambda: None)
+        optimize(
+            lambda x, y: F.cross_entropy(model(((x + delta).clamp(0, 1) - mean) / std), y),
+            random_victims,
+            opt,
+            epochs=self.steps,
+            after_step=project_low_frequency,
+            tick=lambda: None,
+        )
         return delta.detach()[0]

@@ -53,14 +53,19 @@ class CodeDecoder(nn.Module):
     def __init__(self, channels: int, size: int, code_bits: int, base: int = 32) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(channels, base, 3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(base, base, 3, stride=2, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(base, 2 * base, 3, stride=2, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(2 * base, 2 * base, 3, stride=2, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(channels, base, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(base, base, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(base, 2 * base, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(2 * base, 2 * base, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
         )
         side = -(-size // 8)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * base * side * side, 256), nn.ReLU(inplace=True),
-                                  nn.Linear(256, code_bits))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(2 * base * side * side, 256), nn.ReLU(inplace=True), nn.Linear(256, code_bits)
+        )
 
     def forward(self, images: Tensor) -> Tensor:
         return self.head(self.features(images))
@@ -95,8 +100,9 @@ class SSBATrigger(PixelTrigger):
 
     @classmethod
     def from_saved(cls, artifacts, settings) -> SSBATrigger:
-        encoder = CodeEncoder(int(settings["channels"]), int(settings["size"]), int(settings["code_bits"]),
-                              float(settings["eps"]))
+        encoder = CodeEncoder(
+            int(settings["channels"]), int(settings["size"]), int(settings["code_bits"]), float(settings["eps"])
+        )
         code = artifacts["code"]
         if code.shape != (int(settings["code_bits"]),):
             raise ValueError(f"code has shape {tuple(code.shape)}, expected ({settings['code_bits']},)")
@@ -157,7 +163,14 @@ class SSBA(Attack):
             state["step"] += 1
 
         encoder.train()
-        optimize(decodable_and_invisible, random_images_and_codes, opt, epochs=self.steps, model=decoder,
-                 after_epoch=count_and_start_ramp, description="SSBA: training the code encoder")
+        optimize(
+            decodable_and_invisible,
+            random_images_and_codes,
+            opt,
+            epochs=self.steps,
+            model=decoder,
+            after_epoch=count_and_start_ramp,
+            description="SSBA: training the code encoder",
+        )
         bit_acc = state["bit_acc"]
         return bit_acc

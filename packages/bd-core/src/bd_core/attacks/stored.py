@@ -42,8 +42,10 @@ class StoredTrigger(Trigger):
         if self.keys.dtype != torch.int64 or self.keys.dim() != 1:
             raise ValueError(f"keys must be int64 [M], got {self.keys.dtype} {tuple(self.keys.shape)}")
         if self.poisoned.dtype != torch.uint8 or self.poisoned.dim() != 4 or len(self.poisoned) != len(self.keys):
-            raise ValueError(f"poisoned must be uint8 [M,C,H,W] with M={len(self.keys)}, "
-                             f"got {self.poisoned.dtype} {tuple(self.poisoned.shape)}")
+            raise ValueError(
+                f"poisoned must be uint8 [M,C,H,W] with M={len(self.keys)}, "
+                f"got {self.poisoned.dtype} {tuple(self.poisoned.shape)}"
+            )
         self._row = {int(k): i for i, k in enumerate(self.keys.tolist())}
 
     def poison_pixels(self, images: Tensor) -> Tensor:
@@ -51,14 +53,17 @@ class StoredTrigger(Trigger):
         rows = [self._row.get(int(k), -1) for k in image_keys(images).tolist()]
         missing = sum(r < 0 for r in rows)
         if missing:
-            raise InvalidRequest(f"{missing} of {len(rows)} images are not among the {len(self.keys)} images this "
-                                 "stored trigger was recorded on; a stored trigger poisons only its record's test set")
+            raise InvalidRequest(
+                f"{missing} of {len(rows)} images are not among the {len(self.keys)} images this "
+                "stored trigger was recorded on; a stored trigger poisons only its record's test set"
+            )
         return self.poisoned[torch.tensor(rows, dtype=torch.long)].to(images.device)
 
     def check_fits(self, channels: int, size: int) -> None:
         if tuple(self.poisoned.shape[1:]) != (channels, size, size):
-            raise ValueError(f"its poisoned images are {tuple(self.poisoned.shape[1:])}, the model takes "
-                             f"{(channels, size, size)}")
+            raise ValueError(
+                f"its poisoned images are {tuple(self.poisoned.shape[1:])}, the model takes {(channels, size, size)}"
+            )
 
     def apply(self, images, poisoned, mean, std, crop_offsets=None, padding=0, flip=None) -> Tensor:
         if poisoned is not None and bool(poisoned.any()):

@@ -88,8 +88,16 @@ class WaNet(Attack):
         grid = (identity_grid(size) + self.s * field / size).clamp(-1, 1)
         return WarpTrigger(grid)
 
-    def training_batches(self, train: ImageSet, trigger: WarpTrigger, poisoned: Tensor, ratio: float, target: int,
-                         augment: Augment, device: str) -> BatchFn:
+    def training_batches(
+        self,
+        train: ImageSet,
+        trigger: WarpTrigger,
+        poisoned: Tensor,
+        ratio: float,
+        target: int,
+        augment: Augment,
+        device: str,
+    ) -> BatchFn:
         mean, std = train.mean_std()
         images, size = train.images.to(device), train.image_size
 

@@ -14,8 +14,9 @@ from bd_core.data.imageset import ImageSet
 from bd_core.train import BatchFn
 
 
-def normalized_batch(images: Tensor, mean: Tensor, std: Tensor, offsets: Tensor | None, padding: int,
-                     flip: Tensor | None) -> Tensor:
+def normalized_batch(
+    images: Tensor, mean: Tensor, std: Tensor, offsets: Tensor | None, padding: int, flip: Tensor | None
+) -> Tensor:
     """Clean images through the same fused kernel: crop/flip, to float, normalize."""
     dev = images.device
     return apply_trigger(images, mean=mean.to(dev), std=std.to(dev), crop_offsets=offsets, padding=padding, flip=flip)

@@ -159,7 +159,7 @@ SPECS: dict[str, DatasetSpec] = {
         std=(0.2724, 0.2608, 0.2669),
         hflip=False,  # flipping changes the meaning of many traffic signs
         layout="GTSRB/Final_Training/Images/<class>/*.ppm and GTSRB/Final_Test/Images + GT-final_test.csv under "
-            "$BD_DATA",
+        "$BD_DATA",
         locate=_locate_gtsrb,
         read=_read_gtsrb,
         download=_download_torchvision("GTSRB"),
@@ -236,10 +236,12 @@ def _read_cached(spec: DatasetSpec, folder: Path, train: bool) -> tuple[Tensor, 
                 raise ValueError("unexpected tensor shapes")
             return images, labels, classes, fingerprint
         except (BdError, KeyError, ValueError, TypeError) as e:
-            log(f"the cached {spec.name} {split} set {path} is damaged ({str(e)[:80]}); decoding it again from "
-                f"{folder}")
+            log(
+                f"the cached {spec.name} {split} set {path} is damaged ({str(e)[:80]}); decoding it again from {folder}"
+            )
     images, labels, classes = spec.read(folder, train)
     fingerprint = content_fingerprint(images, labels)
-    save_tensors(path, {"images": images, "labels": labels},
-                 {"classes": json.dumps(classes), "fingerprint": fingerprint})
+    save_tensors(
+        path, {"images": images, "labels": labels}, {"classes": json.dumps(classes), "fingerprint": fingerprint}
+    )
     return images, labels, classes, fingerprint

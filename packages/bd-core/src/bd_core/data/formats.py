@@ -100,8 +100,10 @@ def read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
 def _load_cifar_pickle(path: Path, what: str) -> dict:
     """One CIFAR-10 pickle through the array-only unpickler; every failure is one BdError line."""
     if not path.is_file():
-        raise DataNotFound(f"{path} is missing: CIFAR-10's cifar-10-batches-py/ needs data_batch_1..5, test_batch "
-                           "and batches.meta (re-extract cifar-10-python.tar.gz, or pass --download)")
+        raise DataNotFound(
+            f"{path} is missing: CIFAR-10's cifar-10-batches-py/ needs data_batch_1..5, test_batch "
+            "and batches.meta (re-extract cifar-10-python.tar.gz, or pass --download)"
+        )
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -110,8 +112,10 @@ def _load_cifar_pickle(path: Path, what: str) -> dict:
         _check_lengths_fit(raw)
         content = _ArrayOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as e:  # any way a damaged or hostile pickle fails: refused, nothing of it ran
-        raise BdError(f"{path} is not a CIFAR-10 python {what} ({type(e).__name__}: {' '.join(str(e).split())[:120]}); "
-                      "re-extract the dataset") from None
+        raise BdError(
+            f"{path} is not a CIFAR-10 python {what} ({type(e).__name__}: {' '.join(str(e).split())[:120]}); "
+            "re-extract the dataset"
+        ) from None
     if not isinstance(content, dict):
         raise BdError(f"{path} is not a CIFAR-10 python {what} (holds a {type(content).__name__}, not a dict)")
     return content
@@ -192,8 +196,10 @@ def read_gtsrb(train_dir: Path | None, test_dir: Path | None, test_csv: Path | N
                 entries = read_gtsrb_csv(csvs[0])
             else:  # torchvision's layout has no per-class CSV: the folder is the class
                 if not class_dir.name.isdigit():
-                    raise BdError(f"{class_dir}: a GTSRB class folder is named by its class number (e.g. 00012); "
-                                  "move or remove this folder")
+                    raise BdError(
+                        f"{class_dir}: a GTSRB class folder is named by its class number (e.g. 00012); "
+                        "move or remove this folder"
+                    )
                 entries = [(p.name, int(class_dir.name)) for p in sorted(class_dir.glob("*.ppm"))]
             paths += [class_dir / name for name, _ in entries]
             labels += [cid for _, cid in entries]
@@ -237,4 +243,3 @@ def _tiny_class_names(root: Path, wnids: list[str]) -> list[str]:
         return wnids
     table = dict(line.split("\t", 1) for line in words.read_text().splitlines() if "\t" in line)
     return [table.get(w, w).split(",")[0].strip() for w in wnids]
-

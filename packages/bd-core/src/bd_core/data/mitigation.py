@@ -47,8 +47,9 @@ def mitigation_set(train: ImageSet, spc: int, partition: int) -> ImageSet:
     return train.subset(stratified_index(train.labels, train.num_classes, spc, g), split="mitigation")
 
 
-def stratified_index(labels: torch.Tensor, num_classes: int, per_class: int,
-                     generator: torch.Generator) -> torch.Tensor:
+def stratified_index(
+    labels: torch.Tensor, num_classes: int, per_class: int, generator: torch.Generator
+) -> torch.Tensor:
     """Sorted row indices: the first `per_class` rows of each class in a seeded random order."""
     chosen = []
     for c in range(num_classes):
@@ -76,8 +77,9 @@ def read_indices(path: Path) -> tuple[int, ...]:
         parsed = [float(v) for v in values]
     except ValueError:
         bad = next(v for v in values if not _is_number(v))
-        raise InvalidRequest(f"{path}: {bad[:40]!r} is not an integer index (expected integers separated by "
-                             "spaces, commas or newlines)") from None
+        raise InvalidRequest(
+            f"{path}: {bad[:40]!r} is not an integer index (expected integers separated by spaces, commas or newlines)"
+        ) from None
     if any(v != int(v) for v in parsed):
         raise InvalidRequest(f"{path}: indices must be whole numbers")
     if not parsed:
@@ -99,8 +101,10 @@ def mitigation_from_indices(train: ImageSet, indices: tuple[int, ...]) -> ImageS
         raise InvalidRequest(f"a mitigation set is drawn from the training split, not {train.split!r}")
     index = torch.tensor(indices, dtype=torch.long)
     if int(index.min()) < 0 or int(index.max()) >= len(train):
-        raise InvalidRequest(f"mitigation indices must be in 0..{len(train) - 1} (the training split), "
-                             f"got {int(index.min())}..{int(index.max())}")
+        raise InvalidRequest(
+            f"mitigation indices must be in 0..{len(train) - 1} (the training split), "
+            f"got {int(index.min())}..{int(index.max())}"
+        )
     if len(index.unique()) != len(index):
         raise InvalidRequest("mitigation indices repeat an image; each index may appear once")
     return train.subset(index.sort().values, split="mitigation")

@@ -67,8 +67,9 @@ class Pixels:
             yield idx, self.x[idx], self.y[idx]
 
 
-def epoch_batches(pixels: Pixels, batch_size: int, generator: torch.Generator | None = None,
-                  augment: Augment | None = None) -> Callable[[], Iterator[tuple[Tensor, Tensor]]]:
+def epoch_batches(
+    pixels: Pixels, batch_size: int, generator: torch.Generator | None = None, augment: Augment | None = None
+) -> Callable[[], Iterator[tuple[Tensor, Tensor]]]:
     """One epoch's (images, labels) batches of `pixels` for `bd_core.train.optimize`, reshuffled
     every epoch when a generator is given, and with crop/flip redrawn every epoch when `augment`
     is given (the reference loaders' training transform)."""
@@ -76,5 +77,6 @@ def epoch_batches(pixels: Pixels, batch_size: int, generator: torch.Generator | 
         return lambda: ((x, y) for _, x, y in pixels.batches(batch_size, generator))
     if generator is None:
         raise ValueError("augmented batches need a generator to draw their crops and flips from")
-    return lambda: ((pixels.augmented(idx, augment, generator), y)
-                    for idx, _, y in pixels.batches(batch_size, generator))
+    return lambda: (
+        (pixels.augmented(idx, augment, generator), y) for idx, _, y in pixels.batches(batch_size, generator)
+    )

@@ -41,8 +41,12 @@ MAX_CLASSES = 1000
 MAX_IMAGE_SIDE = 256
 
 # BackdoorBench's names -> bd's
-ARCHS = {"preactresnet18": "preact-resnet18", "vgg19_bn": "vgg19-bn", "efficientnet_b3": "efficientnet-b3",
-         "mobilenet_v3_large": "mobilenetv3-large"}
+ARCHS = {
+    "preactresnet18": "preact-resnet18",
+    "vgg19_bn": "vgg19-bn",
+    "efficientnet_b3": "efficientnet-b3",
+    "mobilenet_v3_large": "mobilenetv3-large",
+}
 DATASETS = {"cifar10": "cifar10", "gtsrb": "gtsrb", "tiny": "tiny-imagenet"}
 # utils/aggregate_block/dataset_and_transform_generate.py: get_dataset_normalization
 NORMALIZATION = {
@@ -64,8 +68,12 @@ class RecordedImage:
         if not isinstance(state, (list, tuple)) or len(state) < 4:
             raise pickle.UnpicklingError("malformed pickled image")
         self.mode, size, self.data = state[1], state[2], state[-1]
-        if not (isinstance(self.mode, str) and isinstance(self.data, bytes) and len(size) == 2
-                and all(isinstance(v, int) and 0 < v <= MAX_IMAGE_SIDE for v in size)):
+        if not (
+            isinstance(self.mode, str)
+            and isinstance(self.data, bytes)
+            and len(size) == 2
+            and all(isinstance(v, int) and 0 < v <= MAX_IMAGE_SIDE for v in size)
+        ):
             raise pickle.UnpicklingError("malformed pickled image")
         self.size = (int(size[0]), int(size[1]))
 
@@ -90,8 +98,11 @@ def _allowed_globals() -> list[Any]:
         except ImportError:
             continue
         names += [(module._reconstruct, f"{module_name}._reconstruct"), (module.scalar, f"{module_name}.scalar")]
-    return names + [np.ndarray, np.dtype, (RecordedImage, "PIL.Image.Image")] + [
-        (getattr(np.dtypes, n), f"numpy.dtypes.{n}") for n in dir(np.dtypes) if n.endswith("DType")]
+    return (
+        names
+        + [np.ndarray, np.dtype, (RecordedImage, "PIL.Image.Image")]
+        + [(getattr(np.dtypes, n), f"numpy.dtypes.{n}") for n in dir(np.dtypes) if n.endswith("DType")]
+    )
 
 
 def load_restricted(path: Path) -> Any:
@@ -100,16 +111,19 @@ def load_restricted(path: Path) -> Any:
     if not path.is_file():
         raise UnsafeModelFile(f"{path} does not exist")
     if not zipfile.is_zipfile(path):
-        raise UnsafeModelFile(f"{path} is not a readable torch.save archive (expected the zip format torch.save "
-                              f"writes)")
+        raise UnsafeModelFile(
+            f"{path} is not a readable torch.save archive (expected the zip format torch.save writes)"
+        )
     try:
         with torch.serialization.safe_globals(_allowed_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         what = f"it pickles {found.group(1)}" if found else "it uses pickle operations beyond plain data"
-        raise UnsafeModelFile(f"{path}: refused, {what}, which a BackdoorBench record does not need (bd loads "
-                              "only tensors, arrays, images and plain values; nothing was run)") from None
+        raise UnsafeModelFile(
+            f"{path}: refused, {what}, which a BackdoorBench record does not need (bd loads "
+            "only tensors, arrays, images and plain values; nothing was run)"
+        ) from None
     except Exception as e:  # zip / storage errors: not a torch.save archive, or a damaged one
         raise UnsafeModelFile(f"{path} is not a readable torch.save archive: {str(e).splitlines()[0][:200]}") from None
 
@@ -148,24 +162,35 @@ def read_record(path: Path) -> Record:
     content = load_restricted(result_path)
     if not isinstance(content, dict):
         raise UnsafeModelFile(f"{result_path} holds a {type(content).__name__}, not a BackdoorBench attack result")
-    missing = [k for k in ("model_name", "num_classes", "model", "img_size", "clean_data",
-                           "bd_test") if k not in content]
+    missing = [
+        k for k in ("model_name", "num_classes", "model", "img_size", "clean_data", "bd_test") if k not in content
+    ]
     if missing:
         raise UnsafeModelFile(f"{result_path} is not a BackdoorBench attack result (missing {', '.join(missing)})")
     num_classes, img_size = content["num_classes"], content["img_size"]
     if not isinstance(num_classes, int) or not 2 <= num_classes <= MAX_CLASSES:
         raise UnsafeModelFile(f"{result_path}: num_classes {num_classes!r} is not an integer in 2..{MAX_CLASSES}")
-    if (not isinstance(img_size, (list, tuple)) or len(img_size) != 3 or img_size[0] != img_size[1]
-            or not all(isinstance(v, int) for v in img_size) or img_size[2] not in (1, 3)
-            or not 8 <= img_size[0] <= MAX_IMAGE_SIDE):
+    if (
+        not isinstance(img_size, (list, tuple))
+        or len(img_size) != 3
+        or img_size[0] != img_size[1]
+        or not all(isinstance(v, int) for v in img_size)
+        or img_size[2] not in (1, 3)
+        or not 8 <= img_size[0] <= MAX_IMAGE_SIDE
+    ):
         raise UnsafeModelFile(f"{result_path}: img_size {img_size!r} is not [side, side, 1|3]")
     state = content["model"]
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()):
         raise UnsafeModelFile(f"{result_path}: 'model' is not a state dict of tensors")
     record = Record(
-        path=result_path, model_name=str(content["model_name"]), num_classes=num_classes,
-        image_size=int(img_size[0]), in_channels=int(img_size[2]), dataset=str(content["clean_data"]),
-        state=dict(state), sha256=file_sha256(result_path),
+        path=result_path,
+        model_name=str(content["model_name"]),
+        num_classes=num_classes,
+        image_size=int(img_size[0]),
+        in_channels=int(img_size[2]),
+        dataset=str(content["clean_data"]),
+        state=dict(state),
+        sha256=file_sha256(result_path),
     )
     info_path = result_path.parent / INFO_FILE
     if info_path.is_file():
@@ -244,8 +269,9 @@ def bd_state_dict(record: Record) -> tuple[str, dict[str, Tensor], dict[str, int
     """(bd architecture, state dict in bd's names, architecture options) for the record's model."""
     arch = ARCHS.get(record.model_name)
     if arch is None:
-        raise UnsafeModelFile(f"{record.path}: model {record.model_name!r} has no bd counterpart; "
-                              f"bd imports {', '.join(ARCHS)}")
+        raise UnsafeModelFile(
+            f"{record.path}: model {record.model_name!r} has no bd counterpart; bd imports {', '.join(ARCHS)}"
+        )
     state = {k.removeprefix("module."): v for k, v in record.state.items()}
     options: dict[str, int] = {}
     if arch == "preact-resnet18":
@@ -264,8 +290,10 @@ def _fold_vgg_head(record: Record, state: dict[str, Tensor]) -> tuple[dict[str, 
     if weight is None or weight.dim() != 2:
         raise UnsafeModelFile(f"{record.path}: vgg19_bn state dict has no classifier.0.weight matrix")
     if record.image_size > 32:
-        raise UnsafeModelFile(f"{record.path}: a vgg19_bn at {record.image_size} px has a 7x7-pooled head over a "
-                              "feature map larger than 1x1, which bd's globally pooled VGG cannot represent exactly")
+        raise UnsafeModelFile(
+            f"{record.path}: a vgg19_bn at {record.image_size} px has a 7x7-pooled head over a "
+            "feature map larger than 1x1, which bd's globally pooled VGG cannot represent exactly"
+        )
     channels = weight.shape[1] // 49
     if channels * 49 != weight.shape[1]:
         raise UnsafeModelFile(f"{record.path}: classifier.0.weight has {weight.shape[1]} inputs, not 49 x channels")
@@ -283,7 +311,7 @@ def resolve_resource(record: Record, relative: str, resource_root: Path | None) 
     that holds record/<name>/ (never outside those folders)."""
     parts = [p for p in Path(relative).parts if p not in ("..", ".", "/")]
     if "resource" in parts:
-        parts = parts[parts.index("resource") + 1:]
+        parts = parts[parts.index("resource") + 1 :]
     roots = [resource_root] if resource_root else []
     roots.append(record.folder.parent.parent / "resource")
     for root in roots:
@@ -304,8 +332,9 @@ def pattern_from_info(record: Record, resource_root: Path | None) -> tuple[Tenso
     if file is None:
         return None
     with Image.open(file) as im:
-        pattern = torch.from_numpy(image_array(im.convert("RGB").resize((size, size), Image.BILINEAR))[:channels]
-                                   .astype(np.float32))
+        pattern = torch.from_numpy(
+            image_array(im.convert("RGB").resize((size, size), Image.BILINEAR))[:channels].astype(np.float32)
+        )
     if record.attack == "badnet":
         return pattern * (pattern > 0), (pattern > 0).float(), "replace", 1.0  # AddMaskPatchTrigger
     alpha = float(record.info.get("attack_test_blended_alpha", record.info.get("attack_train_blended_alpha", 0.2)))

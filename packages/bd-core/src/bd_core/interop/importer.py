@@ -64,8 +64,10 @@ def record_trigger(record: Record, test: ImageSet, resource_root: Path | None) -
     if record.poisoned_test:
         index = torch.tensor(sorted(record.poisoned_test), dtype=torch.long)
         if int(index.max()) >= len(test) or int(index.min()) < 0:
-            raise InvalidRequest(f"{record.path} poisons test image {int(index.max())} but the test set bd loaded "
-                                 f"has {len(test)} images: point --data-dir at the data the record was made on")
+            raise InvalidRequest(
+                f"{record.path} poisons test image {int(index.max())} but the test set bd loaded "
+                f"has {len(test)} images: point --data-dir at the data the record was made on"
+            )
         poisoned = torch.from_numpy(np.stack([record.poisoned_test[int(i)] for i in index]))
         clean = test.images[index]
         stored = (clean, poisoned)
@@ -75,50 +77,83 @@ def record_trigger(record: Record, test: ImageSet, resource_root: Path | None) -
         if stored is None:
             return trigger, f"{record.attack} pattern from the trigger file the record names (no poisoned test images)"
         clean, poisoned = stored
-        as_pixels = trigger.apply(clean, torch.ones(len(clean), dtype=torch.bool), torch.zeros(clean.shape[1]),
-                                  torch.full((clean.shape[1],), 1 / 255))
+        as_pixels = trigger.apply(
+            clean,
+            torch.ones(len(clean), dtype=torch.bool),
+            torch.zeros(clean.shape[1]),
+            torch.full((clean.shape[1],), 1 / 255),
+        )
         if bool(((as_pixels - poisoned.float()).abs() <= 0.5).all()):
-            return trigger, (f"{record.attack} pattern from the trigger file "
-                             f"(reproduces all {len(clean)} poisoned test images)")
+            return trigger, (
+                f"{record.attack} pattern from the trigger file (reproduces all {len(clean)} poisoned test images)"
+            )
     if stored is None:
-        raise InvalidRequest(f"{record.path} has no poisoned test images and no trigger file bd can find; "
-                             "pass --resource-dir pointing at the tool's resource/ folder")
+        raise InvalidRequest(
+            f"{record.path} has no poisoned test images and no trigger file bd can find; "
+            "pass --resource-dir pointing at the tool's resource/ folder"
+        )
     return StoredTrigger.from_pairs(*stored), f"the record's {len(stored[0])} poisoned test images (stored trigger)"
 
 
 def import_record(
-    source: Path, out: Path, data_dir: Path | None = None, resource_root: Path | None = None, device: str = "cpu",
+    source: Path,
+    out: Path,
+    data_dir: Path | None = None,
+    resource_root: Path | None = None,
+    device: str = "cpu",
 ) -> Imported:
     """Read, map, verify, evaluate and save; returns what was written."""
     record = read_record(source)
     dataset = DATASETS.get(record.dataset)
     if dataset is None:
-        raise InvalidRequest(f"{record.path}: dataset {record.dataset!r} has no bd loader; bd imports "
-                             f"{', '.join(DATASETS)}")
+        raise InvalidRequest(
+            f"{record.path}: dataset {record.dataset!r} has no bd loader; bd imports {', '.join(DATASETS)}"
+        )
     model, arch, options = imported_model(record)
     mean, std = NORMALIZATION[record.dataset]
     test = load_dataset(dataset, "test", root=data_dir).normalized_as(
-        mean, std, f"normalized as the imported {record.dataset} model expects")
+        mean, std, f"normalized as the imported {record.dataset} model expects"
+    )
     if (test.channels, test.image_size) != (record.in_channels, record.image_size):
-        raise InvalidRequest(f"{record.path} was trained on {record.in_channels}x{record.image_size}px images but "
-                             f"bd's {dataset} test set is {test.channels}x{test.image_size}px")
+        raise InvalidRequest(
+            f"{record.path} was trained on {record.in_channels}x{record.image_size}px images but "
+            f"bd's {dataset} test set is {test.channels}x{test.image_size}px"
+        )
     if test.num_classes != record.num_classes:
         raise InvalidRequest(f"{record.path} has {record.num_classes} classes, bd's {dataset} has {test.num_classes}")
     trigger, trigger_source = record_trigger(record, test, resource_root)
     target = int(record.info.get("attack_target", 0))
-    attack_spec = AttackSpec(dataset, arch, record.attack, float(record.info.get("pratio", 0.1)), target,
-                             int(record.info.get("random_seed", 0)), IMPORTED, source=record.sha256)
+    attack_spec = AttackSpec(
+        dataset,
+        arch,
+        record.attack,
+        float(record.info.get("pratio", 0.1)),
+        target,
+        int(record.info.get("random_seed", 0)),
+        IMPORTED,
+        source=record.sha256,
+    )
     log(f"evaluating the imported {arch} on {len(test)} {dataset} test images")
     metrics = evaluate(model.to(device), test, trigger, target, device=device)
     meta = {
-        "arch": arch, "num_classes": record.num_classes, "in_channels": record.in_channels,
-        "image_size": record.image_size, "width": 1.0, "options": options,
+        "arch": arch,
+        "num_classes": record.num_classes,
+        "in_channels": record.in_channels,
+        "image_size": record.image_size,
+        "width": 1.0,
+        "options": options,
         "normalization": {"mean": list(mean), "std": list(std)},
         "attack": attack_spec.config(),
         "metrics": metrics.as_dict(),
-        "imported": {"tool": "backdoorbench", "record": str(record.path), "sha256": record.sha256,
-                     "model_name": record.model_name, "reported": record.reported, "trigger": trigger_source,
-                     "imported_at": time.strftime("%Y-%m-%dT%H:%M:%S")},
+        "imported": {
+            "tool": "backdoorbench",
+            "record": str(record.path),
+            "sha256": record.sha256,
+            "model_name": record.model_name,
+            "reported": record.reported,
+            "trigger": trigger_source,
+            "imported_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        },
         "cache_key": attack_spec.key,
     }
     save_model(out, model.cpu(), meta, trigger)

@@ -34,8 +34,10 @@ def anatomy(model: nn.Module, in_channels: int | None = None, image_size: int | 
     """Resolve the model's anatomy; conv->BN pairs are found by tracing one forward pass (at
     `image_size`, by default the size the model is built for, else 32 px)."""
     if not isinstance(model, BdModel):
-        raise TypeError(f"{type(model).__name__} is not a bd model (bd_core.models.contract.BdModel); "
-                        "create models with bd_core.models.create_model")
+        raise TypeError(
+            f"{type(model).__name__} is not a bd model (bd_core.models.contract.BdModel); "
+            "create models with bd_core.models.create_model"
+        )
     facts = model.facts
     modules = dict(model.named_modules())
     if in_channels is None:

@@ -13,8 +13,9 @@ from bd_core.models.vgg import VGG19BN
 from bd_core.models.vit import ViT
 from bd_core.registry import Registry
 
-MODELS: Registry[Callable[..., nn.Module]] = Registry("architecture", hint=" (aliases: vgg19, resnet18, mobilenet, "
-                                                      "vit-tiny)")
+MODELS: Registry[Callable[..., nn.Module]] = Registry(
+    "architecture", hint=" (aliases: vgg19, resnet18, mobilenet, vit-tiny)"
+)
 MODELS.add("preact-resnet18", PreActResNet18, ("resnet", "resnet18"))
 MODELS.add("vgg19-bn", VGG19BN, ("vgg19", "vgg"))
 MODELS.add("efficientnet-b3", EfficientNetB3, ("efficientnet",))
@@ -37,6 +38,8 @@ def training_changes(arch: str, preset_name: str) -> dict[str, object]:
     """The recipe fields `arch` changes under `preset_name` (TRAINING_CHANGES)."""
     changes = TRAINING_CHANGES.get(canonical_model(arch), {})
     return {**changes.get("*", {}), **changes.get(preset_name, {})}
+
+
 canonical_model = MODELS.canonical
 MIN_SIZE, MAX_SIZE = 28, 64
 MAX_CLASSES = 1000  # bounds what a model file can make bd allocate
@@ -46,7 +49,11 @@ OPTIONS: dict[str, dict[str, tuple[int, int]]] = {"vgg19-bn": {"hidden": (4, 819
 
 
 def create_model(
-    name: str, num_classes: int, in_channels: int = 3, image_size: int = 32, width: float = 1.0,
+    name: str,
+    num_classes: int,
+    in_channels: int = 3,
+    image_size: int = 32,
+    width: float = 1.0,
     options: dict[str, int] | None = None,
 ) -> nn.Module:
     """Build an untrained classifier for `in_channels` x `image_size`^2 inputs."""

@@ -20,8 +20,10 @@ def load_checked_state(module: nn.Module, state: dict[str, Tensor], what: str) -
         # a float tensor stored in another float precision (a model trained in float64) is cast
         same_kind = v.dtype == expected[k].dtype or (v.is_floating_point() and expected[k].is_floating_point())
         if v.shape != expected[k].shape or not same_kind:
-            raise ValueError(f"{what}: tensor {k} is {tuple(v.shape)} {v.dtype}, "
-                             f"expected {tuple(expected[k].shape)} {expected[k].dtype}")
+            raise ValueError(
+                f"{what}: tensor {k} is {tuple(v.shape)} {v.dtype}, "
+                f"expected {tuple(expected[k].shape)} {expected[k].dtype}"
+            )
     module.load_state_dict(state)  # copies into the module's own tensors, in their dtype
     return module
 
@@ -32,5 +34,6 @@ def check_finite(model: nn.Module, what: str) -> None:
     network in that state answers one class for every input, which would read as a perfect attack."""
     for name, tensor in (*model.named_parameters(), *model.named_buffers()):
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise Diverged(f"{what}: {name} holds non-finite values (training diverged); lower its learning rate "
-                           "(or step size)")
+            raise Diverged(
+                f"{what}: {name} holds non-finite values (training diverged); lower its learning rate (or step size)"
+            )

@@ -37,8 +37,13 @@ class EfficientNetB3(_TorchvisionClassifier):
         _replace_stem(net.features, in_channels)
         self.features, self.avgpool, self.classifier = net.features, net.avgpool, net.classifier
 
-    facts = ModelFacts(pool="avgpool", classifier="classifier", last_conv="features.8.0",
-                       polarizer_before="features.8.0", stages=("features.4", "features.6", "features.8"))
+    facts = ModelFacts(
+        pool="avgpool",
+        classifier="classifier",
+        last_conv="features.8.0",
+        polarizer_before="features.8.0",
+        stages=("features.4", "features.6", "features.8"),
+    )
 
 
 class MobileNetV3Large(_TorchvisionClassifier):
@@ -49,5 +54,10 @@ class MobileNetV3Large(_TorchvisionClassifier):
         _replace_stem(net.features, in_channels)
         self.features, self.avgpool, self.classifier = net.features, net.avgpool, net.classifier
 
-    facts = ModelFacts(pool="avgpool", classifier="classifier", last_conv="features.16.0",
-                       polarizer_before="features.16.0", stages=("features.6", "features.12", "features.16"))
+    facts = ModelFacts(
+        pool="avgpool",
+        classifier="classifier",
+        last_conv="features.16.0",
+        polarizer_before="features.16.0",
+        stages=("features.6", "features.12", "features.16"),
+    )

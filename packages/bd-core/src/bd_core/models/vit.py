@@ -33,13 +33,23 @@ class ViT(BdModel):
         self.grid, self.input_size = image_size // PATCH, image_size
         hidden = max(1, round(TINY_WIDTH * width / HEADS)) * HEADS
         self.conv_proj = nn.Conv2d(in_channels, hidden, PATCH, PATCH)
-        self.encoder = Encoder(seq_length=self.grid ** 2, num_layers=DEPTH, num_heads=HEADS, hidden_dim=hidden,
-                               mlp_dim=4 * hidden, dropout=0.0, attention_dropout=0.0)
+        self.encoder = Encoder(
+            seq_length=self.grid**2,
+            num_layers=DEPTH,
+            num_heads=HEADS,
+            hidden_dim=hidden,
+            mlp_dim=4 * hidden,
+            dropout=0.0,
+            attention_dropout=0.0,
+        )
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(hidden, num_classes)
 
     facts = ModelFacts(
-        pool="avgpool", classifier="head", last_conv=None, polarizer_before=None,
+        pool="avgpool",
+        classifier="head",
+        last_conv=None,
+        polarizer_before=None,
         stages=tuple(f"encoder.layers.encoder_layer_{i}" for i in (1, 3, 5)),
         layer_types=frozenset({"attention", "layernorm"}),
     )

@@ -61,8 +61,9 @@ def load_model(path: Path, need_trigger: bool = True) -> AttackedModel:
     if not isinstance(options, dict):
         raise UnsafeModelFile(f"{path}: metadata field 'options' is not a mapping")
     try:
-        model = create_model(meta["arch"], meta["num_classes"], meta["in_channels"], meta["image_size"],
-                             meta["width"], options)
+        model = create_model(
+            meta["arch"], meta["num_classes"], meta["in_channels"], meta["image_size"], meta["width"], options
+        )
     except BdError as e:
         raise UnsafeModelFile(f"{path}: {e}") from None
     state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
@@ -80,8 +81,9 @@ def load_model(path: Path, need_trigger: bool = True) -> AttackedModel:
             trigger.check_fits(meta["in_channels"], meta["image_size"])
         except ValueError as e:
             shape = f"{meta['in_channels']}x{meta['image_size']}x{meta['image_size']}"
-            raise UnsafeModelFile(f"{path}: its {trigger.kind} trigger does not fit the model's {shape} images "
-                                  f"({e})") from None
+            raise UnsafeModelFile(
+                f"{path}: its {trigger.kind} trigger does not fit the model's {shape} images ({e})"
+            ) from None
     return AttackedModel(model, trigger, meta)
 
 

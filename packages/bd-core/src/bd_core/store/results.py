@@ -80,16 +80,20 @@ class ResultStore:
             self._db = self._open_readonly() if readonly else self._open_writable()
             self._db.execute("SELECT COUNT(*) FROM results").fetchone()
         except sqlite3.DatabaseError as e:
-            raise StoreError(f"{self.path} is not a bd results file ({e}); pass --store with another file "
-                             "(bd creates it)") from None
+            raise StoreError(
+                f"{self.path} is not a bd results file ({e}); pass --store with another file (bd creates it)"
+            ) from None
         except OSError as e:
-            raise StoreError(f"cannot use {self.path} as the results file ({e.strerror or e}); pass --store with a "
-                             "path in a writable folder") from None
+            raise StoreError(
+                f"cannot use {self.path} as the results file ({e.strerror or e}); pass --store with a "
+                "path in a writable folder"
+            ) from None
 
     def _open_writable(self) -> sqlite3.Connection:
         if self.path.is_dir():
-            raise StoreError(f"{self.path} is a directory; --store takes a file path, e.g. "
-                             f"{self.path / 'results.sqlite'}")
+            raise StoreError(
+                f"{self.path} is a directory; --store takes a file path, e.g. {self.path / 'results.sqlite'}"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             db = sqlite3.connect(str(self.path), timeout=60, isolation_level=None)
@@ -99,8 +103,9 @@ class ResultStore:
             db.execute(f"CREATE TABLE IF NOT EXISTS results ({cols})")
         except sqlite3.OperationalError as e:
             if "readonly" in str(e) or "unable to open" in str(e):
-                raise StoreError(f"cannot write the results file {self.path} ({e}); pass --store with a path in a "
-                                 "writable folder") from None
+                raise StoreError(
+                    f"cannot write the results file {self.path} ({e}); pass --store with a path in a writable folder"
+                ) from None
             raise
         return db
 
@@ -155,8 +160,9 @@ class ResultStore:
                 cur = self._db.execute(sql, [row[n] for n in names])
         except sqlite3.Error as e:  # disk full, I/O error, file removed: keep the computed row
             kept = keep_unsaved(self.path, row)
-            raise StoreError(f"could not write the result to {self.path} ({e}); the computed row is kept in {kept}"
-                             ) from None
+            raise StoreError(
+                f"could not write the result to {self.path} ({e}); the computed row is kept in {kept}"
+            ) from None
         return cur.rowcount > 0
 
     def merge(self, source: ResultStore) -> dict[str, int]:
@@ -202,19 +208,27 @@ class ResultStore:
         for row in rows:
             config, details = row.pop("config") or {}, row.pop("details") or {}
             attack = config.get("attack", {}) if isinstance(config, dict) else {}
-            flat.append({
-                **row,
-                "defense_settings": json.dumps(config.get("defense_settings", {}), sort_keys=True),
-                "attack_settings": json.dumps(attack.get("attack_settings", {}), sort_keys=True),
-                "attacked_model": details.get("attacked_model"),
-                "attacked_model_weights": details.get("attacked_model_weights"),
-                "device": details.get("device"),  # absent from rows stored before bd recorded it (all CPU)
-                "warnings": " | ".join(details.get("warnings", [])),
-                "precision": config.get("precision", "fp32") if isinstance(config, dict) else "fp32",
-            })
-        columns = [c for c in COLUMNS if c not in JSON_COLUMNS] + ["defense_settings", "attack_settings",
-                                                                    "attacked_model", "attacked_model_weights",
-                                                                    "device", "warnings", "precision"]
+            flat.append(
+                {
+                    **row,
+                    "defense_settings": json.dumps(config.get("defense_settings", {}), sort_keys=True),
+                    "attack_settings": json.dumps(attack.get("attack_settings", {}), sort_keys=True),
+                    "attacked_model": details.get("attacked_model"),
+                    "attacked_model_weights": details.get("attacked_model_weights"),
+                    "device": details.get("device"),  # absent from rows stored before bd recorded it (all CPU)
+                    "warnings": " | ".join(details.get("warnings", [])),
+                    "precision": config.get("precision", "fp32") if isinstance(config, dict) else "fp32",
+                }
+            )
+        columns = [c for c in COLUMNS if c not in JSON_COLUMNS] + [
+            "defense_settings",
+            "attack_settings",
+            "attacked_model",
+            "attacked_model_weights",
+            "device",
+            "warnings",
+            "precision",
+        ]
         return pd.DataFrame(flat, columns=columns)
 
     def count(self) -> int:
