@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
-from contextlib import nullcontext
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from enum import Enum
 from typing import Any
 
@@ -62,6 +64,25 @@ def maps_errors(command: Callable) -> Callable:
             fail(str(e), code=1)
 
     return wrapped
+
+
+@contextmanager
+def stdout_to_stderr(cleanup: Callable[[], None] = lambda: None) -> Iterator[None]:
+    """Send everything written to file descriptor 1 to stderr until `cleanup` has run: Ray's
+    driver prints its own lines (a lost node, a raylet's log) on stdout, where --format json
+    must leave nothing but bd's document."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        try:
+            cleanup()
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def key_value_table(info: dict[str, Any]) -> Table:

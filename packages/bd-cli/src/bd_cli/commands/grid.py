@@ -3,6 +3,7 @@ projects what it costs, `--calibrate` measures what the projection lacks."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -10,7 +11,7 @@ from typing import Annotated
 import typer
 
 from bd_cli.options import DataDir, Preset, ResultsFile, default_store, examples, numbers, resolve_device, split
-from bd_cli.output import Format, emit, err, fail, maps_errors, say
+from bd_cli.output import Format, emit, err, fail, maps_errors, say, stdout_to_stderr
 
 EXAMPLES = examples(
     "bd grid --attack badnets,blended --defense all --spc 2,10,100 --partitions 10",
@@ -153,8 +154,9 @@ def _run(units, path: Path, backend: Backend, address, workers: int, gpu_share, 
     from bd_cli.runner import bind_units, choose_runner, run_grid, sigterm_as_interrupt
 
     stored_now = 0
+    quiet = stdout_to_stderr(_ray_shutdown) if backend is Backend.ray else nullcontext()
     try:
-        with sigterm_as_interrupt(), ResultStore(path) as results:
+        with sigterm_as_interrupt(), quiet, ResultStore(path) as results:
             done = sum(results.has(u.key) for u in bind_units(units, data_dir))
             share = gpu_share if gpu_share is not None else _default_share(units, results, device)
             runner, threads, device = choose_runner(backend.value, address, workers, device, share)
@@ -183,6 +185,13 @@ def _run(units, path: Path, backend: Backend, address, workers: int, gpu_share, 
             "(stored units are skipped)",
             code=130,
         )
+
+
+def _ray_shutdown() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def _default_share(units, results, device: str) -> float:

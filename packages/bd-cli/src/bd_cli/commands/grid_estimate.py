@@ -87,6 +87,7 @@ def show_estimate(units, path: Path, data_dir, device: str, gpus: int, format: F
             table.add_column(column, overflow="fold")
         for p, d in zip(projections, summary["projections"], strict=True):
             scaled = p.units["scaled (spc)"] + p.units["scaled (arch)"]
+            known = p.units["measured"] + scaled > 0
             name = p.device + (" (this machine)" if d["this_machine"] else "")
             wall = (
                 f"{duration(d['wall_seconds'])} on {d['devices']}" if d["devices"] > 1 else duration(d["wall_seconds"])
@@ -95,8 +96,8 @@ def show_estimate(units, path: Path, data_dir, device: str, gpus: int, format: F
                 name,
                 f"{p.units['measured']} / {scaled} / {p.units['unknown']}"
                 + (f"\n{p.attacks_unknown} attack trainings unknown" if p.attacks_unknown else ""),
-                duration(p.total_seconds),
-                wall,
+                duration(p.total_seconds) if known else "-",
+                wall if known else "-",
             )
         out.print(table)
         say(

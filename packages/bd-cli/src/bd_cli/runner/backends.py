@@ -131,9 +131,12 @@ class RayCluster:
                 for ref in done:
                     item = pending.pop(ref)
                     try:
-                        yield item, ray.get(ref)
-                    except (ray.exceptions.RayError, OSError) as e:  # node died, retries spent
-                        yield item, Lost(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                        result = ray.get(ref)
+                    except ray.exceptions.RayTaskError as e:  # the task itself raised: a bug, not a lost node
+                        raise e.as_instanceof_cause() from None
+                    except ray.exceptions.RayError as e:  # its worker or node died, Ray's retries spent
+                        result = Lost(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                    yield item, result
         finally:  # the consumer stopped early: the cluster need not run what nobody stores
             for ref in pending:
                 ray.cancel(ref, force=True)
