@@ -9,6 +9,7 @@ ops report GB/s next to the machine's copy bandwidth, measured here too. On a GP
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import textwrap
@@ -154,7 +155,17 @@ def fwd_bwd(fn, args):
 @pytest.mark.parametrize("weights", ["frozen", "trained"])
 def test_masked_conv2d_compiled(benchmark, layer, weights):
     benchmark.group = f"masked_conv2d fwd+bwd {layer} weights {weights}"
-    run(benchmark, fwd_bwd(masked_conv2d, conv_inputs(*LAYERS[layer], weights == "trained")), 15)
+    epilogue = functools.partial(masked_conv2d, path="epilogue")
+    run(benchmark, fwd_bwd(epilogue, conv_inputs(*LAYERS[layer], weights == "trained")), 15)
+
+
+@pytest.mark.parametrize("layer", list(LAYERS))
+@pytest.mark.parametrize("weights", ["frozen", "trained"])
+def test_masked_conv2d_folded(benchmark, layer, weights):
+    """The third path: the mask folded into the weight (one convolution, but the weight gradient
+    is needed for the mask's even when the weights are frozen)."""
+    benchmark.group = f"masked_conv2d fwd+bwd {layer} weights {weights}"
+    run(benchmark, fwd_bwd(reference.masked_conv2d_folded, conv_inputs(*LAYERS[layer], weights == "trained")), 15)
 
 
 @pytest.mark.parametrize("layer", list(LAYERS))

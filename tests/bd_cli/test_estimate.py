@@ -65,7 +65,17 @@ def test_another_arch_scales_by_the_median_ratio_between_archs():
     ]
     timing = CostModel(rows).unit(H100, "anp", "vgg19-bn", "paper", 10)
     assert timing.seconds == pytest.approx(300.0)  # ratios 3, 2, 3: median 3
-    assert timing.source == "scaled (arch)" and "preact-resnet18 x3.00" in timing.how
+    assert timing.source == "scaled (arch)" and timing.how == "preact-resnet18 x3"
+
+
+def test_another_device_scales_by_the_median_ratio_between_devices():
+    cpu = [row(d, "preact-resnet18", 10, s, "cpu") for d, s in (("ft", 100.0), ("clp", 10.0), ("anp", 400.0))]
+    gpu = [row("ft", "preact-resnet18", 10, 5.0, H100), row("clp", "preact-resnet18", 10, 1.0, H100)]
+    model = CostModel(cpu + gpu)
+    timing = model.unit(H100, "anp", "preact-resnet18", "paper", 10)
+    assert timing.seconds == pytest.approx(400.0 * 0.075)  # ratios 0.05 and 0.1: median 0.075
+    assert (timing.source, timing.how) == ("scaled (device)", "cpu x0.075")
+    assert model.unit(H100, "ft", "preact-resnet18", "paper", 10).source == "measured"  # its own rows first
 
 
 def test_projection_sums_units_and_trainings_and_divides_by_devices():

@@ -218,3 +218,46 @@ def test_stopped_or_killed_grid_resumes_without_duplicates(grid_file, cache_dir,
     rows = keys_in(store)
     assert len(rows) == 32 and len({k for k, _ in rows}) == 32 and all(s == "ok" for _, s in rows)
     assert f'"skipped": {partial}' in done.stdout
+
+
+def test_a_unit_out_of_gpu_memory_is_retried_alone_not_stored_as_failed(grid_file, cache_dir, tmp_path, monkeypatch):
+    # the first attempt of every unit runs out of memory (as beside other units on one GPU); the
+    # retry, with the device to itself, succeeds: stored as ok, never as failed
+    plugin = tmp_path / "oom_once_defense.py"
+    plugin.write_text(
+        textwrap.dedent(f"""
+        from dataclasses import dataclass
+        from pathlib import Path
+        import torch
+        from bd_defenses import Defense, register
+
+        @register("oom-once", family="test", paper="runs out of memory at its first attempt, for tests")
+        @dataclass(frozen=True)
+        class OomOnce(Defense):
+            def __call__(self, model, data, ctx):
+                weights = float(sum(p.double().sum() for p in model.parameters()))
+                marker = Path({str(tmp_path)!r}) / f"tried-{{weights:.6f}}-{{len(data.clean)}}-{{ctx.seed}}"
+                if not marker.exists():
+                    marker.touch()
+                    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+                return model
+    """)
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("BD_PLUGINS", "oom_once_defense")
+    import importlib
+
+    importlib.import_module("oom_once_defense")
+    grid_path = tmp_path / "g.toml"
+    grid_path.write_text(MINI.format(defenses='["oom-once"]'))
+    from bd_defenses import DEFENSES
+
+    try:
+        with ResultStore(tmp_path / "oom.sqlite") as store:
+            report = run_grid(GridSpec.from_toml(grid_path).units(), store, cache_dir, LocalPool(2), threads=1)
+            rows = store.query()
+    finally:
+        DEFENSES.pop("oom-once", None)
+    assert (report.ok, report.failed, report.retried_alone) == (8, 0, 8)
+    assert len(rows) == 8 and all(r["status"] == "ok" for r in rows)
+    assert len(list(tmp_path.glob("tried-*"))) == 8  # each unit's first attempt did run out of memory

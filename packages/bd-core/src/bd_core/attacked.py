@@ -8,6 +8,7 @@ shared trainer, measures its clean/backdoor metrics, and caches model + trigger.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -137,8 +138,8 @@ class AttackSpec:
             "recipe": self.recipe.config(),
         }
 
-    @property
-    def key(self) -> str:
+    @functools.cached_property
+    def key(self) -> str:  # kept: a grid asks it of every unit
         return config_key(self.config())
 
 

@@ -10,6 +10,7 @@ refused before anything runs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import typing
 from dataclasses import dataclass
@@ -126,6 +127,12 @@ def _convert(value: Any, kind: Any, key: str, what: str) -> Any:
     return value
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    """A class's resolved annotations (resolving them costs ~0.6 ms; a grid builds 10^5 units)."""
+    return typing.get_type_hints(cls)
+
+
 def build_dataclass(cls: type[T], overrides: dict[str, Any], what: str) -> T:
     """cls(**defaults | overrides); unknown keys list the valid ones; __post_init__ checks ranges."""
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -133,7 +140,7 @@ def build_dataclass(cls: type[T], overrides: dict[str, Any], what: str) -> T:
     if unknown:
         valid = ", ".join(f"{k}={f.default!r}" for k, f in fields.items()) or "(none)"
         raise InvalidRequest(f"{what} has no setting {', '.join(unknown)}; valid: {valid}")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     kwargs = {k: _convert(v, hints.get(k, str), k, what) for k, v in overrides.items()}
     try:
         return cls(**kwargs)

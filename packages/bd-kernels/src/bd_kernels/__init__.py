@@ -11,6 +11,7 @@ from bd_kernels.ops import (
     channel_stats,
     has_extension,
     masked_conv2d,
+    masked_conv_path,
 )
 
 __all__ = [
@@ -20,5 +21,6 @@ __all__ = [
     "channel_stats",
     "has_extension",
     "masked_conv2d",
+    "masked_conv_path",
 ]
 __version__ = "0.1.0"

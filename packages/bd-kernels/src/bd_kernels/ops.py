@@ -7,6 +7,7 @@ device, every op runs its twin in `bd_kernels.reference` (with a one-time warnin
 from __future__ import annotations
 
 import importlib.util
+import os
 import warnings
 from dataclasses import dataclass, field
 
@@ -189,6 +190,23 @@ class ChannelStats:
 # ------------------------------------------------------------------ masked_conv2d
 
 
+MASKED_CONV_PATHS = ("epilogue", "reference", "folded")
+# The fastest path per device type, measured forward+backward against a plain convolution of
+# the same shape (bench/RESULTS.md): on CPUs the fused epilogue is 0.91-1.09x a plain
+# convolution, the eager reference up to 1.39x and the folded weight up to 1.58x (it needs the
+# weight gradient even when the weights are frozen); on an H200 the epilogue was slower than the
+# eager reference (bench/RESULTS-gpu.md).
+FASTEST_MASKED_CONV = {"cpu": "epilogue", "cuda": "reference"}
+
+
+def masked_conv_path(device_type: str) -> str:
+    """The path `masked_conv2d` takes on a device type: the measured fastest, or $BD_MASKED_CONV."""
+    chosen = os.environ.get("BD_MASKED_CONV", "").strip()
+    if chosen and chosen not in MASKED_CONV_PATHS:
+        raise ValueError(f"BD_MASKED_CONV={chosen!r}: choose one of {', '.join(MASKED_CONV_PATHS)}")
+    return chosen or FASTEST_MASKED_CONV.get(device_type, "reference")
+
+
 def masked_conv2d(
     x: Tensor,
     weight: Tensor,
@@ -201,14 +219,25 @@ def masked_conv2d(
     padding: int | tuple[int, int] = 0,
     dilation: int | tuple[int, int] = 1,
     groups: int = 1,
+    path: str | None = None,
 ) -> Tensor:
     """y = conv(x, W) * (m + d) + b * (mb + db) per output channel, differentiable in all of them.
 
-    The convolution is ATen's (oneDNN / cuDNN) with autograd's native backward; the
-    per-channel scaling is one fused epilogue pass, and its backward gives the gradients
-    of the activations, masks and perturbations in one pass, never forming W * m.
+    Three paths give the same values and gradients (`path`, default: the fastest measured on
+    the device, see `masked_conv_path`): "epilogue", ATen's convolution (oneDNN / cuDNN) with
+    autograd's native backward and the per-channel scaling as one fused pass whose backward gives
+    the gradients of the activations, masks and perturbations in one pass, never forming W * m;
+    "reference", the same in eager ops; "folded", one convolution with the mask folded into the
+    weight and bias.
     """
-    if not _compiled_for(x):
+    path = path or masked_conv_path(x.device.type)
+    if path not in MASKED_CONV_PATHS:
+        raise ValueError(f"masked_conv2d path {path!r}: choose one of {', '.join(MASKED_CONV_PATHS)}")
+    if path == "folded":
+        return reference.masked_conv2d_folded(
+            x, weight, bias, mask, perturb, bias_mask, bias_perturb, stride, padding, dilation, groups
+        )
+    if path == "reference" or not _compiled_for(x):
         return reference.masked_conv2d(
             x, weight, bias, mask, perturb, bias_mask, bias_perturb, stride, padding, dilation, groups
         )

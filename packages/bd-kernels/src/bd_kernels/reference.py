@@ -132,3 +132,23 @@ def masked_conv2d(
     if bias is not None:
         y = y + (bias * (bias_mask + bias_perturb)).to(y.dtype).view(1, -1, 1, 1)
     return y
+
+
+def masked_conv2d_folded(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    mask: Tensor,
+    perturb: Tensor,
+    bias_mask: Tensor,
+    bias_perturb: Tensor,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+) -> Tensor:
+    """`masked_conv2d` as one convolution: the scale folded into the weight (conv is linear in W
+    per output channel), the masked bias as its bias."""
+    scale = (mask + perturb).to(weight.dtype)
+    folded_bias = (bias * (bias_mask + bias_perturb)).to(weight.dtype) if bias is not None else None
+    return F.conv2d(x, weight * scale.view(-1, 1, 1, 1), folded_bias, stride, padding, dilation, groups)

@@ -30,6 +30,22 @@ def _stored(path: Path):
     return rows, metas
 
 
+def _bind_available(units, data_dir, bind_units):
+    """Units bound to their data where the dataset is here; a projection needs no images, so the
+    units of a dataset that is not here stay unbound (counted as to run) instead of failing."""
+    from bd_core.errors import BdError
+
+    bound, missing = [], []
+    for name in dict.fromkeys(u.attack.dataset for u in units):
+        mine = [u for u in units if u.attack.dataset == name]
+        try:
+            bound += bind_units(mine, data_dir)
+        except BdError:
+            bound += mine
+            missing.append(name)
+    return bound, missing
+
+
 def show_estimate(units, path: Path, data_dir, device: str, gpus: int, format: Format) -> None:
     """Count the grid's units (and with `gpus`, project its time per device kind)."""
     from bd_core.devices import device_label
@@ -39,7 +55,7 @@ def show_estimate(units, path: Path, data_dir, device: str, gpus: int, format: F
     from bd_cli.runner import bind_units
     from bd_cli.runner.estimate import CostModel, duration
 
-    units = bind_units(units, data_dir)
+    units, missing = _bind_available(units, data_dir, bind_units)
     rows, metas = _stored(path)
     stored_keys = {r["key"] for r in rows}
     todo = [u for u in units if u.key not in stored_keys]
@@ -47,6 +63,7 @@ def show_estimate(units, path: Path, data_dir, device: str, gpus: int, format: F
     attacks = {u.attack.key: u.attack for u in units}
     to_train = [a for k, a in attacks.items() if cache.get_path(k) is None]
     summary = {
+        "datasets_not_here": missing,
         "units": len(units),
         "stored": len(units) - len(todo),
         "to_run": len(todo),
@@ -82,11 +99,13 @@ def show_estimate(units, path: Path, data_dir, device: str, gpus: int, format: F
             f"{summary['units']} units, {summary['to_run']} to run ({summary['stored']} stored); "
             f"{len(attacks)} attacked models, {len(to_train)} to train"
         )
+        if missing:
+            say(f"not on this machine: {', '.join(missing)} (their units are counted as not stored)")
         table = Table(title="projected time of the units still to run", title_justify="left")
         for column in ("device", "units: measured / scaled / unknown", "total", "wall"):
             table.add_column(column, overflow="fold")
         for p, d in zip(projections, summary["projections"], strict=True):
-            scaled = p.units["scaled (spc)"] + p.units["scaled (arch)"]
+            scaled = p.units["scaled (spc)"] + p.units["scaled (arch)"] + p.units["scaled (device)"]
             known = p.units["measured"] + scaled > 0
             name = p.device + (" (this machine)" if d["this_machine"] else "")
             wall = (
@@ -102,7 +121,8 @@ def show_estimate(units, path: Path, data_dir, device: str, gpus: int, format: F
         out.print(table)
         say(
             "measured: median of stored rows with the same defense, arch, preset, SPC and device; scaled: "
-            "from other SPCs (linear) or another arch (median ratio); totals leave out the unknown units"
+            "from other SPCs (linear), another arch or another device (median ratio over settings measured on both); "
+            "totals leave out the unknown units"
         )
         unknown = sorted({n for p in projections if p.device == here for n in p.unknown})
         if unknown:

@@ -7,6 +7,8 @@ defense, arch, preset and device:
                 images when only one SPC was measured);
   scaled (arch) no row on this arch: the time on another arch times the median ratio between the
                 two archs over every (defense, SPC) measured on both;
+  scaled (device) nothing on this device: the time on another device (as above) times the median
+                ratio between the two devices over every (defense, arch, SPC) measured on both;
   unknown       nothing to go on (`bd grid --calibrate` runs one short unit per defense).
 Attack trainings take the median training time of cached models of the same dataset, arch and
 preset on that device. Wall time on N devices is the total over N, as if units one at a time on
@@ -31,7 +33,7 @@ Shape = tuple[str, str, str]  # (defense, arch, preset)
 @dataclass(frozen=True)
 class Timing:
     seconds: float | None
-    source: str  # measured, scaled (spc), scaled (arch), unknown
+    source: str  # measured, scaled (spc), scaled (arch), scaled (device), unknown
     how: str = ""  # what it was scaled from
 
 
@@ -90,13 +92,23 @@ class CostModel:
         return sorted({device for device, _ in self.times} | {device for device, *_ in self.trainings})
 
     def unit(self, device: str, defense: str, arch: str, preset: str, spc: int) -> Timing:
+        timing = self._on_device(device, defense, arch, preset, spc)
+        if timing.seconds is not None:
+            return timing
+        for other, factor in self._device_factors(device, preset):
+            base = self._on_device(other, defense, arch, preset, spc)
+            if base.seconds is not None:
+                return Timing(base.seconds * factor, "scaled (device)", f"{other} x{factor:.3g}")
+        return Timing(None, "unknown")
+
+    def _on_device(self, device: str, defense: str, arch: str, preset: str, spc: int) -> Timing:
         timing = self._same_arch(device, (defense, arch, preset), spc)
         if timing.seconds is not None:
             return timing
         for other, factor in self._arch_factors(device, arch, preset):
             base = self._same_arch(device, (defense, other, preset), spc)
             if base.seconds is not None:
-                return Timing(base.seconds * factor, "scaled (arch)", f"{other} x{factor:.2f}")
+                return Timing(base.seconds * factor, "scaled (arch)", f"{other} x{factor:.3g}")
         return Timing(None, "unknown")
 
     def _same_arch(self, device: str, shape: Shape, spc: int) -> Timing:
@@ -114,23 +126,33 @@ class CostModel:
         floor = min(t1, t2) * min(1.0, spc / min(s1, s2))  # never below proportional scaling
         return Timing(max(floor, t1 + slope * (spc - s1)), "scaled (spc)")
 
-    def _arch_factors(self, device: str, arch: str, preset: str) -> list[tuple[str, float]]:
-        """(other arch, median time ratio arch/other) over the settings measured on both, most
-        shared settings first."""
-        mine = {
-            (shape[0], spc): statistics.median(ts)
-            for (dev, shape), by_spc in self.times.items()
-            if dev == device and shape[1] == arch and shape[2] == preset
+    def _medians(self, preset: str) -> dict[tuple[str, str, str, int], float]:
+        """Median time by (device, defense, arch, SPC) for one preset."""
+        return {
+            (device, shape[0], shape[1], spc): statistics.median(ts)
+            for (device, shape), by_spc in self.times.items()
+            if shape[2] == preset
             for spc, ts in by_spc.items()
         }
-        ratios: dict[str, list[float]] = defaultdict(list)
-        for (dev, (defense, other, pre)), by_spc in self.times.items():
-            if dev != device or other == arch or pre != preset:
-                continue
-            for spc, ts in by_spc.items():
-                if (defense, spc) in mine and statistics.median(ts) > 0:
-                    ratios[other].append(mine[defense, spc] / statistics.median(ts))
-        return sorted(((o, statistics.median(r)) for o, r in ratios.items()), key=lambda x: -len(ratios[x[0]]))
+
+    def _arch_factors(self, device: str, arch: str, preset: str) -> list[tuple[str, float]]:
+        """(other arch, median ratio of this arch's time to it) on this device, over the (defense,
+        SPC) measured on both."""
+        mine: dict = {}
+        theirs: dict = defaultdict(dict)
+        for (d, defense, a, spc), m in self._medians(preset).items():
+            if d == device:
+                (mine if a == arch else theirs[a])[defense, spc] = m
+        return _ratios(mine, theirs)
+
+    def _device_factors(self, device: str, preset: str) -> list[tuple[str, float]]:
+        """(other device, median ratio of this device's time to it), over the (defense, arch,
+        SPC) measured on both."""
+        mine: dict = {}
+        theirs: dict = defaultdict(dict)
+        for (d, defense, a, spc), m in self._medians(preset).items():
+            (mine if d == device else theirs[d])[defense, a, spc] = m
+        return _ratios(mine, theirs)
 
     def training(self, device: str, dataset: str, arch: str, preset: str) -> float | None:
         times = self.trainings.get((device, dataset, arch, preset))
@@ -155,6 +177,16 @@ class CostModel:
             else:
                 projection.attack_seconds += seconds
         return projection
+
+
+def _ratios(mine: dict, theirs: dict[str, dict]) -> list[tuple[str, float]]:
+    """[(other, median of mine/theirs over the settings both have)], most shared settings first."""
+    found = []
+    for other, times in theirs.items():
+        ratios = [mine[k] / times[k] for k in mine.keys() & times.keys() if times[k] > 0]
+        if ratios:
+            found.append((len(ratios), other, statistics.median(ratios)))
+    return [(other, ratio) for _, other, ratio in sorted(found, key=lambda x: (-x[0], x[1]))]
 
 
 def calibration_units(units: list[ExperimentSpec], model: CostModel, device: str) -> list[ExperimentSpec]:

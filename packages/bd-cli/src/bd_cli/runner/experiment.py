@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -102,8 +103,8 @@ class ExperimentSpec:
             return mitigation_from_indices(train, self.mitigation_indices)
         return mitigation_set(train, self.spc, self.partition)
 
-    @property
-    def key(self) -> str:
+    @functools.cached_property
+    def key(self) -> str:  # kept: a grid asks each unit's key several times
         return config_key(self.config())
 
     def columns(self) -> dict[str, Any]:
