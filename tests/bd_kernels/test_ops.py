@@ -292,3 +292,29 @@ def test_reference_fallback_when_extension_absent(monkeypatch):
         out = apply_trigger(images, mean=torch.zeros(3), std=torch.ones(3), channels_last=True)
     assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, images.float() / 255)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not kops.build_info().get("cuda"), reason="needs a CUDA build")
+@pytest.mark.parametrize("path", kops.MASKED_CONV_PATHS)
+def test_cuda_ops_never_synchronise_with_the_host(path):
+    """Every op, with every optional input and the index form of `poisoned`, queued without a
+    host synchronisation (which would stall a GPU grid at each call)."""
+    images, poisoned, pattern, mask, mean, std, offsets, flip = trigger_case((6, 3, 32, 32), "blend", True, "C", "cuda")
+    rows = torch.nonzero(poisoned).flatten()  # computed before the check: nonzero itself syncs
+    conv = conv_case("cuda", torch.float32)
+    kwargs = dict(mode="blend", alpha=0.3, mean=mean, std=std, crop_offsets=offsets, padding=4, flip=flip)
+
+    def run_all():
+        apply_trigger(images, poisoned, pattern, mask, **kwargs)
+        apply_trigger(images, rows, pattern, mask, **kwargs, channels_last=True)
+        channel_stats(torch.randn(8, 16, 5, 5, device="cuda"))
+        y = masked_conv2d(*conv, 1, 1, path=path)
+        y.backward(torch.ones_like(y))
+
+    run_all()  # first calls: kernels loaded, cuDNN plans chosen
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        run_all()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
