@@ -49,8 +49,8 @@ demo: setup data
 # The committed example report (docs/report-example/): its mini-grid (resumable: stored units are
 # skipped, so a rerun after a change of code needs the results file removed first) and `bd report`.
 report-example: setup data
-	$(BIN)/bd grid --config docs/report-example/grid.toml --store docs/report-example/results.sqlite
-	$(BIN)/bd report --store docs/report-example/results.sqlite --out docs/report-example --no-pdf
+	$(BIN)/bd grid --config experiments/report-example/grid.toml --store experiments/report-example/results.sqlite
+	$(BIN)/bd report --store experiments/report-example/results.sqlite --out docs/report-example --no-pdf
 
 test: $(TOOLS) data
 	$(BIN)/python -m pytest -q tests
@@ -58,8 +58,8 @@ test: $(TOOLS) data
 # bd's conventions, executable: ruff (configured in pyproject.toml); the one-way package order is
 # a test (tests/e2e/test_packaging.py).
 lint: $(TOOLS)
-	$(BIN)/ruff check packages tests docs bench
-	$(BIN)/ruff format --check packages tests docs bench
+	$(BIN)/ruff check packages tests experiments bench
+	$(BIN)/ruff format --check packages tests experiments bench
 
 bench: $(TOOLS) data
 	$(BIN)/python -m pytest -q bench -p no:cacheprovider --benchmark-only --benchmark-json=bench/last.json

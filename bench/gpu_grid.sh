@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # A slice of a grid on a lent GPU (no network, no bd install), for rows a 2-core CPU would need days
 # for. The bd packages go on PYTHONPATH; the attacked models are the committed CPU-trained ones
-# (docs/beyond-models, the same weights the store's other rows used: checked by their digest);
+# (experiments/beyond/models, the same weights the store's other rows used: checked by their digest);
 # the data comes from $BD_DATA, carried with the run (.bd/data by default); the rows go to
 # $OUT/grid.sqlite, each stored as it finishes, and are merged here afterwards:
 #
 #   BD_DATA=.bd/data BUDGET_S=480 bash bench/gpu_grid.sh --defense sau,anp --tune --spc 100
-#   bd merge <files_at>/grid.sqlite --into docs/beyond.sqlite
+#   bd merge <files_at>/grid.sqlite --into experiments/beyond/beyond.sqlite
 #
 # Arguments are `bd grid`'s, added to SLICE (default: the #17 grid's 3 attacks x 3 partitions, quick).
 # WORKERS processes share the GPU (the quick models leave it mostly idle); the grid stops at
@@ -31,7 +31,7 @@ mkdir -p "$OUT"
 export PYTHONPATH="$PWD/packages/bd-kernels/src:$PWD/packages/bd-core/src:$PWD/packages/bd-defenses/src:$PWD/packages/bd-cli/src"
 export BD_PROGRESS=0 BD_CACHE=${BD_CACHE:-/tmp/bd-gpu-cache} BD_DATA=${BD_DATA:-$PWD/.bd/data} PYTHONUNBUFFERED=1
 export OMP_NUM_THREADS=1
-mkdir -p "$BD_CACHE" && cp -rn docs/beyond-models/. "$BD_CACHE/"
+mkdir -p "$BD_CACHE" && cp -rn experiments/beyond/models/. "$BD_CACHE/"
 [ -n "${TRIALS:-}" ] && [ -f "$TRIALS" ] && tar -xf "$TRIALS" -C "$BD_CACHE"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT/device.txt" 2>&1 || echo cpu > "$OUT/device.txt"
 # the extension is not built: the kernels' pure-torch references give the same results

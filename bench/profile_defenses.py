@@ -1,7 +1,7 @@
 """Where each defense spends its time on the parity study's work (issue 18): bd's defense under
 torch.profiler (`BD_PROFILE`), its operators summed into the network's layers and the rest.
 
-    python bench/profile_defenses.py run --defenses ft,nad --partition 1   # needs docs/parity.py's setup
+    python bench/profile_defenses.py run --defenses ft,nad --partition 1   # needs experiments/parity/parity.py's setup
     python bench/profile_defenses.py table                                  # into bench/RESULTS.md
 
 `run` defends the parity study's imported model (docs/parity.md) with the same mitigation images
@@ -33,7 +33,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PROFILES = HERE / "profiles"
-sys.path.insert(0, str(ROOT / "docs"))
+sys.path.insert(0, str(ROOT / "experiments" / "parity"))
 from parity import DEFENSES, stored_runs  # noqa: E402  (the parity study's settings and record)
 
 # defenses whose parity schedule takes over ten minutes in bd: a shorter run of the same loop
@@ -94,7 +94,7 @@ def mitigation_file(work: Path, partition: int) -> Path:
         return path
     raise SystemExit(
         f"no mitigation rows for partition {partition} under {work}/runs: "
-        f"run `python docs/parity.py run --partitions {partition}` first"
+        f"run `python experiments/parity/parity.py run --partitions {partition}` first"
     )
 
 

@@ -1,14 +1,13 @@
-"""Write docs/beyond.md's measured tables from docs/beyond.sqlite: defender-only tuning
+"""Write docs/beyond.md's measured tables from experiments/beyond/beyond.sqlite: defender-only tuning
 (`name/tuned`) against each defense's defaults, combined defenses against their parts, and
 every defense on the ViT. The runs themselves are `bd grid` commands (listed in beyond.md),
-stored in docs/beyond.sqlite; this script only reads the store.
+stored in experiments/beyond/beyond.sqlite; this script only reads the store.
 
-Usage: python docs/beyond.py
+Usage: python experiments/beyond/beyond.py
 """
 
 from __future__ import annotations
 
-import statistics
 import sys
 from collections import Counter
 from pathlib import Path
@@ -17,9 +16,11 @@ from bd_core.errors import BdError
 from bd_core.models import MODELS
 from bd_core.store import ResultStore
 from bd_defenses import DEFENSES, create_defense
-from defense_table import training  # docs/ is the script's folder
 
-OUT = Path(__file__).with_name("beyond.md")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from studies import DOCS, replace_between, spread, training  # noqa: E402
+
+OUT = DOCS / "beyond.md"
 STORE = Path(__file__).with_name("beyond.sqlite")
 METRICS = [
     ("acc_post", "ACC", 100.0),
@@ -31,20 +32,12 @@ METRICS = [
 COMBINATIONS = ["bnp+ft", "clp+nad", "fp+i-bau"]
 
 
-def spread(values: list[float], scale: float) -> str:
-    if not values:
-        return "—"
-    v = sorted(x * scale for x in values)
-    digits = 1 if scale == 100.0 else 3
-    return f"{statistics.median(v):.{digits}f} ({v[0]:.{digits}f}–{v[-1]:.{digits}f})"
-
-
 def cells(runs: list[dict]) -> str:
     return " | ".join(spread([r[k] for r in runs], scale) for k, _, scale in METRICS)
 
 
 def model(runs: list[dict]) -> str:
-    """The trained instance(s) of the attacked model the runs defended, named as docs/defense_table.py
+    """The trained instance(s) of the attacked model the runs defended, named as experiments/defenses/defense_table.py
     names them (ACC / ASR before any defense): one configuration was trained twice under one cache
     key, and a comparison is fair only within one instance."""
     return ", ".join(sorted({training(r) for r in runs})) or "–"
@@ -162,13 +155,11 @@ def main(store_path: Path = STORE) -> None:
         ("combinations", combination_table(groups)),
         ("vit", vit_table(groups, rows)),
     ):
-        start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
-        head, rest = text.split(start, 1)
-        text = head + start + "\n" + "\n".join(table) + "\n" + end + rest.split(end, 1)[1]
+        text = replace_between(text, f"<!-- {marker} -->", f"<!-- /{marker} -->", "\n".join(table))
     OUT.write_text(text)
     print(f"wrote {OUT}: {len(ok)} runs")
 
 
 if __name__ == "__main__":
-    # a path: a snapshot of the store (`sqlite3 docs/beyond.sqlite ".backup SNAP"`) while a grid writes it
+    # a path: a snapshot of the store (`sqlite3 experiments/beyond/beyond.sqlite ".backup SNAP"`) while a grid writes it
     main(Path(sys.argv[1]) if len(sys.argv) > 1 else STORE)

@@ -5,9 +5,9 @@ the same 20-epoch run when they see the same batches? bd's side is its FTSAM def
 fork (nothing copied here) and driven as its `defense/ft-sam.py` drives them: the scheduler and
 rho stepped per batch, an eval-mode test pass after every epoch. Both start from the imported
 parity model in float64 and see the same 20 batches: partition P's 100 mitigation images through
-the fork's training transform (docs/parity_pipeline_check.py), one batch per epoch.
+the fork's training transform (experiments/parity/parity_pipeline_check.py), one batch per epoch.
 
-    python docs/parity_ftsam_trajectory.py [--partition 1] [--seed 0]
+    python experiments/parity/parity_ftsam_trajectory.py [--partition 1] [--seed 0]
 
 Prints how far the weights moved and the largest differences between the two runs' weights,
 BatchNorm buffers and logits.
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-FORK = HERE.parent.parent / "fork"
+FORK = HERE.parents[2] / "fork"
 sys.path.insert(0, str(FORK / "BackdoorBenchmark"))
 import bd_defenses.ftsam as ftsam  # noqa: E402
 from bd_core.data import load_dataset  # noqa: E402
@@ -37,7 +37,7 @@ from utils.defense_utils.sam.sam import SAM  # noqa: E402
 from utils.defense_utils.sam.scheduler import ProportionScheduler  # noqa: E402
 from utils.defense_utils.sam.util import smooth_crossentropy  # noqa: E402
 
-EPOCHS = 20  # the parity study's FT-SAM schedule (docs/parity.py)
+EPOCHS = 20  # the parity study's FT-SAM schedule (experiments/parity/parity.py)
 FORK_NORMALIZATION = ((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261))  # the record's
 
 

@@ -2,10 +2,10 @@
 for each defense and attack, the median and range over mitigation partitions of ACC, ASR,
 RA, ARR, RDR and the defense's wall time.
 
-Usage: python docs/defense_table.py [--defenses fp,clp] [--attacks badnets,blended] [--partitions 3] [--force]
+Usage: python experiments/defenses/defense_table.py [--defenses fp,clp] [--attacks badnets,blended] [--partitions 3] [--force]
 Every run is stored in a SQLite result store (the same kind `bd run` writes; committed beside
-this file, docs/defenses.sqlite), so a rerun only computes what is missing; the table also reads
-the example report's store (docs/report-example/results.sqlite: FP, CLP, BNP, RNP, i-BAU and FT
+this file, experiments/defenses/defenses.sqlite), so a rerun only computes what is missing; the table also reads
+the example report's store (experiments/report-example/results.sqlite: FP, CLP, BNP, RNP, i-BAU and FT
 at SPC 10 come from its mini-grid, the same units). --set name.key=value overrides one setting.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import platform
 import re
-import statistics
+import sys
 from pathlib import Path
 
 from bd_cli.runner import ExperimentSpec, run_experiment
@@ -23,18 +23,14 @@ from bd_core.paths import cache_root
 from bd_core.store import ModelCache, ResultStore
 from bd_defenses import DEFENSES, describe, settings_added_since
 
-OUT = Path(__file__).with_name("defenses.md")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from studies import DOCS, ROOT, spread, training  # noqa: E402
+
+OUT = DOCS / "defenses.md"
 STORE = Path(__file__).with_name("defenses.sqlite")
-EXTRA_STORES = [Path(__file__).parent / "report-example" / "results.sqlite"]
+EXTRA_STORES = [ROOT / "experiments" / "report-example" / "results.sqlite"]
 FAMILY_ORDER = ["pruning", "masking", "additive", "synthesis", "fine-tuning", "adversarial", "reviewed"]
 METRICS = [("acc_post", "ACC"), ("asr_post", "ASR"), ("ra_post", "RA"), ("arr", "ARR"), ("rdr", "RDR")]
-
-
-def spread(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
-    if not values:
-        return "—"
-    v = sorted(x * scale for x in values)
-    return f"{statistics.median(v):.{digits}f} ({v[0]:.{digits}f}–{v[-1]:.{digits}f})"
 
 
 def main() -> None:
@@ -90,11 +86,6 @@ def non_default_settings(row: dict) -> str:
     return ", ".join(changed) or "defaults"
 
 
-def training(row: dict) -> str:
-    """Which training of the attacked model a run used, named by its ACC / ASR before any defense."""
-    return f"{100 * row['acc_pre']:.1f} / {100 * row['asr_pre']:.1f}"
-
-
 def write(args, store: ResultStore) -> None:
     query = {"dataset": args.dataset, "arch": args.arch, "preset": args.preset, "spc": args.spc, "poison_ratio": 0.1}
     stored = store.query(**query)
@@ -114,7 +105,7 @@ def write(args, store: ResultStore) -> None:
     lines = [
         "# Defenses",
         "",
-        f"Measured by `python docs/defense_table.py` with preset `{args.preset}` on {args.dataset} "
+        f"Measured by `python experiments/defenses/defense_table.py` with preset `{args.preset}` on {args.dataset} "
         f"({args.arch}, poison ratio 10 %, target class 0), SPC {args.spc}, partitions 0–{args.partitions - 1}, "
         f"on a 2-core {platform.processor() or platform.machine()} CPU (1 thread per run, runs side by side).",
         "Each cell: median (min–max) over partitions, in percent; ARR and RDR are the survey's Eq. 41/42 "
@@ -157,7 +148,7 @@ def write(args, store: ResultStore) -> None:
             )
     text = OUT.read_text() if OUT.exists() else ""
     notes = text.split("<!-- notes -->", 1)[1] if "<!-- notes -->" in text else "\n"
-    # docs/findings.py's block (between the table and the notes) is kept; rerun it for new rows
+    # experiments/defenses/findings.py's block (between the table and the notes) is kept; rerun it for new rows
     found = re.search(r"<!-- findings -->.*<!-- /findings -->\n*", text, flags=re.S)
     OUT.write_text("\n".join(lines) + "\n\n" + (found.group(0) if found else "") + "<!-- notes -->" + notes)
 

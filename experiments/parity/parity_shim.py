@@ -1,7 +1,7 @@
 """Runs one script of the survey's BackdoorBench fork on current torch/NumPy, on a CPU, and
-records what the parity study needs. Used by docs/parity.py; contains none of the fork's code.
+records what the parity study needs. Used by experiments/parity/parity.py; contains none of the fork's code.
 
-    <fork python> docs/parity_shim.py <fork>/defense/ft.py --yaml_path ... --spc 10 ...
+    <fork python> experiments/parity/parity_shim.py <fork>/defense/ft.py --yaml_path ... --spc 10 ...
 
 Compatibility (the fork itself is left untouched):
 * NumPy 2 removed `np.infty`; it is restored as `np.inf`.

@@ -2,9 +2,9 @@
 docs/defenses.md (between the `findings` markers): each finding stated, the numbers that
 decide it, and whether bd's quick-preset results reproduce it.
 
-Reads the example report's mini-grid (docs/report-example/results.sqlite: BadNets and Blended,
-SPC 2/10/100, 3 partitions) and the defense table's store (docs/defenses.sqlite: further
-defenses at SPC 10). Usage: python docs/findings.py
+Reads the example report's mini-grid (experiments/report-example/results.sqlite: BadNets and Blended,
+SPC 2/10/100, 3 partitions) and the defense table's store (experiments/defenses/defenses.sqlite: further
+defenses at SPC 10). Usage: python experiments/defenses/findings.py
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from bd_core.store import ResultStore
 from bd_defenses import create_defense, family_of, settings_added_since
 
 HERE = Path(__file__).resolve().parent
-STORES = [HERE / "report-example" / "results.sqlite", HERE / "defenses.sqlite"]
-OUT = HERE / "defenses.md"
+ROOT = HERE.parents[1]
+STORES = [ROOT / "experiments" / "report-example" / "results.sqlite", HERE / "defenses.sqlite"]
+OUT = ROOT / "docs" / "defenses.md"
 PRUNING_TYPE = {"pruning", "masking", "additive"}  # the survey's Section 3
 STRONGEST = ["sau", "ft-sam", "i-bau", "bti-dbf"]  # the survey's best performers
 
@@ -150,7 +151,7 @@ def main() -> None:
     lines = [
         "<!-- findings -->",
         "",
-        f"## The survey's findings on these results ({len(frame)} results, `python docs/findings.py`)",
+        f"## The survey's findings on these results ({len(frame)} results, `python experiments/defenses/findings.py`)",
         "",
         "| finding | bd's numbers | reproduced? |",
         "|---|---|---|",

@@ -3,7 +3,7 @@ or only its BatchNorm running statistics? Runs in the fork's own environment (it
 fork's model definition and its saved records; no code of the fork is copied here):
 
     cd ../fork/BackdoorBenchmark && TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 \
-        ../venv/bin/python ../../main/docs/parity_fmp_check.py [--partition 0]
+        ../venv/bin/python ../../main/experiments/parity/parity_fmp_check.py [--partition 0]
 
 It prints the saved defended model's clean accuracy, then the same weights with every BN's
 running statistics re-estimated on the partition's 100 mitigation images (one train-mode pass,

@@ -1,4 +1,4 @@
-"""The tables of docs/parity.md, from docs/parity-runs.json (every pair docs/parity.py measured).
+"""The tables of docs/parity.md, from experiments/parity/parity-runs.json (every pair experiments/parity/parity.py measured).
 
 Each defense ran in both tools on the same imported model and the same mitigation images
 (the fork's own SPC 10 draw for random seeds 0-2, given to bd with --mitigation-indices).
@@ -11,8 +11,12 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import sys
 from collections import Counter
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from studies import replace_between  # noqa: E402
 
 BEGIN, END = "<!-- parity-table -->", "<!-- /parity-table -->"
 DETAIL_BEGIN, DETAIL_END = "<!-- parity-detail -->", "<!-- /parity-detail -->"
@@ -237,15 +241,8 @@ def pool_rows(runs: dict[str, list[tuple[int, dict]]]) -> list[str]:
     return rows
 
 
-def replace_between(text: str, begin: str, end: str, body: str) -> str:
-    if begin not in text:
-        return text.rstrip() + f"\n\n{begin}\n{body}\n{end}\n"
-    head, rest = text.split(begin, 1)
-    return f"{head}{begin}\n{body}\n{end}{rest.split(end, 1)[1]}"
-
-
 def largest_sitting(timing: dict[str, dict]) -> str | None:
-    """The timing sitting (docs/parity-timing.json keys sitting/defense/partition) that timed the
+    """The timing sitting (experiments/parity/parity-timing.json keys sitting/defense/partition) that timed the
     most defenses: the one the tables show."""
     counts = Counter(key.split("/")[0] for key in timing)
     return max(counts, key=lambda s: (counts[s], s)) if counts else None
@@ -288,7 +285,7 @@ def timing_table(timing_file: Path, order: list[str]) -> str | None:
         return None
     return "\n".join(
         [
-            f"Sitting `{sitting}` (docs/parity-timing.json); seconds of defense time, ACC/ASR in %:",
+            f"Sitting `{sitting}` (experiments/parity/parity-timing.json); seconds of defense time, ACC/ASR in %:",
             "",
             "| defense | partition | schedule (both tools) | fork s | bd fp32 s | bd bf16 s | fork / bd fp32 | "
             "fork / bd bf16 | fork ACC/ASR | bd fp32 ACC/ASR | bd bf16 ACC/ASR |",

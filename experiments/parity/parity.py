@@ -1,22 +1,22 @@
 """The same-model parity study of docs/parity.md: bd against the survey's own code.
 
 The survey's code is the BackdoorBench fork WhoDunnett/BackdoorBenchmark. It is fetched beside
-this project (never committed) and given its own Python environment; docs/parity_shim.py runs
+this project (never committed) and given its own Python environment; experiments/parity/parity_shim.py runs
 its scripts on current torch/NumPy on a CPU. This driver contains none of the fork's code: it
 prepares data, calls the fork's scripts, calls bd, and writes the table.
 
-    python docs/parity.py data   --fork ../fork/BackdoorBenchmark            # Fashion-MNIST in CIFAR-10's layout
-    python docs/parity.py attack --fork ... --fork-python ../fork/venv/bin/python   # BadNets, 1 epoch
-    python docs/parity.py import --fork ...                                 # bd import of that record
-    python docs/parity.py run    --fork ... --fork-python ... [--defenses clp,ft] [--partitions 0,1,2]
-    python docs/parity.py noise --defenses ft-sam --seeds 300,400           # bd's seed spread on a pair's images
-    python docs/parity.py fork-noise --defenses nad --partitions 1,2        # the fork's own seed spread
-    python docs/parity.py timing --defenses ft,nad --partitions 1 --sitting all-17  # fork, bd fp32, bd bf16
-    python docs/parity.py table                                             # docs/parity.md
+    python experiments/parity/parity.py data   --fork ../fork/BackdoorBenchmark            # Fashion-MNIST in CIFAR-10's layout
+    python experiments/parity/parity.py attack --fork ... --fork-python ../fork/venv/bin/python   # BadNets, 1 epoch
+    python experiments/parity/parity.py import --fork ...                                 # bd import of that record
+    python experiments/parity/parity.py run    --fork ... --fork-python ... [--defenses clp,ft] [--partitions 0,1,2]
+    python experiments/parity/parity.py noise --defenses ft-sam --seeds 300,400           # bd's seed spread on a pair's images
+    python experiments/parity/parity.py fork-noise --defenses nad --partitions 1,2        # the fork's own seed spread
+    python experiments/parity/parity.py timing --defenses ft,nad --partitions 1 --sitting all-17  # fork, bd fp32, bd bf16
+    python experiments/parity/parity.py table                                             # docs/parity.md
 
 Every run keeps its outputs under --work (default ../fork/parity): the fork's log, the
 mitigation indices it drew, its timing, bd's JSON result. Each finished pair is also merged into
-docs/parity-runs.json, which is committed: the tables are written from it, so the measurements
+experiments/parity/parity-runs.json, which is committed: the tables are written from it, so the measurements
 outlive the work folder. `run` skips finished pairs.
 """
 
@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+ROOT = HERE.parents[1]
 RECORD = "parity_badnet_preactresnet18"
 RUNS_FILE = HERE / "parity-runs.json"  # every measured pair, "defense/partition/model" -> result
 TEST_PER_CLASS = 100  # 1 000 test images: the fork evaluates the test set every epoch of most defenses
@@ -169,7 +169,7 @@ def write_data(fork: Path) -> Path:
 # ----------------------------------------------------------------------------- running the two tools
 
 
-SHRUNK_TEST_IMAGES = 20  # the fork's logging-only test evaluations see this many images (docs/parity_shim.py)
+SHRUNK_TEST_IMAGES = 20  # the fork's logging-only test evaluations see this many images (experiments/parity/parity_shim.py)
 
 
 def fork_env(out: Path, threads: int, shrink: bool = False, reseed: int | None = None) -> dict[str, str]:
@@ -304,7 +304,7 @@ def run_fork(
 ) -> dict:
     """The fork's defense on partition `partition`'s images; `schedule` replaces the parity
     study's keys (a timing sitting's shorter schedule); `reseed` gives the defense other
-    randomness after the same draw of D_m (docs/parity_shim.py)."""
+    randomness after the same draw of D_m (experiments/parity/parity_shim.py)."""
     spec = DEFENSES[defense]
     overrides = spec.get("fork", {}) if schedule is None else schedule
     wanted = {
@@ -598,7 +598,7 @@ FORK_CANNOT_FINISH = ("nc", "bti-dbf")  # docs/parity.md: the fork's scripts sto
 def timing(args: argparse.Namespace) -> None:
     """One same-work timing sitting (bench/RESULTS.md): per defense and partition, the fork, then
     bd in fp32, then bd with --precision bf16 where the defense can run in it, one after the
-    other on the same images, kept in docs/parity-timing.json under the sitting's name."""
+    other on the same images, kept in experiments/parity/parity-timing.json under the sitting's name."""
     from bd_defenses import DEFENSES as DEFENSE_CLASSES  # noqa: PLC0415  (bd's environment runs this driver)
 
     names = (
@@ -649,7 +649,7 @@ def main() -> None:
     parser.add_argument(
         "--sitting",
         default=time.strftime("%Y-%m-%d"),
-        help="a timing sitting's name in docs/parity-timing.json (default: today's date)",
+        help="a timing sitting's name in experiments/parity/parity-timing.json (default: today's date)",
     )
     args = parser.parse_args()
     args.fork, args.work = args.fork.resolve(), args.work.resolve()
@@ -669,10 +669,10 @@ def main() -> None:
     elif args.step == "timing":
         timing(args)
     else:
-        from parity_table import write_table, write_timing  # noqa: PLC0415  (docs/parity_table.py)
+        from parity_table import write_table, write_timing  # noqa: PLC0415  (experiments/parity/parity_table.py)
 
-        write_table(RUNS_FILE, HERE / "parity.md", DEFENSES)
-        write_timing(TIMING_FILE, [HERE / "parity.md", ROOT / "bench" / "RESULTS.md"], list(DEFENSES))
+        write_table(RUNS_FILE, ROOT / "docs" / "parity.md", DEFENSES)
+        write_timing(TIMING_FILE, [ROOT / "docs" / "parity.md", ROOT / "bench" / "RESULTS.md"], list(DEFENSES))
 
 
 if __name__ == "__main__":

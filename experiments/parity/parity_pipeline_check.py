@@ -3,9 +3,9 @@ crop/flip/normalise kernel, one seeded generator) shift FT-SAM's result against 
 survey's fork trains with (torchvision's RandomCrop(32, padding=4), RandomHorizontalFlip,
 ToTensor, Normalize on PIL images, torch's global generator)? It runs `bd defend` unchanged,
 except that FT-SAM's batches come from that torchvision pipeline; any `bd defend` arguments
-work. The pair of the parity study (docs/parity.py keeps the images of each partition):
+work. The pair of the parity study (experiments/parity/parity.py keeps the images of each partition):
 
-    python docs/parity_pipeline_check.py defend --model ../fork/parity/model.safetensors \\
+    python experiments/parity/parity_pipeline_check.py defend --model ../fork/parity/model.safetensors \\
         --defense ft-sam --partition 1001 --data-dir ../fork/BackdoorBenchmark/data/cifar10 \\
         --mitigation-indices ../fork/parity/runs/ft-sam/1/mitigation.txt --set epochs=20 \\
         --device cpu --format json
