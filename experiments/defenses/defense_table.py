@@ -2,7 +2,8 @@
 for each defense and attack, the median and range over mitigation partitions of ACC, ASR,
 RA, ARR, RDR and the defense's wall time.
 
-Usage: python experiments/defenses/defense_table.py [--defenses fp,clp] [--attacks badnets,blended] [--partitions 3] [--force]
+Usage: python experiments/defenses/defense_table.py [--defenses fp,clp] [--attacks badnets,blended]
+       [--partitions 3] [--compute N] [--force]
 Every run is stored in a SQLite result store (the same kind `bd run` writes; committed beside
 this file, experiments/defenses/defenses.sqlite), so a rerun only computes what is missing; the table also reads
 the example report's store (experiments/report-example/results.sqlite: FP, CLP, BNP, RNP, i-BAU and FT

@@ -5,13 +5,13 @@ this project (never committed) and given its own Python environment; experiments
 its scripts on current torch/NumPy on a CPU. This driver contains none of the fork's code: it
 prepares data, calls the fork's scripts, calls bd, and writes the table.
 
-    python experiments/parity/parity.py data   --fork ../fork/BackdoorBenchmark            # Fashion-MNIST in CIFAR-10's layout
+    python experiments/parity/parity.py data --fork ../fork/BackdoorBenchmark   # Fashion-MNIST in CIFAR-10's layout
     python experiments/parity/parity.py attack --fork ... --fork-python ../fork/venv/bin/python   # BadNets, 1 epoch
     python experiments/parity/parity.py import --fork ...                                 # bd import of that record
     python experiments/parity/parity.py run    --fork ... --fork-python ... [--defenses clp,ft] [--partitions 0,1,2]
-    python experiments/parity/parity.py noise --defenses ft-sam --seeds 300,400           # bd's seed spread on a pair's images
+    python experiments/parity/parity.py noise --defenses ft-sam --seeds 300,400   # bd's seed spread on a pair's images
     python experiments/parity/parity.py fork-noise --defenses nad --partitions 1,2        # the fork's own seed spread
-    python experiments/parity/parity.py timing --defenses ft,nad --partitions 1 --sitting all-17  # fork, bd fp32, bd bf16
+    python experiments/parity/parity.py timing --defenses ft,nad --partitions 1 --sitting all-17  # fork, bd fp32/bf16
     python experiments/parity/parity.py table                                             # docs/parity.md
 
 Every run keeps its outputs under --work (default ../fork/parity): the fork's log, the
@@ -169,7 +169,7 @@ def write_data(fork: Path) -> Path:
 # ----------------------------------------------------------------------------- running the two tools
 
 
-SHRUNK_TEST_IMAGES = 20  # the fork's logging-only test evaluations see this many images (experiments/parity/parity_shim.py)
+SHRUNK_TEST_IMAGES = 20  # the fork's logging-only test evaluations see this many images (parity_shim.py)
 
 
 def fork_env(out: Path, threads: int, shrink: bool = False, reseed: int | None = None) -> dict[str, str]:

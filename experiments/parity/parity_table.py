@@ -1,4 +1,4 @@
-"""The tables of docs/parity.md, from experiments/parity/parity-runs.json (every pair experiments/parity/parity.py measured).
+"""The tables of docs/parity.md, from parity-runs.json (every pair parity.py measured).
 
 Each defense ran in both tools on the same imported model and the same mitigation images
 (the fork's own SPC 10 draw for random seeds 0-2, given to bd with --mitigation-indices).
