@@ -94,7 +94,7 @@ def _defense_table(rows: list[dict[str, Any]]) -> Table:
     for r in rows:
         kind = (
             r["family"]
-            + ("" if r["benchmarked"] else ", reviewed only")
+            + ("" if r["benchmarked"] or "reviewed only" in r["paper"] else ", reviewed only")
             + (f", needs {r['requires']}" if r.get("requires") else "")
         )
         table.add_row(r["name"], f"{kind}\n{r['paper']}", _settings(r["hyperparameters"], r.get("ranges")))
