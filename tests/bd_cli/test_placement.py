@@ -62,16 +62,16 @@ def test_ray_packs_units_by_their_share_of_logical_gpus():
     from bd_cli.runner import RayCluster
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the probe travels by value
-    ray.init(num_cpus=8, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        cluster = RayCluster(None, gpu_share=0.25)
+        cluster = RayCluster(None, gpu_share=0.5)
         assert cluster.gpus() == 2
-        spans = [r for _, r in cluster(_gpu_probe, list(range(8)), WorkerSetup(None, None, "cuda", {}, threads=1))]
+        spans = [r for _, r in cluster(_gpu_probe, list(range(4)), WorkerSetup(None, None, "cuda", {}, threads=1))]
         alone = [r for _, r in cluster(_gpu_probe, list(range(2)), WorkerSetup(None, None, "cuda", {}, 1), alone=True)]
     finally:
         ray.shutdown()
     latest_start, earliest_end = max(s for s, _, _ in spans), min(e for _, e, _ in spans)
-    assert latest_start < earliest_end, "8 quarter-GPU units on 2 GPUs should all run at once"
-    assert sorted(len(ids) for _, _, ids in spans) == [1] * 8
-    assert sorted(ids[0] for _, _, ids in spans) == sorted([0] * 4 + [1] * 4)  # four per GPU
+    assert latest_start < earliest_end, "4 half-GPU units on 2 GPUs should all run at once"
+    assert sorted(len(ids) for _, _, ids in spans) == [1] * 4
+    assert sorted(ids[0] for _, _, ids in spans) == [0, 0, 1, 1]  # two per GPU
     assert sorted(ids[0] for _, _, ids in alone) == [0, 1]  # a unit retried alone takes a whole GPU
