@@ -20,6 +20,9 @@ from bd_core.errors import InvalidRequest
 
 T = TypeVar("T")
 RANGE = "bd_range"  # the dataclass field metadata key of a declared range
+# a setting added after results were stored, whose default is the behaviour those results had:
+# left out of a result's key (and of "added since" notes) while it is at that default
+NEUTRAL = "bd_neutral_default"
 
 
 @dataclass(frozen=True)
@@ -59,15 +62,43 @@ def setting(
     *,
     above: float | None = None,
     below: float | None = None,
+    neutral: bool = False,
 ) -> Any:
     """A dataclass field with `default` whose value must lie in [low, high]; `above`/`below` are
-    exclusive bounds instead (`setting(0.01, above=0, high=10)`: a learning rate in (0, 10])."""
+    exclusive bounds instead (`setting(0.01, above=0, high=10)`: a learning rate in (0, 10]).
+    neutral: the default reproduces the method as it was before this setting existed, so results
+    keep their keys while it is at that default (`keyed_settings`)."""
     if (low is not None and above is not None) or (high is not None and below is not None):
         raise ValueError("give each end of a range once: low or above, high or below")
     bounds = Range(
         low if above is None else above, high if below is None else below, above is not None, below is not None
     )
-    return dataclasses.field(default=default, metadata={RANGE: bounds})
+    return dataclasses.field(default=default, metadata={RANGE: bounds, NEUTRAL: neutral})
+
+
+def option(default: str, neutral: bool = False) -> Any:
+    """A dataclass field holding a word (its valid values are checked by the class)."""
+    return dataclasses.field(default=default, metadata={NEUTRAL: neutral})
+
+
+def keyed_settings(settings: Any) -> Any:
+    """What identifies a run, as `dataclasses.asdict` gives it (nested dataclasses and tuples of
+    them included), less the neutral settings left at their default."""
+    if dataclasses.is_dataclass(settings) and not isinstance(settings, type):
+        return {
+            f.name: keyed_settings(getattr(settings, f.name))
+            for f in dataclasses.fields(settings)
+            if not (f.metadata.get(NEUTRAL) and getattr(settings, f.name) == f.default)
+        }
+    if isinstance(settings, list | tuple):
+        return type(settings)(keyed_settings(v) for v in settings)
+    if isinstance(settings, dict):
+        return {k: keyed_settings(v) for k, v in settings.items()}
+    return settings
+
+
+def neutral_settings(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls) if f.metadata.get(NEUTRAL)}
 
 
 def declared_range(field: dataclasses.Field) -> Range | None:

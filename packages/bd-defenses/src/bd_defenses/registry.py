@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from bd_core.config import build_dataclass, declared_range
+from bd_core.config import build_dataclass, declared_range, neutral_settings
 from bd_core.errors import BdError
 from bd_core.registry import Registry
 
@@ -146,7 +146,9 @@ def family_of(name: str) -> str:
 def settings_added_since(name: str, stored: Mapping[str, Any]) -> list[str]:
     """The settings `name` has now that a stored result's settings lack: that result ran an
     earlier version of the defense (its key differs too, so it is never mistaken for a new run)."""
-    return [k for k in describe(name)["hyperparameters"] if k not in stored]
+    canonical = canonical_defense(name)
+    neutral = set() if SEPARATOR in canonical else neutral_settings(DEFENSES[canonical.removesuffix(TUNED)])
+    return [k for k in describe(name)["hyperparameters"] if k not in stored and k not in neutral]
 
 
 def describe(name: str) -> dict[str, Any]:

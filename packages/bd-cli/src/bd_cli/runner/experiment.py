@@ -17,6 +17,7 @@ import bd_core
 import torch
 from bd_core.attacked import AttackSpec, DataBundle, obtain_attacked_model, weak_attack_warning, weights_digest
 from bd_core.attacks import ATTACKS
+from bd_core.config import keyed_settings
 from bd_core.data import load_dataset, mitigation_set
 from bd_core.data.imageset import ImageSet, as_unlabeled
 from bd_core.data.mitigation import check_mitigation_request, indices_digest, mitigation_from_indices
@@ -79,7 +80,7 @@ class ExperimentSpec:
             "format": RESULT_FORMAT,
             "attack": self.attack.config(),
             "defense": self.defense,
-            "defense_settings": dataclasses.asdict(self.build_defense()),
+            "defense_settings": keyed_settings(self.build_defense()),
             "spc": self.spc,
             "partition": self.partition,
         }
