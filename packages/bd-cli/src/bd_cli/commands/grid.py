@@ -157,7 +157,8 @@ def _run(units, path: Path, backend: Backend, address, workers: int, gpu_share, 
     quiet = stdout_to_stderr(_ray_shutdown) if backend is Backend.ray else nullcontext()
     try:
         with sigterm_as_interrupt(), quiet, ResultStore(path) as results:
-            done = sum(results.has(u.key) for u in bind_units(units, data_dir))
+            units = bind_units(units, data_dir)  # bound once: run_grid keeps these (and their cached keys)
+            done = sum(results.has(u.key) for u in units)
             share = gpu_share if gpu_share is not None else _default_share(units, results, device)
             runner, threads, device = choose_runner(backend.value, address, workers, device, share)
             withdraw()  # this process only waits for the workers: they share the cores

@@ -77,6 +77,7 @@ class CostModel:
             seconds = float(row["defense_seconds"]) + float(details.get("evaluate_seconds") or 0.0)
             shape = (row["defense"], row["arch"], row["preset"])
             self.times[details.get("device") or DEFAULT_DEVICE, shape][int(row["spc"])].append(seconds)
+        self._memo: dict[tuple, Any] = {}  # medians and ratios: the rows do not change, a grid asks 10^5 times
         self.trainings: dict[tuple[str, str, str, str], list[float]] = defaultdict(list)
         for meta in trainings:  # attacked models' metadata
             report, attack = meta.get("training") or {}, meta.get("attack") or {}
@@ -126,18 +127,29 @@ class CostModel:
         floor = min(t1, t2) * min(1.0, spc / min(s1, s2))  # never below proportional scaling
         return Timing(max(floor, t1 + slope * (spc - s1)), "scaled (spc)")
 
+    def _remembered(self, key: tuple, compute) -> Any:
+        if key not in self._memo:
+            self._memo[key] = compute()
+        return self._memo[key]
+
     def _medians(self, preset: str) -> dict[tuple[str, str, str, int], float]:
         """Median time by (device, defense, arch, SPC) for one preset."""
-        return {
-            (device, shape[0], shape[1], spc): statistics.median(ts)
-            for (device, shape), by_spc in self.times.items()
-            if shape[2] == preset
-            for spc, ts in by_spc.items()
-        }
+        return self._remembered(
+            ("medians", preset),
+            lambda: {
+                (device, shape[0], shape[1], spc): statistics.median(ts)
+                for (device, shape), by_spc in self.times.items()
+                if shape[2] == preset
+                for spc, ts in by_spc.items()
+            },
+        )
 
     def _arch_factors(self, device: str, arch: str, preset: str) -> list[tuple[str, float]]:
         """(other arch, median ratio of this arch's time to it) on this device, over the (defense,
         SPC) measured on both."""
+        return self._remembered(("arch", device, arch, preset), lambda: self._arch_ratios(device, arch, preset))
+
+    def _arch_ratios(self, device: str, arch: str, preset: str) -> list[tuple[str, float]]:
         mine: dict = {}
         theirs: dict = defaultdict(dict)
         for (d, defense, a, spc), m in self._medians(preset).items():
@@ -148,6 +160,9 @@ class CostModel:
     def _device_factors(self, device: str, preset: str) -> list[tuple[str, float]]:
         """(other device, median ratio of this device's time to it), over the (defense, arch,
         SPC) measured on both."""
+        return self._remembered(("device", device, preset), lambda: self._device_ratios(device, preset))
+
+    def _device_ratios(self, device: str, preset: str) -> list[tuple[str, float]]:
         mine: dict = {}
         theirs: dict = defaultdict(dict)
         for (d, defense, a, spc), m in self._medians(preset).items():
