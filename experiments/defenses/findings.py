@@ -9,12 +9,12 @@ defenses at SPC 10). Usage: python experiments/defenses/findings.py
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from pathlib import Path
 
 import pandas as pd
+from bd_core.config import keyed_settings
 from bd_core.store import ResultStore
 from bd_defenses import create_defense, family_of, settings_added_since
 
@@ -46,7 +46,7 @@ def current_code(frame: pd.DataFrame) -> pd.DataFrame:
 
 def at_defaults(frame: pd.DataFrame) -> pd.DataFrame:
     """The rows whose defense ran with its paper defaults (the example grid runs FT shorter)."""
-    defaults = {d: json.dumps(dataclasses.asdict(create_defense(d)), sort_keys=True) for d in frame.defense.unique()}
+    defaults = {d: json.dumps(keyed_settings(create_defense(d)), sort_keys=True) for d in frame.defense.unique()}
     pairs = zip(frame.defense, frame.defense_settings, strict=True)
     return frame[[json.loads(settings) == json.loads(defaults[d]) for d, settings in pairs]]
 
